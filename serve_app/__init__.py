@@ -1,0 +1,1 @@
+"""The Ray Serve application (recommendations over HTTP); built with the serving stage."""

@@ -1,0 +1,143 @@
+"""Typed stage configs, loaded from YAML and overridable from the command line.
+
+One YAML file holds a section per stage (see ``configs/beauty-sample.yaml``)::
+
+    storage_path: artifacts/beauty-sample
+    prepare: {dataset_path: ../shared/data/amazon-beauty, sample_users: 2000}
+    sasrec: {max_epochs: 5}
+
+and ``--set sasrec.max_epochs=3`` overrides one field. Unknown keys are errors, so a
+misspelt setting never passes silently.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RayConfig(StrictModel):
+    address: str | None = Field(
+        None,
+        description="Ray cluster to join. None: the RAY_ADDRESS environment variable if set, "
+        "else start a local cluster.",
+    )
+    num_cpus: int | None = Field(
+        None,
+        ge=1,
+        description="Logical CPUs for a local cluster (ignored when joining one). "
+        "None: Ray's default (the machine's cores).",
+    )
+
+
+class PrepareConfig(StrictModel):
+    dataset_path: str = Field(
+        description="Folder (local path or pyarrow URI) with interactions.parquet and items.parquet."
+    )
+    sample_users: int | None = Field(
+        None, ge=1, description="Keep a random sample of this many users (None: all users)."
+    )
+    sample_seed: int = Field(22, description="Seed of the user sample.")
+    min_interactions: int = Field(
+        3,
+        ge=3,
+        description="Users need a training target, a validation and a test item, so at least 3.",
+    )
+    short_users: Literal["drop", "error"] = Field(
+        "drop",
+        description="Users below min_interactions: drop them (counted in the report) or fail.",
+    )
+    history_max_items: int = Field(8, ge=1, description="Most recent items in a history (paper: 8).")
+    history_window_days: float = Field(
+        60, gt=0, description="Window before the prediction time that history items come from (paper: 60)."
+    )
+    buyer_context_max_items: int = Field(
+        10, ge=0, description="Most frequent preceding items kept as an item's buyer context."
+    )
+
+
+class SasrecConfig(StrictModel):
+    hidden_size: int = Field(64, ge=1)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(2, ge=1)
+    inner_size: int = Field(256, ge=1, description="Width of the feed-forward layer.")
+    dropout: float = Field(0.5, ge=0, lt=1, description="Dropout on embeddings, attention and feed-forward.")
+    max_len: int = Field(50, ge=2, description="Most recent items the model reads.")
+    batch_size: int = Field(256, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_epochs: int = Field(200, ge=1)
+    patience: int = Field(
+        10, ge=1, description="Stop after this many validations without a better validation NDCG@10."
+    )
+    eval_every: int = Field(1, ge=1, description="Validate every this many epochs.")
+    seed: int = 22
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP when more than one).")
+    cpus_per_worker: int = Field(2, ge=1, description="CPUs per worker; also its torch thread count.")
+    use_gpu: bool = False
+    mask_history: bool = Field(
+        True, description="Exclude a user's earlier items from the ranking (the target itself never is)."
+    )
+
+    @model_validator(mode="after")
+    def _validates_at_least_once(self):
+        if self.max_epochs < self.eval_every:
+            raise ValueError(f"max_epochs ({self.max_epochs}) < eval_every ({self.eval_every}): no validation would run")
+        return self
+
+
+class PipelineConfig(StrictModel):
+    storage_path: str = Field(
+        description="Where every stage reads and writes artifacts: a local folder or a pyarrow URI "
+        "(s3://bucket/prefix, gs://...). Use an absolute path with `ray job submit`."
+    )
+    ray: RayConfig = RayConfig()
+    prepare: PrepareConfig
+    sasrec: SasrecConfig = SasrecConfig()
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+def _set_dotted(tree: dict, dotted_key: str, raw_value: str) -> None:
+    node = tree
+    *parents, leaf = dotted_key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted_key}: '{part}' is not a section")
+    # YAML parsing turns "3" into 3, "null" into None and "[1, 2]" into a list.
+    node[leaf] = yaml.safe_load(raw_value)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
+    """Read a pipeline config from YAML and apply ``section.field=value`` overrides.
+
+    >>> cfg = load_config("configs/beauty-sample.yaml", ["sasrec.max_epochs=3"])
+    >>> cfg.sasrec.max_epochs
+    3
+    """
+    path = Path(path)
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}' must look like section.field=value")
+        _set_dotted(tree, key.strip(), value)
+    try:
+        return PipelineConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(f"{path}: {err}") from None

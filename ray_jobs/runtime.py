@@ -1,0 +1,37 @@
+"""What every stage entrypoint shares: command-line parsing and joining a Ray cluster."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import ray
+
+from r2end_core.config import PipelineConfig, RayConfig, load_config
+from r2end_core.storage import absolute
+
+
+def parse_config(description: str) -> PipelineConfig:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", required=True, help="pipeline YAML, e.g. configs/beauty-sample.yaml")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override one config field"
+    )
+    args = parser.parse_args()
+    cfg = load_config(args.config, args.set)
+    # Ray workers run in other folders: make local paths absolute once, here.
+    cfg.storage_path = absolute(cfg.storage_path)
+    cfg.prepare.dataset_path = absolute(cfg.prepare.dataset_path)
+    return cfg
+
+
+def connect(cfg: RayConfig) -> None:
+    """Join the configured cluster (or RAY_ADDRESS), else start a fresh local one."""
+    if ray.is_initialized():
+        return
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+    else:
+        # address="local" never joins a stale cluster left behind by an earlier `ray start`.
+        ray.init(address="local", num_cpus=cfg.num_cpus)

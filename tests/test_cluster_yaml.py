@@ -1,0 +1,30 @@
+"""cluster.yaml must pass Ray's own autoscaler validation (the same check `ray up` runs)."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from jsonschema.exceptions import ValidationError
+from ray.autoscaler._private.util import prepare_config, validate_config
+
+CLUSTER = yaml.safe_load((Path(__file__).resolve().parents[1] / "cluster.yaml").read_text())
+
+
+def test_cluster_yaml_is_valid():
+    validate_config(prepare_config(copy.deepcopy(CLUSTER)))
+
+
+def test_cluster_shape():
+    gpu = CLUSTER["available_node_types"]["gpu_worker"]
+    assert gpu["min_workers"] == 0 and gpu["max_workers"] >= 8
+    assert CLUSTER["docker"]["image"].startswith("rayproject/ray:2.60") and "-gpu" in CLUSTER["docker"]["image"]
+    assert CLUSTER["idle_timeout_minutes"] > 0
+    assert any("[gpu]" in cmd for cmd in CLUSTER["setup_commands"])
+
+
+def test_validation_catches_a_misspelt_key():
+    broken = copy.deepcopy(CLUSTER)
+    broken["available_node_types"]["gpu_worker"]["max_worker"] = 8
+    with pytest.raises(ValidationError, match="max_worker"):
+        validate_config(prepare_config(broken))

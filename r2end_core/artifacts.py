@@ -6,6 +6,11 @@
       prepared/report.json         counts, dropped users, which metadata fields the dataset has
       sasrec/model.pt              best SASRec weights (by validation NDCG@10) and its config
       sasrec/metrics.json          validation and test metrics of that model
+                                   (another folder name with sasrec.run_name)
+      generated/oracle/, unguided/, items/
+                                   teacher outputs (generation.USER_OUTPUT_SCHEMA / ITEM_OUTPUT_SCHEMA),
+                                   one row per key once merged; read them with read_generated
+      generated/summary.json       counts, tokens and speed of the last generation run
       ray_train/                   Ray Train run folders (checkpoints)
 """
 
@@ -28,12 +33,30 @@ def prepare_report_path(root: str) -> str:
     return storage.join(root, "prepared", "report.json")
 
 
-def sasrec_model_path(root: str) -> str:
-    return storage.join(root, "sasrec", "model.pt")
+def sasrec_model_path(root: str, run_name: str = "sasrec") -> str:
+    return storage.join(root, run_name, "model.pt")
 
 
-def sasrec_metrics_path(root: str) -> str:
-    return storage.join(root, "sasrec", "metrics.json")
+def sasrec_metrics_path(root: str, run_name: str = "sasrec") -> str:
+    return storage.join(root, run_name, "metrics.json")
+
+
+def generated_path(root: str, kind: str) -> str:
+    return storage.join(root, "generated", "items" if kind == "item" else kind)
+
+
+def generation_summary_path(root: str) -> str:
+    return storage.join(root, "generated", "summary.json")
+
+
+def read_generated(root: str, kind: str) -> pa.Table | None:
+    """Teacher outputs of one kind, one row per key (None if none were generated)."""
+    from r2end_core.generation import latest_per_key, output_schema
+
+    files = storage.list_files(generated_path(root, kind))
+    if not files:
+        return None
+    return latest_per_key(pa.concat_tables([storage.read_table(f).cast(output_schema(kind)) for f in files]))
 
 
 def ray_train_path(root: str) -> str:

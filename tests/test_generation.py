@@ -1,0 +1,76 @@
+"""Generation bookkeeping on real prepared Beauty rows: requests, output rows, exactly-once merge."""
+
+import datetime as dt
+
+import pyarrow as pa
+import pytest
+
+from r2end_core import data, generation, prompts
+from r2end_core.config import PrepareConfig
+
+MODEL = "bundled:smollm2-135m-instruct"
+
+
+@pytest.fixture
+def tables(beauty_dir):
+    prepared = data.load_and_validate(beauty_dir, PrepareConfig(dataset_path=beauty_dir))
+    texts = data.metadata_texts(prepared)
+    return data.build_user_rows(data.sequences_table(prepared), texts, 8, 60), data.build_item_table(prepared, texts, 10)
+
+
+def test_oracle_prompts_show_the_training_target_never_validation_or_test(tables):
+    users, items = tables
+    meta = dict(zip(items.column("item_id").to_pylist(), items.column("metadata_text").to_pylist()))
+    keys = users.column("user_id").to_pylist()[:50]
+    requests = generation.build_requests("oracle", users, items, keys, max_words=100)
+    assert [r["key"] for r in requests] == keys
+    for request, user in zip(requests, users.slice(0, 50).to_pylist()):
+        target_block = request["prompt"].split("Target item:\n")[1].split("\n\nRequirements")[0]
+        assert target_block == meta[user["train_target"]]
+        assert user["train_history_text"] in request["prompt"]
+        for held_out in (user["valid_target"], user["test_target"]):
+            if held_out not in user["sequence"][:-2]:  # unless it was also bought earlier
+                assert meta[held_out] not in request["prompt"]
+
+
+def test_item_prompts_use_buyer_context(tables):
+    users, items = tables
+    row = next(r for r in items.to_pylist() if r["buyer_context_ids"])
+    (request,) = generation.build_requests("item", users, items, [row["item_id"]], max_words=100)
+    assert row["metadata_text"] in request["prompt"] and row["buyer_context_text"] in request["prompt"]
+
+
+def row(kind, key, text, error=None, minutes=0, version=None):
+    out = generation.output_row(kind, key, MODEL, text, 10, 5, token_cap=50, max_words=100, error=error)
+    out["generated_at"] = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(minutes=minutes)
+    if version:
+        out["prompt_version"] = version
+    return out
+
+
+def test_empty_generations_are_errors_and_long_ones_are_cut():
+    assert row("oracle", "u1", "   ")["error"] == "empty generation"
+    long = generation.output_row("oracle", "u1", MODEL, "w " * 120, 10, 50, token_cap=50, max_words=100)
+    assert long["truncated_to_words"] and len(long["text"].split()) == 100 and long["finish_reason"] == "length"
+    unguided = row("unguided", "u1", "likes lips\nPredicted next item: Rose Balm")
+    assert unguided["predicted_item"] == "Rose Balm"
+
+
+def test_failures_are_retried_and_merge_keeps_one_row_per_key():
+    table = pa.Table.from_pylist(
+        [
+            row("oracle", "u1", "first", minutes=0),
+            row("oracle", "u1", "second", minutes=5),
+            row("oracle", "u2", None, error="engine died", minutes=0),
+            row("oracle", "u3", None, error="engine died", minutes=0),
+            row("oracle", "u3", "recovered", minutes=9),
+            row("oracle", "u4", "old prompt", version="oracle-000000000000"),
+        ],
+        schema=generation.USER_OUTPUT_SCHEMA,
+    )
+    assert generation.done_keys(table, prompts.PROMPT_VERSIONS["oracle"], MODEL) == {"u1", "u3"}
+    assert generation.done_keys(table, prompts.PROMPT_VERSIONS["oracle"], "another-model") == set()
+    merged = {r["user_id"]: r for r in generation.latest_per_key(table).to_pylist()}
+    assert sorted(merged) == ["u1", "u2", "u3", "u4"]
+    assert merged["u1"]["text"] == "second" and merged["u3"]["text"] == "recovered"
+    assert merged["u2"]["error"] == "engine died"  # kept, never silently dropped

@@ -88,7 +88,9 @@ def _report(metrics_: dict, state: dict, rank: int) -> None:
             ray.train.report(metrics_)
 
 
-def run(cfg: PipelineConfig) -> dict:
+def run(cfg: PipelineConfig, score_test: bool = True) -> dict:
+    """Train, select on validation, save; score the test split once unless ``score_test`` is False
+    (a caller choosing among several runs scores only the chosen one, with ``score_test_split``)."""
     root, sc = cfg.storage_path, cfg.sasrec
     started = time.time()
     trainer = TorchTrainer(
@@ -98,7 +100,7 @@ def run(cfg: PipelineConfig) -> dict:
             num_workers=sc.num_workers, use_gpu=sc.use_gpu, resources_per_worker={"CPU": sc.cpus_per_worker}
         ),
         run_config=RunConfig(
-            name=f"sasrec-{time.strftime('%Y%m%d-%H%M%S')}",
+            name=f"{sc.run_name}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=artifacts.ray_train_path(root),
             checkpoint_config=CheckpointConfig(num_to_keep=1),
         ),
@@ -106,15 +108,11 @@ def run(cfg: PipelineConfig) -> dict:
     result = trainer.fit()
     with result.checkpoint.as_directory() as folder:
         state = torch.load(os.path.join(folder, STATE_FILE), weights_only=False)
-    model = sasrec.SASRec(state["n_items"], SasrecConfig(**state["config"]))
-    model.load_state_dict(state["model"])
-    torch.set_num_threads(sc.cpus_per_worker)
-
-    # The test split is scored once, here, on the model that validation chose.
+    with storage.open_output(artifacts.sasrec_model_path(root, sc.run_name)) as out:
+        torch.save({"model": state["model"], "config": state["config"], "n_items": state["n_items"]}, out)
     sequences, _, tail = _load_catalogue(root)
     summary = {
-        "valid": sasrec.evaluate(model, sequences, "valid", tail, sc.mask_history),
-        "test": sasrec.evaluate(model, sequences, "test", tail, sc.mask_history),
+        "valid": sasrec.evaluate(_load_model(root, sc.run_name), sequences, "valid", tail, sc.mask_history),
         "best_epoch": state["epoch"] + 1,
         "epochs_trained": state["epochs_trained"],
         "mask_history": sc.mask_history,
@@ -122,9 +120,25 @@ def run(cfg: PipelineConfig) -> dict:
         "config": sc.model_dump(),
         "wall_time_s": round(time.time() - started, 1),
     }
-    with storage.open_output(artifacts.sasrec_model_path(root)) as out:
-        torch.save({"model": state["model"], "config": state["config"], "n_items": state["n_items"]}, out)
-    storage.write_json(summary, artifacts.sasrec_metrics_path(root))
+    storage.write_json(summary, artifacts.sasrec_metrics_path(root, sc.run_name))
+    return score_test_split(root, sc.run_name) if score_test else summary
+
+
+def _load_model(root: str, run_name: str) -> sasrec.SASRec:
+    with storage.open_input(artifacts.sasrec_model_path(root, run_name)) as src:
+        state = torch.load(src, weights_only=False)
+    model = sasrec.SASRec(state["n_items"], SasrecConfig(**state["config"]))
+    model.load_state_dict(state["model"])
+    return model
+
+
+def score_test_split(root: str, run_name: str) -> dict:
+    """Score the test split with a saved model and add it to its metrics.json."""
+    summary = storage.read_json(artifacts.sasrec_metrics_path(root, run_name))
+    torch.set_num_threads(summary["config"]["cpus_per_worker"])
+    sequences, _, tail = _load_catalogue(root)
+    summary["test"] = sasrec.evaluate(_load_model(root, run_name), sequences, "test", tail, summary["mask_history"])
+    storage.write_json(summary, artifacts.sasrec_metrics_path(root, run_name))
     return summary
 
 

@@ -24,7 +24,9 @@ USERS, ITEMS = 6, 4
 def generate_command(storage_path: Path, *overrides: str) -> list[str]:
     settings = [
         f"storage_path={storage_path}", f"generate.max_users={USERS}", f"generate.max_items={ITEMS}",
-        "generate.max_words=24", "generate.batch_size=2", "generate.write_every=2", *overrides,
+        # Two sequences at a time, so commits come seconds apart and the kill lands between them.
+        "generate.max_words=24", "generate.batch_size=2", "generate.write_every=2", "generate.max_num_seqs=2",
+        *overrides,
     ]
     return [sys.executable, "-m", "ray_jobs.generate", "--config", "configs/beauty-sample.yaml",
             *[arg for s in settings for arg in ("--set", s)]]
@@ -51,7 +53,7 @@ def test_killed_generation_resumes_exactly_once(tmp_path, ray_cluster):
     while not committed_rows(root):
         assert job.poll() is None, "the job ended before committing anything"
         assert time.time() < deadline, "no output committed in time"
-        time.sleep(1)
+        time.sleep(0.2)
     os.killpg(job.pid, signal.SIGKILL)  # the job and the Ray cluster it started, mid-run
     job.wait()
     before = committed_rows(root)

@@ -1,16 +1,15 @@
-"""How long full-item ranking takes at Beauty scale (every user x every item), and its memory.
+"""How long full-item ranking takes at Beauty scale (every user x every item).
 
     python -m bench.eval_speed [--storage artifacts/beauty-full] [--chunk-size 1024]
 
-Uses the SASRec model and tables that `bench.sasrec_beauty` left in the storage path, and the
-validation split only. Writes bench/results/eval_speed.json and .md.
+Uses the SASRec run that `bench.sasrec_beauty` chose (and the tables it left in the storage
+path), and the validation split only. Writes bench/results/eval_speed.json and .md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 
 from r2end_core import artifacts, data, metrics, sasrec
-from r2end_core.config import SasrecConfig
+from ray_jobs.train_sasrec import load_model
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -32,10 +31,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     items = artifacts.read_items(args.storage)
     sequences = data.index_sequences(artifacts.read_users(args.storage), items)
-    state = torch.load(artifacts.sasrec_model_path(args.storage), weights_only=False)
-    model = sasrec.SASRec(state["n_items"], SasrecConfig(**state["config"]))
-    model.load_state_dict(state["model"])
-    model.eval()
+    chosen = json.loads((RESULTS / "sasrec_beauty.json").read_text())["chosen"]
+    model = load_model(args.storage, chosen).eval()
     inputs, targets = data.split_inputs_targets(sequences, "valid")
     with torch.no_grad():
         users = sasrec.user_vectors(model, [s + 1 for s in inputs], torch.device("cpu"))
@@ -45,7 +42,6 @@ def main() -> None:
         return users[torch.as_tensor(rows)] @ item_vectors.T
 
     tail = metrics.long_tail_mask(np.asarray(items.column("train_popularity").to_pylist()))
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     timings = []
     for _ in range(3):
         started = time.perf_counter()
@@ -59,7 +55,6 @@ def main() -> None:
         "threads": args.threads,
         "seconds_median_of_3": round(float(np.median(timings)), 2),
         "seconds_all": [round(t, 2) for t in timings],
-        "peak_rss_growth_mib": round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024, 1),
         "scores_per_second": round(len(targets) * items.num_rows / float(np.median(timings))),
         "valid_ndcg@10": result["ndcg@10"],
         "command": "python -m bench.eval_speed",
@@ -67,10 +62,9 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "eval_speed.json").write_text(json.dumps(out, indent=2))
     table = (
-        "# Full-item ranking evaluation speed\n\n| users | items | chunk | threads | seconds (median of 3) | peak RSS growth (MiB) |\n"
-        "|---|---|---|---|---|---|\n"
-        f"| {out['users']:,} | {out['items']:,} | {args.chunk_size} | {args.threads} | {out['seconds_median_of_3']} | "
-        f"{out['peak_rss_growth_mib']} |\n\nHR/NDCG@5/10/20, long-tail and coverage, history masked, "
+        "# Full-item ranking evaluation speed\n\n| users | items | chunk | threads | seconds (median of 3) |\n"
+        "|---|---|---|---|---|\n"
+        f"| {out['users']:,} | {out['items']:,} | {args.chunk_size} | {args.threads} | {out['seconds_median_of_3']} |\n\nHR/NDCG@5/10/20, long-tail and coverage, history masked, "
         "given precomputed user vectors (SASRec, validation split). Absolute times on this shared 2-core machine are indicative.\n"
     )
     (RESULTS / "eval_speed.md").write_text(table)

@@ -112,7 +112,7 @@ def run(cfg: PipelineConfig, score_test: bool = True) -> dict:
         torch.save({"model": state["model"], "config": state["config"], "n_items": state["n_items"]}, out)
     sequences, _, tail = _load_catalogue(root)
     summary = {
-        "valid": sasrec.evaluate(_load_model(root, sc.run_name), sequences, "valid", tail, sc.mask_history),
+        "valid": sasrec.evaluate(load_model(root, sc.run_name), sequences, "valid", tail, sc.mask_history),
         "best_epoch": state["epoch"] + 1,
         "epochs_trained": state["epochs_trained"],
         "mask_history": sc.mask_history,
@@ -124,7 +124,7 @@ def run(cfg: PipelineConfig, score_test: bool = True) -> dict:
     return score_test_split(root, sc.run_name) if score_test else summary
 
 
-def _load_model(root: str, run_name: str) -> sasrec.SASRec:
+def load_model(root: str, run_name: str) -> sasrec.SASRec:
     with storage.open_input(artifacts.sasrec_model_path(root, run_name)) as src:
         state = torch.load(src, weights_only=False)
     model = sasrec.SASRec(state["n_items"], SasrecConfig(**state["config"]))
@@ -137,7 +137,7 @@ def score_test_split(root: str, run_name: str) -> dict:
     summary = storage.read_json(artifacts.sasrec_metrics_path(root, run_name))
     torch.set_num_threads(summary["config"]["cpus_per_worker"])
     sequences, _, tail = _load_catalogue(root)
-    summary["test"] = sasrec.evaluate(_load_model(root, run_name), sequences, "test", tail, summary["mask_history"])
+    summary["test"] = sasrec.evaluate(load_model(root, run_name), sequences, "test", tail, summary["mask_history"])
     storage.write_json(summary, artifacts.sasrec_metrics_path(root, run_name))
     return summary
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from r2end_core import artifacts, metrics, storage
 from r2end_core.config import PipelineConfig, SasrecConfig
 from ray_jobs import prepare, train_sasrec
-from ray_jobs.runtime import connect, parse_config
+from ray_jobs.runtime import run_stage
 
 RESULTS = Path(__file__).parent / "results"
 # Full-ranking SASRec on this dataset as published (TIGER, NeurIPS 2023; sampled-negative training).
@@ -33,11 +33,7 @@ SELECTION_METRIC = "ndcg@10"
 PUBLISHED = {"TIGER's SASRec (BCE, sampled negatives)": {"hr@5": 0.0387, "ndcg@5": 0.0249, "hr@10": 0.0605, "ndcg@10": 0.0318}}
 
 
-def main() -> None:
-    if "--config" not in sys.argv:
-        sys.argv += ["--config", "configs/beauty-full.yaml"]
-    cfg = parse_config(__doc__)
-    connect(cfg.ray)
+def benchmark(cfg: PipelineConfig) -> None:
     started = time.time()
     report = prepare.run(cfg)
     candidates = {name: train_or_reuse(cfg, name, overrides) for name, overrides in CANDIDATES.items()}
@@ -103,4 +99,6 @@ def train_or_reuse(cfg: PipelineConfig, name: str, overrides: dict) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    if "--config" not in sys.argv:
+        sys.argv += ["--config", "configs/beauty-full.yaml"]
+    run_stage(__doc__, benchmark)

@@ -26,7 +26,7 @@ from ray.data.llm import (
 from r2end_core import artifacts, generation, prompts, storage
 from r2end_core.config import GenerateConfig, PipelineConfig
 from r2end_core.teacher import resolve_teacher
-from ray_jobs.runtime import connect, parse_config
+from ray_jobs.runtime import run_stage
 
 SMALL_STAGE = {"num_cpus": 0.25}  # tokenise/template stages must not starve the engine on 2 cores
 
@@ -166,11 +166,5 @@ def run(cfg: PipelineConfig) -> dict:
     return summary
 
 
-def main() -> None:
-    cfg = parse_config(__doc__)
-    connect(cfg.ray)
-    run(cfg)
-
-
 if __name__ == "__main__":
-    main()
+    run_stage(__doc__, run)

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 from r2end_core import metrics
 from ray_jobs import prepare, train_sasrec
-from ray_jobs.runtime import connect, parse_config
+from r2end_core.config import PipelineConfig
+from ray_jobs.runtime import run_stage
 
 
-def main() -> None:
-    cfg = parse_config(__doc__)
-    connect(cfg.ray)
+def run(cfg: PipelineConfig) -> None:
     prepare.run(cfg)
     summary = train_sasrec.run(cfg)
     print(f"\nSASRec (best epoch {summary['best_epoch']}, history masked: {summary['mask_history']}):")
@@ -20,4 +19,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(__doc__, run)

@@ -9,7 +9,7 @@ import ray
 
 from r2end_core import artifacts, data, storage
 from r2end_core.config import PipelineConfig
-from ray_jobs.runtime import connect, parse_config
+from ray_jobs.runtime import run_stage
 
 
 def run(cfg: PipelineConfig) -> dict:
@@ -33,11 +33,5 @@ def run(cfg: PipelineConfig) -> dict:
     return prepared.report
 
 
-def main() -> None:
-    cfg = parse_config(__doc__)
-    connect(cfg.ray)
-    run(cfg)
-
-
 if __name__ == "__main__":
-    main()
+    run_stage(__doc__, run)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import Callable
 
 import ray
 
@@ -23,6 +24,13 @@ def parse_config(description: str) -> PipelineConfig:
     cfg.storage_path = absolute(cfg.storage_path)
     cfg.prepare.dataset_path = absolute(cfg.prepare.dataset_path)
     return cfg
+
+
+def run_stage(description: str, stage: Callable[[PipelineConfig], object]) -> object:
+    """A stage entrypoint: parse ``--config``/``--set``, join or start Ray, run the stage."""
+    cfg = parse_config(description)
+    connect(cfg.ray)
+    return stage(cfg)
 
 
 def connect(cfg: RayConfig) -> None:

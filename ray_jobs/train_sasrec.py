@@ -19,7 +19,7 @@ from ray.train.torch import TorchTrainer
 
 from r2end_core import artifacts, data, metrics, sasrec, storage
 from r2end_core.config import PipelineConfig, SasrecConfig
-from ray_jobs.runtime import connect, parse_config
+from ray_jobs.runtime import run_stage
 
 STATE_FILE = "state.pt"
 
@@ -142,12 +142,5 @@ def score_test_split(root: str, run_name: str) -> dict:
     return summary
 
 
-def main() -> None:
-    cfg = parse_config(__doc__)
-    connect(cfg.ray)
-    summary = run(cfg)
-    print(metrics.format_table({"sasrec": summary}))
-
-
 if __name__ == "__main__":
-    main()
+    print(metrics.format_table({"sasrec": run_stage(__doc__, run)}))

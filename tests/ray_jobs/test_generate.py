@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow as pa
 
 from r2end_core import artifacts, generation, storage
 from ray_jobs import prepare

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pyarrow as pa
 import torch
 
 from r2end_core import artifacts, data, sasrec

@@ -122,7 +122,19 @@ class GenerateConfig(StrictModel):
     max_model_len: int = Field(4096, ge=256)
     max_num_seqs: int = Field(32, ge=1, description="Sequences a vLLM engine batches at once.")
     cpu_kv_cache_gib: int = Field(2, ge=1, description="VLLM_CPU_KVCACHE_SPACE for CPU engines.")
+    cpu_threads_bind: str = Field(
+        "auto", description="VLLM_CPU_OMP_THREADS_BIND for CPU engines: 'auto' keeps one core for vLLM's scheduler; "
+        "'0-1' puts the model on both cores of a 2-core machine."
+    )
+    repetition_penalty: float = Field(
+        1.0, ge=1.0, description="Greedy decoding over logits with repeated tokens damped (1.0: plain greedy). "
+        "Still deterministic; small teachers loop without it."
+    )
     write_every: int = Field(16, ge=1, description="Rows per committed output file (the unit a killed job can lose).")
+    time_budget_s: float | None = Field(
+        None, gt=0, description="Stop taking new outputs after this many seconds, keep what is committed and report "
+        "what is left (a re-run continues). Users' reasoning comes before item descriptions. None: no limit."
+    )
 
     @property
     def token_cap(self) -> int:

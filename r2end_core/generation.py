@@ -109,13 +109,14 @@ def output_row(
     max_words: int,
     error: str | None = None,
 ) -> dict:
-    """One output row; an empty answer is an error, so it is retried rather than used."""
+    """One output row from the teacher's continuation (the text after any prefill); an empty
+    continuation is an error, so it is retried rather than used."""
     text, cut = (None, None)
     if error is None:
         if not generated_text or not generated_text.strip():
             error = "empty generation"
         else:
-            text, cut = prompts.truncate_words(generated_text, max_words)
+            text, cut = prompts.truncate_words(prompts.with_prefill(kind, generated_text), max_words)
     row = {
         key_column(kind): key,
         "prompt_version": prompts.PROMPT_VERSIONS[kind],

@@ -11,6 +11,10 @@ Three kinds:
     An item's metadata and, where the dataset has no reviews, what its buyers had just bought
     before it (buyer context, training part only); the answer names who would prefer the item.
 
+Oracle and item answers are *prefilled*: the assistant turn starts with the fixed lead-in and the
+teacher continues it, so the lead-in the paper requires is guaranteed even for a small teacher that
+would ignore the instruction (``PREFILLS``, ``with_prefill``).
+
 Every template's text feeds ``PROMPT_VERSIONS``, so any wording change gives new version hashes
 and outputs made with different prompts are never mixed silently.
 """
@@ -64,9 +68,12 @@ NO_EVIDENCE = "(none recorded)"
 
 TEMPLATES = {"oracle": ORACLE_TEMPLATE, "unguided": UNGUIDED_TEMPLATE, "item": ITEM_TEMPLATE}
 
+#: The start of the assistant's answer, per kind (None: the teacher starts freely).
+PREFILLS = {"oracle": ORACLE_LEAD_IN, "unguided": None, "item": ITEM_LEAD_IN}
+
 
 def _version(kind: str) -> str:
-    fixed = (TEMPLATES[kind], ORACLE_LEAD_IN, ITEM_LEAD_IN, NEXT_ITEM_MARKER, NO_EVIDENCE)
+    fixed = (TEMPLATES[kind], ORACLE_LEAD_IN, ITEM_LEAD_IN, NEXT_ITEM_MARKER, NO_EVIDENCE, str(PREFILLS[kind]))
     return kind + "-" + hashlib.sha256("\x00".join(fixed).encode()).hexdigest()[:12]
 
 
@@ -111,6 +118,29 @@ def item_prompt(metadata_text: str, buyer_context_text: str = "", reviews_text: 
         evidence_kind=kind, metadata=metadata_text, evidence_title=title, evidence=evidence or NO_EVIDENCE,
         lead_in=ITEM_LEAD_IN, max_words=max_words,
     )
+
+
+def chat_messages(kind: str, prompt: str) -> list[dict]:
+    """The conversation sent to the teacher: the prompt, then the prefilled answer start if any.
+
+    >>> [m["role"] for m in chat_messages("oracle", "...")], chat_messages("unguided", "...")[-1]["role"]
+    (['user', 'assistant'], 'user')
+    """
+    messages = [{"role": "user", "content": prompt}]
+    if PREFILLS[kind]:
+        messages.append({"role": "assistant", "content": PREFILLS[kind]})
+    return messages
+
+
+def with_prefill(kind: str, continuation: str) -> str:
+    """The whole answer: the prefill followed by what the teacher wrote after it.
+
+    >>> with_prefill("item", " shoppers with dry skin")
+    'Users who prefer shoppers with dry skin'
+    >>> with_prefill("unguided", "They like lips.")
+    'They like lips.'
+    """
+    return f"{PREFILLS[kind]} {continuation.strip()}" if PREFILLS[kind] else continuation
 
 
 def extract_predicted_item(text: str) -> str | None:

@@ -48,7 +48,7 @@ def engine_config(gc: GenerateConfig, model_folder: str) -> vLLMEngineProcessorC
         accelerator_type=gc.accelerator_type,
         should_continue_on_error=True,  # a failed request becomes a row with its error, not a crash
         runtime_env=None if on_gpu else {
-            "env_vars": {"VLLM_CPU_OMP_THREADS_BIND": "auto", "VLLM_CPU_KVCACHE_SPACE": str(gc.cpu_kv_cache_gib)}
+            "env_vars": {"VLLM_CPU_OMP_THREADS_BIND": gc.cpu_threads_bind, "VLLM_CPU_KVCACHE_SPACE": str(gc.cpu_kv_cache_gib)}
         },
         # Without an explicit CPU bundle the engine stage asks for a GPU and never schedules on CPU.
         placement_group_config=None if on_gpu else {"bundles": [{"CPU": 1}]},
@@ -59,14 +59,14 @@ def engine_config(gc: GenerateConfig, model_folder: str) -> vLLMEngineProcessorC
 
 
 def _processor(gc: GenerateConfig, model_folder: str):
-    cap, max_words, model = gc.token_cap, gc.max_words, gc.teacher
+    cap, max_words, model, penalty = gc.token_cap, gc.max_words, gc.teacher, gc.repetition_penalty
 
     def preprocess(row: dict) -> dict:
         return {
             "kind": row["kind"],
             "key": row["key"],
-            "messages": [{"role": "user", "content": row["prompt"]}],
-            "sampling_params": {"temperature": 0.0, "max_tokens": cap},  # greedy
+            "messages": prompts.chat_messages(row["kind"], row["prompt"]),  # Ray's chat stage continues a prefill
+            "sampling_params": {"temperature": 0.0, "max_tokens": cap, "repetition_penalty": penalty},  # greedy
         }
 
     def postprocess(row: dict) -> dict:
@@ -118,6 +118,7 @@ def _kind_summary(root: str, kind: str, keys: list[str], pending: int, new: pa.T
         "skipped_done": len(keys) - pending,
         "generated_now": 0 if new is None else new.num_rows,
         "rows": 0 if merged is None else merged.num_rows,
+        "not_generated": len(keys) - (0 if sample is None else sample.num_rows),
         "failures": count(sample, lambda t: pc.is_valid(t["error"])),
         "truncated_by_token_cap": count(sample, lambda t: pc.equal(t["finish_reason"], "length")),
         "truncated_to_words": count(sample, lambda t: pc.fill_null(t["truncated_to_words"], False)),
@@ -136,17 +137,23 @@ def run(cfg: PipelineConfig) -> dict:
         keys[kind] = generation.sample_keys(all_keys, gc.max_items if kind == "item" else gc.max_users, gc.sample_seed)
         done = generation.done_keys(artifacts.read_generated(root, kind), prompts.PROMPT_VERSIONS[kind], gc.teacher)
         requests += [
-            {"kind": kind, **r} for r in generation.build_requests(kind, users, items, keys[kind], gc.max_words)
+            {"kind": kind, "order": i, **r}
+            for i, r in enumerate(generation.build_requests(kind, users, items, keys[kind], gc.max_words))
             if r["key"] not in done
         ]
 
-    started, batches = time.time(), []
+    # A user's reasoning kinds side by side, items last, so a time budget cuts item descriptions first.
+    requests.sort(key=lambda r: (r["kind"] == "item", r["order"]))
+    started, batches, budget_hit = time.time(), [], False
     if requests:
         # One processor, so one engine start, for every kind; committed every write_every rows.
         outputs = _processor(gc, resolve_teacher(gc.teacher))(ray.data.from_items(requests))
         for batch in outputs.iter_batches(batch_size=gc.write_every, batch_format="pyarrow"):
             _commit(batch, root)
             batches.append(batch.select(["kind", "prompt_tokens", "output_tokens"]))
+            if gc.time_budget_s and time.time() - started > gc.time_budget_s:
+                budget_hit = True  # leaving the loop shuts the pipeline down; nothing committed is lost
+                break
     seconds = time.time() - started
     new = pa.concat_tables(batches) if batches else None
     pending = {kind: sum(r["kind"] == kind for r in requests) for kind in gc.kinds}
@@ -155,14 +162,17 @@ def run(cfg: PipelineConfig) -> dict:
     summary = {
         "teacher": gc.teacher, "max_words": gc.max_words, "token_cap": gc.token_cap, "seconds": round(seconds, 1),
         "output_tokens": output_tokens,
+        "stopped_by_time_budget": budget_hit,
         "output_tokens_per_s": round(output_tokens / seconds, 2) if new is not None else None,
         "kinds": kinds,
     }
     storage.write_json(summary, artifacts.generation_summary_path(root))
     for kind, s in kinds.items():
-        print(f"generate {kind}: {s['rows']} rows ({s['generated_now']} new, {s['skipped_done']} already done), "
+        print(f"generate {kind}: {s['rows']} rows ({s['generated_now']} new, {s['skipped_done']} already done, "
+              f"{s['not_generated']} not generated), "
               f"{s['output_tokens']} output tokens, {s['failures']} failures, {s['truncated_by_token_cap']} cut by the token cap")
-    print(f"generate: {output_tokens} output tokens in {summary['seconds']} s ({summary['output_tokens_per_s']} tok/s)")
+    print(f"generate: {output_tokens} output tokens in {summary['seconds']} s ({summary['output_tokens_per_s']} tok/s)"
+          + (" - stopped by the time budget; re-run to continue" if budget_hit else ""))
     return summary
 
 

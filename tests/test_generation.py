@@ -72,5 +72,13 @@ def test_failures_are_retried_and_merge_keeps_one_row_per_key():
     assert generation.done_keys(table, prompts.PROMPT_VERSIONS["oracle"], "another-model") == set()
     merged = {r["user_id"]: r for r in generation.latest_per_key(table).to_pylist()}
     assert sorted(merged) == ["u1", "u2", "u3", "u4"]
-    assert merged["u1"]["text"] == "second" and merged["u3"]["text"] == "recovered"
+    assert merged["u1"]["text"].endswith(" second") and merged["u3"]["text"].endswith(" recovered")
     assert merged["u2"]["error"] == "engine died"  # kept, never silently dropped
+
+
+def test_oracle_and_item_answers_start_with_the_lead_in():
+    oracle = generation.output_row("oracle", "u1", MODEL, " they like roses.", 10, 5, token_cap=50, max_words=100)
+    assert oracle["text"] == prompts.ORACLE_LEAD_IN + " they like roses."
+    item = generation.output_row("item", "i1", MODEL, "dry skin.", 10, 5, token_cap=50, max_words=100)
+    assert item["text"].startswith(prompts.ITEM_LEAD_IN + " dry skin")
+    assert generation.output_row("item", "i1", MODEL, " ", 10, 1, token_cap=50, max_words=100)["error"] == "empty generation"

@@ -144,11 +144,12 @@ def run(cfg: PipelineConfig) -> dict:
 
     # A user's reasoning kinds side by side, items last, so a time budget cuts item descriptions first.
     requests.sort(key=lambda r: (r["kind"] == "item", r["order"]))
-    started, batches, budget_hit = time.time(), [], False
+    started, batches, budget_hit, first_output = time.time(), [], False, None
     if requests:
         # One processor, so one engine start, for every kind; committed every write_every rows.
         outputs = _processor(gc, resolve_teacher(gc.teacher))(ray.data.from_items(requests))
         for batch in outputs.iter_batches(batch_size=gc.write_every, batch_format="pyarrow"):
+            first_output = first_output or time.time() - started  # engine start and the first answers
             _commit(batch, root)
             batches.append(batch.select(["kind", "prompt_tokens", "output_tokens"]))
             if gc.time_budget_s and time.time() - started > gc.time_budget_s:
@@ -161,6 +162,7 @@ def run(cfg: PipelineConfig) -> dict:
     output_tokens = sum(k["output_tokens"] for k in kinds.values())
     summary = {
         "teacher": gc.teacher, "max_words": gc.max_words, "token_cap": gc.token_cap, "seconds": round(seconds, 1),
+        "seconds_to_first_commit": None if first_output is None else round(first_output, 1),
         "output_tokens": output_tokens,
         "stopped_by_time_budget": budget_hit,
         "output_tokens_per_s": round(output_tokens / seconds, 2) if new is not None else None,

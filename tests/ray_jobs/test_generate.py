@@ -47,11 +47,13 @@ def test_killed_generation_resumes_exactly_once(tmp_path, ray_cluster):
     root = cfg.storage_path
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
 
-    job = subprocess.Popen(generate_command(Path(root)), cwd=REPO, env=env, start_new_session=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "killed-job.log"
+    with open(log, "w") as out:
+        job = subprocess.Popen(generate_command(Path(root)), cwd=REPO, env=env, start_new_session=True,
+                               stdout=out, stderr=subprocess.STDOUT)
     deadline = time.time() + 420
     while not committed_rows(root):
-        assert job.poll() is None, "the job ended before committing anything"
+        assert job.poll() is None, "the job ended before committing anything:\n" + log.read_text()[-4000:]
         assert time.time() < deadline, "no output committed in time"
         time.sleep(0.2)
     os.killpg(job.pid, signal.SIGKILL)  # the job and the Ray cluster it started, mid-run

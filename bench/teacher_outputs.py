@@ -5,9 +5,10 @@ of Beauty would cost.
 
 Writes to ``--out``: ``oracle.parquet``, ``unguided.parquet`` and ``items.parquet`` (the merged
 outputs, zstd-compressed, schemas in ``r2end_core.generation``), ``config.yaml`` (the exact config
-of the run) and ``summary.json``: the run's own summary plus the projected time for every Beauty
-user and item. The projection uses the exact prompt tokens of every prompt and the run's mean
-output tokens per kind:
+of the run), ``unguided_grounding.parquet`` (``grounding.GROUNDING_SCHEMA``: rejection sampling
+for ablation 2) and ``summary.json``: the run's own summary, the rejection-sampling counts and the
+projected time for every Beauty user and item. The projection uses the exact prompt tokens of
+every prompt and the run's mean output tokens per kind:
 
 * this CPU: the run's seconds per token (prompt + output), times all tokens;
 * one GPU (L4, H100): prefill at 40% of bf16 peak FLOPs (2 x parameters per token); decoding in
@@ -26,7 +27,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from transformers import AutoConfig, AutoTokenizer
 
-from r2end_core import artifacts, generation, prompts, storage
+from r2end_core import artifacts, encoders, generation, grounding, prompts, storage
 from r2end_core.config import load_config
 from r2end_core.teacher import resolve_teacher
 
@@ -90,11 +91,20 @@ def main() -> None:
                           for name, gpu in GPUS.items()},
         "assumptions": __doc__.split("* this CPU:")[1].strip(),
     }
-    summary = {"run": run, "projection": projection,
+    # Rejection sampling for ablation 2, with the encoder the training stage starts from.
+    encoder = encoders.load_encoder("bundled:all-minilm-l6-v2")
+    grounded = grounding.ground_unguided(artifacts.read_generated(root, "unguided"), users, items,
+                                         lambda texts: encoders.encode(encoder, texts))
+    pq.write_table(grounded, out / "unguided_grounding.parquet", compression="zstd")
+    accepted = grounded.filter(grounded["accepted"])
+    rejection_sampling = {"grounded": grounded.num_rows, "accepted_top100": accepted.num_rows,
+                          "named_an_item": grounded.filter(grounded["grounded_on"] == "named_item").num_rows}
+    summary = {"run": run, "projection": projection, "rejection_sampling": rejection_sampling,
                "command": f"python -m ray_jobs.generate --config {args.config}", "export": f"python -m bench.teacher_outputs --config {args.config} --out {args.out}"}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps({k: v["rows"] for k, v in run["kinds"].items()}), "rows;", run["seconds"], "s")
     print(json.dumps({k: v for k, v in projection.items() if k != "all_of_beauty" and k != "assumptions"}))
+    print("rejection sampling:", json.dumps(rejection_sampling))
 
 
 if __name__ == "__main__":

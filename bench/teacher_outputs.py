@@ -24,6 +24,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from transformers import AutoConfig, AutoTokenizer
 
@@ -98,7 +99,7 @@ def main() -> None:
     pq.write_table(grounded, out / "unguided_grounding.parquet", compression="zstd")
     accepted = grounded.filter(grounded["accepted"])
     rejection_sampling = {"grounded": grounded.num_rows, "accepted_top100": accepted.num_rows,
-                          "named_an_item": grounded.filter(grounded["grounded_on"] == "named_item").num_rows}
+                          "named_an_item": grounded.filter(pc.equal(grounded["grounded_on"], "named_item")).num_rows}
     summary = {"run": run, "projection": projection, "rejection_sampling": rejection_sampling,
                "command": f"python -m ray_jobs.generate --config {args.config}", "export": f"python -m bench.teacher_outputs --config {args.config} --out {args.out}"}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -90,9 +90,7 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(folder, padding_side="left")
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    # The same rendering as Ray's chat-template stage: continue the prefilled answer.
-    chats = [tokenizer.apply_chat_template(prompts.chat_messages("oracle", r["prompt"]), tokenize=False,
-                                           add_generation_prompt=False, continue_final_message=True) for r in requests]
+    chats = [prompts.render_chat(tokenizer, "oracle", r["prompt"]) for r in requests]
     one = hf_generate(model, tokenizer, chats, gc.token_cap, gc.repetition_penalty, batch_size=1)
     batched = hf_generate(model, tokenizer, chats, gc.token_cap, gc.repetition_penalty, batch_size=args.hf_batch_size)
 

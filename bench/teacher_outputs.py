@@ -37,9 +37,7 @@ DECODE_BATCH, PREFILL_UTILISATION, MIN_STEP_S = 256, 0.4, 0.005
 
 
 def prompt_tokens(tokenizer, kind: str, requests: list[dict]) -> list[int]:
-    chats = [prompts.chat_messages(kind, r["prompt"]) for r in requests]
-    rendered = tokenizer.apply_chat_template(chats, tokenize=False, add_generation_prompt=kind not in ("oracle", "item"),
-                                             continue_final_message=kind in ("oracle", "item"))
+    rendered = [prompts.render_chat(tokenizer, kind, r["prompt"]) for r in requests]
     return [len(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]]
 
 
@@ -62,9 +60,13 @@ def main() -> None:
     cfg = load_config(args.config)
     root, gc, out = storage.absolute(cfg.storage_path), cfg.generate, Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if not storage.exists(artifacts.generation_summary_path(root)):
+        raise SystemExit(f"no generation run under {root}: run `python -m ray_jobs.generate --config {args.config}` first")
     run = storage.read_json(artifacts.generation_summary_path(root))
     for kind in gc.kinds:
         table = artifacts.read_generated(root, kind)
+        if table is None:
+            raise SystemExit(f"no {kind} outputs in {artifacts.generated_path(root, kind)}: nothing to export")
         pq.write_table(table, out / f"{'items' if kind == 'item' else kind}.parquet", compression="zstd", compression_level=19)
     shutil.copyfile(args.config, out / "config.yaml")
 

@@ -132,6 +132,15 @@ def chat_messages(kind: str, prompt: str) -> list[dict]:
     return messages
 
 
+def render_chat(tokenizer, kind: str, prompt: str) -> str:
+    """The text the teacher reads, as Ray's chat-template stage renders it: a generation prompt
+    after a user turn, and a prefilled answer left open to continue."""
+    prefilled = PREFILLS[kind] is not None
+    return tokenizer.apply_chat_template(
+        chat_messages(kind, prompt), tokenize=False, add_generation_prompt=not prefilled, continue_final_message=prefilled
+    )
+
+
 def with_prefill(kind: str, continuation: str) -> str:
     """The whole answer: the prefill followed by what the teacher wrote after it.
 

@@ -45,3 +45,13 @@ def test_bad_sources_are_named(source, message, tmp_path):
 def test_a_local_hf_folder_is_used_as_it_is(model_cache):
     folder = teacher.resolve_teacher("bundled:smollm2-135m-instruct", model_cache)
     assert teacher.resolve_teacher(folder, model_cache) == folder
+
+
+def test_prefilled_answers_are_rendered_open_for_the_teacher_to_continue(model_cache):
+    from r2end_core import prompts
+
+    tokenizer = AutoTokenizer.from_pretrained(teacher.resolve_teacher("bundled:smollm2-135m-instruct", model_cache))
+    oracle = prompts.render_chat(tokenizer, "oracle", "Explain the choice.")
+    assert oracle.rstrip().endswith(prompts.ORACLE_LEAD_IN)  # no end-of-turn after the lead-in
+    unguided = prompts.render_chat(tokenizer, "unguided", "Predict the next item.")
+    assert "Predict the next item." in unguided and not unguided.rstrip().endswith("Predict the next item.")

@@ -48,3 +48,14 @@ def ray_cluster():
     ray.init(address="local", num_cpus=4, include_dashboard=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def prepared_tables(beauty_dir):
+    """(users, items) as the prepare stage builds them (USERS_SCHEMA, ITEMS_SCHEMA), without Ray."""
+    from r2end_core import data
+    from r2end_core.config import PrepareConfig
+
+    prepared = data.load_and_validate(beauty_dir, PrepareConfig(dataset_path=beauty_dir))
+    texts = data.metadata_texts(prepared)
+    return data.build_user_rows(data.sequences_table(prepared), texts, 8, 60), data.build_item_table(prepared, texts, 10)

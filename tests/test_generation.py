@@ -3,23 +3,14 @@
 import datetime as dt
 
 import pyarrow as pa
-import pytest
 
-from r2end_core import data, generation, prompts
-from r2end_core.config import PrepareConfig
+from r2end_core import generation, prompts
 
 MODEL = "bundled:smollm2-135m-instruct"
 
 
-@pytest.fixture
-def tables(beauty_dir):
-    prepared = data.load_and_validate(beauty_dir, PrepareConfig(dataset_path=beauty_dir))
-    texts = data.metadata_texts(prepared)
-    return data.build_user_rows(data.sequences_table(prepared), texts, 8, 60), data.build_item_table(prepared, texts, 10)
-
-
-def test_oracle_prompts_show_the_training_target_never_validation_or_test(tables):
-    users, items = tables
+def test_oracle_prompts_show_the_training_target_never_validation_or_test(prepared_tables):
+    users, items = prepared_tables
     meta = dict(zip(items.column("item_id").to_pylist(), items.column("metadata_text").to_pylist()))
     keys = users.column("user_id").to_pylist()[:50]
     requests = generation.build_requests("oracle", users, items, keys, max_words=100)
@@ -33,8 +24,8 @@ def test_oracle_prompts_show_the_training_target_never_validation_or_test(tables
                 assert meta[held_out] not in request["prompt"]
 
 
-def test_item_prompts_use_buyer_context(tables):
-    users, items = tables
+def test_item_prompts_use_buyer_context(prepared_tables):
+    users, items = prepared_tables
     row = next(r for r in items.to_pylist() if r["buyer_context_ids"])
     (request,) = generation.build_requests("item", users, items, [row["item_id"]], max_words=100)
     assert row["metadata_text"] in request["prompt"] and row["buyer_context_text"] in request["prompt"]

@@ -4,7 +4,7 @@ import pyarrow as pa
 import pytest
 
 from r2end_core import encoders, generation, grounding
-from tests.test_generation import MODEL, tables  # noqa: F401  (fixture)
+from tests.test_generation import MODEL
 
 
 @pytest.fixture(scope="module")
@@ -13,8 +13,8 @@ def minilm():
     return lambda texts: encoders.encode(model, texts)
 
 
-def test_naming_the_true_item_is_accepted_and_an_unrelated_answer_is_not(tables, minilm):  # noqa: F811
-    users, items = tables
+def test_naming_the_true_item_is_accepted_and_an_unrelated_answer_is_not(prepared_tables, minilm):
+    users, items = prepared_tables
     meta = dict(zip(items.column("item_id").to_pylist(), items.column("metadata_text").to_pylist()))
     u1, u2, u3 = users.slice(0, 3).to_pylist()
     title = meta[u1["train_target"]].split(";")[0]
@@ -32,3 +32,10 @@ def test_naming_the_true_item_is_accepted_and_an_unrelated_answer_is_not(tables,
     assert named["grounded_on"] == "named_item" and named["accepted"] and named["target_rank"] <= 5
     assert by_user[u2["user_id"]]["grounded_on"] == "answer"
     assert not by_user[u2["user_id"]]["accepted"] and by_user[u2["user_id"]]["target_rank"] > 5
+
+
+def test_outputs_for_users_outside_the_prepared_data_are_refused(prepared_tables, minilm):
+    users, items = prepared_tables
+    row = generation.output_row("unguided", "NOT-A-USER", MODEL, "Lip balm.", 10, 5, 50, 100)
+    with pytest.raises(ValueError, match="1 users not in the prepared users.*NOT-A-USER"):
+        grounding.ground_unguided(pa.Table.from_pylist([row], schema=generation.USER_OUTPUT_SCHEMA), users, items, minilm)

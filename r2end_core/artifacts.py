@@ -11,6 +11,20 @@
                                    teacher outputs (generation.USER_OUTPUT_SCHEMA / ITEM_OUTPUT_SCHEMA),
                                    one row per key once merged; read them with read_generated
       generated/summary.json       counts, tokens and speed of the last generation run
+      embeddings/items.parquet     embeddings.ITEM_EMBEDDING_SCHEMA: Enc(M_i + D_i) per item
+      embeddings/targets.parquet   embeddings.TARGET_EMBEDDING_SCHEMA: distillation targets per user and kind
+      embeddings/unguided_grounding.parquet
+                                   grounding.GROUNDING_SCHEMA (rejection sampling), when computed here
+      embeddings/user_embeddings/  USER_EMBEDDING_SCHEMA: Enc, undistilled, on history texts (a cache)
+      embeddings/report.json       counts (items with descriptions, targets per kind, skipped outputs)
+      student/model/               the distilled student, a sentence-transformers folder
+      student/metrics.json         distillation summary: steps, loss, distances before and after
+      student/distances.parquet    per held-out user: L2 and cosine to the target, before and after
+      student/user_embeddings/<id>/ embeddings.USER_EMBEDDING_SCHEMA: the student on history texts (a cache
+                                   per trained weights)
+                                   (another folder name with distill.run_name)
+      r2end/projection.pt          the trained projection f (or none: ablation 5) and its config
+      r2end/metrics.json           validation and test metrics (another folder with project.run_name)
       ray_train/                   Ray Train run folders (checkpoints)
 """
 
@@ -57,6 +71,24 @@ def read_generated(root: str, kind: str) -> pa.Table | None:
     if not files:
         return None
     return latest_per_key(pa.concat_tables([storage.read_table(f).cast(output_schema(kind)) for f in files]))
+
+
+def embeddings_path(root: str, name: str) -> str:
+    """``name``: items.parquet, targets.parquet, unguided_grounding.parquet or report.json."""
+    return storage.join(root, "embeddings", name)
+
+
+def encoder_user_embeddings_path(root: str) -> str:
+    return storage.join(root, "embeddings", "user_embeddings")
+
+
+def grounding_path(root: str) -> str:
+    return embeddings_path(root, "unguided_grounding.parquet")
+
+
+def run_path(root: str, run_name: str, name: str = "") -> str:
+    """A file or folder of a distill or project run (``student/model``, ``r2end/metrics.json``)."""
+    return storage.join(root, run_name, name) if name else storage.join(root, run_name)
 
 
 def ray_train_path(root: str) -> str:

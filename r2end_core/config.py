@@ -141,6 +141,79 @@ class GenerateConfig(StrictModel):
         return self.max_tokens or 2 * self.max_words
 
 
+class EmbedConfig(StrictModel):
+    encoder: str = Field(
+        "bundled:all-minilm-l6-v2",
+        description="The pretrained text encoder Enc: bundled:<name> (see r2end_core.encoders) or a "
+        "sentence-transformers folder. It embeds targets and items, and initialises the student.",
+    )
+    teacher_outputs: str | None = Field(
+        None,
+        description="Folder of teacher outputs (oracle.parquet, unguided.parquet, items.parquet, optional "
+        "unguided_grounding.parquet), e.g. teacher_outputs/beauty-cpu. None: this storage path's generated/.",
+    )
+    max_seq_length: int = Field(256, ge=8, description="Tokens the encoder reads per text (longer texts are cut).")
+    batch_size: int = Field(64, ge=1, description="Texts per encoder call.")
+    actors: int = Field(1, ge=1, description="Ray Data encoder replicas.")
+    cpus_per_actor: int = Field(2, ge=1, description="CPUs per encoder replica; also its torch thread count.")
+    use_gpu: bool = False
+
+
+class DistillConfig(StrictModel):
+    run_name: str = Field("student", pattern=r"^[A-Za-z0-9_.-]+$", description="Folder under storage_path.")
+    target: Literal["oracle", "unguided_all", "unguided_grounded", "metadata"] = Field(
+        "oracle",
+        description="What the student learns to produce from history text: Enc(oracle reasoning + target "
+        "metadata) (R2END); the unguided reasoning instead, all of it (ablation 1) or only rejection-sampled "
+        "users' (ablation 2); or Enc(target metadata) alone (ablation 3).",
+    )
+    holdout_fraction: float = Field(
+        0.1, ge=0, lt=1, description="Users kept out of distillation to measure how close the student gets "
+        "to unseen targets (the before/after distances)."
+    )
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(16, ge=1, description="Global batch (split across workers).")
+    learning_rate: float = Field(1e-5, gt=0)
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage.")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="bfloat16 or float32 (fp16 fails on CPU).")
+    checkpoint_every: int = Field(50, ge=1, description="Optimizer steps between checkpoints (the unit a kill loses).")
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (DeepSpeed data parallel).")
+    cpus_per_worker: int = Field(2, ge=1, description="CPUs per worker; also its torch thread count.")
+    use_gpu: bool = False
+    seed: int = 22
+
+
+class ProjectConfig(StrictModel):
+    run_name: str = Field("r2end", pattern=r"^[A-Za-z0-9_.-]+$", description="Folder under storage_path.")
+    user_encoder: Literal["student", "encoder", "item_mean"] = Field(
+        "student", description="User embedding e_u: the distilled student on history text (R2END); the "
+        "pretrained encoder Enc on it, undistilled (a control); or the mean of the history items' embeddings "
+        "(ablation 4)."
+    )
+    student_run: str = Field("student", description="distill.run_name of the student to use.")
+    use_projection: bool = Field(
+        True, description="Train the shared projection f; False ranks by cos(e_u, e_i) directly (ablation 5)."
+    )
+    dim: int = Field(512, ge=1, description="Output dimension of f.")
+    negatives: int = Field(99, ge=1, description="Sampled negative items per user.")
+    temperature: float = Field(0.07, gt=0)
+    reg_weight: float = Field(0.5, ge=0, description="lambda of the L2 term (0: none, ablation 6).")
+    epochs: int = Field(10, ge=1, description="The epoch with the best validation NDCG@10 is kept.")
+    batch_size: int = Field(128, ge=1)
+    learning_rate: float = Field(1e-4, gt=0)
+    train_users: int | None = Field(
+        None, ge=1, description="Users whose training target trains f: a fixed random sample (None: all)."
+    )
+    eval_users: int | None = Field(
+        None, ge=1, description="Users scored on validation and test: the first ones of the same sample (None: all)."
+    )
+    sample_seed: int = 22
+    mask_history: bool = Field(True, description="Exclude a user's earlier items from the ranking.")
+    cpus_per_worker: int = Field(2, ge=1)
+    use_gpu: bool = False
+    seed: int = 22
+
+
 class PipelineConfig(StrictModel):
     storage_path: str = Field(
         description="Where every stage reads and writes artifacts: a local folder or a pyarrow URI "
@@ -150,6 +223,9 @@ class PipelineConfig(StrictModel):
     prepare: PrepareConfig
     sasrec: SasrecConfig = SasrecConfig()
     generate: GenerateConfig = GenerateConfig()
+    embed: EmbedConfig = EmbedConfig()
+    distill: DistillConfig = DistillConfig()
+    project: ProjectConfig = ProjectConfig()
 
 
 class ConfigError(ValueError):

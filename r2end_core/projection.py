@@ -11,9 +11,13 @@ rewards pushing the positive's similarity without bound).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from r2end_core import metrics
+from r2end_core.config import ProjectConfig
 
 
 class Projection(nn.Module):
@@ -90,3 +94,76 @@ def projection_loss(
     contrastive = info_nce(z_users, z_positives, z_negatives, temperature)
     regulariser = l2_regulariser(z_users, z_positives, z_negatives, reg_weight) if reg_weight else torch.zeros(())
     return contrastive + regulariser, {"info_nce": contrastive.item(), "l2": regulariser.item()}
+
+
+def train_epoch(
+    projection: Projection,
+    optimizer: torch.optim.Optimizer,
+    user_embeddings: torch.Tensor,
+    positives: torch.Tensor,
+    item_embeddings: torch.Tensor,
+    cfg: ProjectConfig,
+    generator: torch.Generator,
+) -> dict[str, float]:
+    """One pass over the training users in a random order; returns the mean loss terms."""
+    projection.train()
+    order = torch.randperm(len(user_embeddings), generator=generator)
+    totals = {"info_nce": 0.0, "l2": 0.0}
+    for start in range(0, len(order), cfg.batch_size):
+        rows = order[start : start + cfg.batch_size]
+        negatives = sample_negatives(positives[rows], len(item_embeddings), cfg.negatives, generator)
+        loss, parts = projection_loss(projection, user_embeddings[rows], item_embeddings, positives[rows], negatives,
+                                      cfg.temperature, cfg.reg_weight)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        for name in totals:
+            totals[name] += parts[name] * len(rows)
+    return {name: total / len(order) for name, total in totals.items()}
+
+
+def user_samples(n_users: int, train_users: int | None, eval_users: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted positions of the users that train f and of those scored; the scored users are the
+    first ones of the same fixed permutation, so every variant and sample size sees the same users.
+
+    >>> train, scored = user_samples(10, 6, 3, 0)
+    >>> len(train), len(scored), set(scored) <= set(train)
+    (6, 3, True)
+    """
+    order = np.random.default_rng(seed).permutation(n_users)
+    return np.sort(order[:train_users]), np.sort(order[:eval_users])
+
+
+def unit_vectors(embeddings: torch.Tensor, projection: Projection | None) -> torch.Tensor:
+    """``f(e)`` (or ``e`` itself without a projection), scaled to unit length for cosine search."""
+    with torch.no_grad():
+        out = projection.eval()(embeddings) if projection is not None else embeddings
+    return F.normalize(out, dim=-1)
+
+
+def mean_item_embeddings(histories: list[np.ndarray], item_embeddings: np.ndarray) -> np.ndarray:
+    """Ablation 4's user embedding: the mean of the history items' embeddings, unit length (zeros for
+    an empty history: nothing to go on, so every item scores the same).
+
+    >>> mean_item_embeddings([np.array([0, 1]), np.array([], int)], np.array([[1.0, 0.0], [0.0, 1.0]])).round(3)
+    array([[0.707, 0.707],
+           [0.   , 0.   ]], dtype=float32)
+    """
+    dim = item_embeddings.shape[1]
+    means = np.stack([item_embeddings[h].mean(0) if len(h) else np.zeros(dim) for h in histories]).astype(np.float32)
+    norms = np.linalg.norm(means, axis=1, keepdims=True)
+    return np.divide(means, norms, out=np.zeros_like(means), where=norms > 0)
+
+
+def evaluate(
+    projection: Projection | None,
+    user_embeddings: torch.Tensor,
+    item_embeddings: torch.Tensor,
+    targets: np.ndarray,
+    exclude: list[np.ndarray] | None,
+    tail_items: np.ndarray | None,
+) -> dict[str, float]:
+    """Full-ranking metrics by cosine between projected users and every projected item."""
+    users, items = unit_vectors(user_embeddings, projection), unit_vectors(item_embeddings, projection)
+    return metrics.evaluate_ranking(lambda rows: users[torch.as_tensor(rows)] @ items.T, targets, len(items),
+                                    exclude=exclude, tail_items=tail_items)

@@ -96,3 +96,24 @@ def read_json(path: str) -> Any:
     fs, inner = filesystem(path)
     with fs.open_input_stream(inner) as src:
         return json.loads(src.read().decode())
+
+
+def upload_folder(local_folder: str, path: str) -> None:
+    """Copy a local folder (e.g. a saved model) to ``path``, replacing what was there."""
+    fs, inner = filesystem(path)
+    if fs.get_file_info(inner).type != pafs.FileType.NotFound:
+        fs.delete_dir(inner)
+    fs.create_dir(inner, recursive=True)
+    pafs.copy_files(local_folder, inner, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+
+def local_folder(path: str, cache_root: str) -> str:
+    """A local folder holding the files at ``path``: the path itself when local, else a copy under
+    ``cache_root``."""
+    if not is_uri(path):
+        return absolute(path)
+    fs, inner = filesystem(path)
+    target = os.path.join(cache_root, uuid.uuid5(uuid.NAMESPACE_URL, path).hex)
+    if not os.path.isdir(target):
+        pafs.copy_files(inner, target, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    return target

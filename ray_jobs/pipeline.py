@@ -1,4 +1,5 @@
-"""Run the stages in order on one Ray cluster (local by default, or RAY_ADDRESS).
+"""Run the stages in order on one Ray cluster (local by default, or RAY_ADDRESS):
+prepare -> SASRec baseline -> generate -> embed -> distill -> project, then a metrics table.
 
     python -m ray_jobs.pipeline --config configs/beauty-sample.yaml [--set sasrec.max_epochs=3]
 """
@@ -6,16 +7,22 @@
 from __future__ import annotations
 
 from r2end_core import metrics
-from ray_jobs import prepare, train_sasrec
 from r2end_core.config import PipelineConfig
+from ray_jobs import distill, embed, generate, prepare, project, train_sasrec
 from ray_jobs.runtime import run_stage
 
 
-def run(cfg: PipelineConfig) -> None:
+def run(cfg: PipelineConfig) -> dict:
     prepare.run(cfg)
-    summary = train_sasrec.run(cfg)
-    print(f"\nSASRec (best epoch {summary['best_epoch']}, history masked: {summary['mask_history']}):")
-    print(metrics.format_table({"sasrec": summary}))
+    results = {"sasrec": train_sasrec.run(cfg)}
+    generate.run(cfg)
+    embed.run(cfg)
+    student = distill.run(cfg)
+    results["r2end"] = project.run(cfg)
+    print(f"\nStudent distilled from {student['users_distilled']} users' {student['target']} targets; "
+          f"held-out distances: {student.get('distances_held_out')}")
+    print(metrics.format_table(results))
+    return results
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ def parse_config(description: str) -> PipelineConfig:
     # Ray workers run in other folders: make local paths absolute once, here.
     cfg.storage_path = absolute(cfg.storage_path)
     cfg.prepare.dataset_path = absolute(cfg.prepare.dataset_path)
+    if cfg.embed.teacher_outputs:
+        cfg.embed.teacher_outputs = absolute(cfg.embed.teacher_outputs)
     return cfg
 
 

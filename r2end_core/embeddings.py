@@ -1,0 +1,136 @@
+"""What the encoder embeds (paper §3.2-3.3), and the embedding tables' schemas.
+
+* Item i: ``M_i`` then the teacher's description ``D_i`` (metadata alone when the item has none).
+* User u's distillation target, one per target kind:
+  ``oracle`` / ``unguided``: ``M_target`` then the teacher's reasoning ``R_u``; ``metadata``:
+  ``M_target`` alone (ablation 3). The target item is the user's *training* target.
+
+The paper writes ``R_u ⊕ M_target``; the metadata goes first here so an encoder that cuts long
+texts never cuts the target item away.
+
+Teacher outputs come from a folder (``oracle.parquet``, ``unguided.parquet``, ``items.parquet``
+as ``bench.teacher_outputs`` exports them, plus ``unguided_grounding.parquet``) or from a
+storage path's ``generated/`` (see ``read_teacher_outputs``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from r2end_core import artifacts, storage
+from r2end_core.generation import output_schema
+
+TARGET_KINDS = ("oracle", "unguided", "metadata")
+
+#: One row per catalogue item, in item_index order.
+ITEM_EMBEDDING_SCHEMA = pa.schema(
+    [
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("item_index", pa.int32(), nullable=False),
+        pa.field("has_description", pa.bool_(), nullable=False),  # False: metadata alone was embedded
+        pa.field("embedding", pa.list_(pa.float32()), nullable=False),  # unit length
+    ]
+)
+
+#: One row per (user, target kind). ``accepted``: rejection sampling kept this user (unguided only).
+TARGET_EMBEDDING_SCHEMA = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("target", pa.string(), nullable=False),
+        pa.field("accepted", pa.bool_()),
+        pa.field("embedding", pa.list_(pa.float32()), nullable=False),
+    ]
+)
+
+#: One row per (user, split): a user encoder's embedding of that split's history text.
+USER_EMBEDDING_SCHEMA = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("embedding", pa.list_(pa.float32()), nullable=False),
+    ]
+)
+
+
+def join_texts(*parts: str | None) -> str:
+    """``M ⊕ R``: the present parts, one per line.
+
+    >>> join_texts("Lip Balm; brand: Burt's", None, "The user likes lip care.")
+    "Lip Balm; brand: Burt's\\nThe user likes lip care."
+    """
+    return "\n".join(p for p in parts if p)
+
+
+def succeeded(outputs: pa.Table) -> pa.Table:
+    """Teacher output rows with text (failed and empty generations are kept in storage, not used)."""
+    return outputs.filter(pc.and_(outputs["error"].is_null(), outputs["text"].is_valid()))
+
+
+def read_teacher_outputs(folder: str | None, root: str) -> dict[str, pa.Table | None]:
+    """``{"oracle", "unguided", "item", "grounding"}`` -> table, or None where there is none.
+
+    ``folder``: an exported teacher-outputs folder; None reads ``<root>/generated/``.
+    """
+    found: dict[str, pa.Table | None] = {}
+    for kind, name in (("oracle", "oracle"), ("unguided", "unguided"), ("item", "items")):
+        if folder is None:
+            found[kind] = artifacts.read_generated(root, kind)
+        else:
+            path = storage.join(folder, f"{name}.parquet")
+            found[kind] = storage.read_table(path).cast(output_schema(kind)) if storage.exists(path) else None
+    grounding = storage.join(folder, "unguided_grounding.parquet") if folder else artifacts.grounding_path(root)
+    found["grounding"] = storage.read_table(grounding) if storage.exists(grounding) else None
+    return found
+
+
+def check_users_known(outputs: pa.Table, users: pa.Table, source: str) -> None:
+    known = set(users.column("user_id").to_pylist())
+    unknown = [u for u in outputs.column("user_id").to_pylist() if u not in known]
+    if unknown:
+        raise ValueError(
+            f"{source}: outputs for {len(unknown)} users that are not in the prepared users, e.g. {unknown[:3]}; "
+            "the teacher outputs and the prepared data come from different samples or datasets"
+        )
+
+
+def item_texts(items: pa.Table, descriptions: pa.Table | None) -> tuple[list[str], np.ndarray]:
+    """Per item (item_index order): ``M_i ⊕ D_i``, and whether it had a description."""
+    described = {}
+    if descriptions is not None:
+        ok = succeeded(descriptions)
+        described = dict(zip(ok.column("item_id").to_pylist(), ok.column("text").to_pylist()))
+    ids = items.column("item_id").to_pylist()
+    texts = [join_texts(m, described.get(i)) for i, m in zip(ids, items.column("metadata_text").to_pylist())]
+    return texts, np.array([i in described for i in ids], dtype=bool)
+
+
+def target_texts(target: str, users: pa.Table, items: pa.Table, reasoning: pa.Table | None) -> tuple[list[str], list[str]]:
+    """(user ids, target texts) for one target kind.
+
+    ``reasoning``: the teacher's oracle or unguided rows (for ``metadata``, the oracle rows: the
+    ablation changes the target, not the users).
+    """
+    if reasoning is None:
+        need = "oracle" if target == "metadata" else target
+        raise ValueError(f"target '{target}' needs the teacher's {need} outputs, and there are none: run the "
+                         f"generate stage with kinds including '{need}', or set embed.teacher_outputs")
+    ok = succeeded(reasoning)
+    metadata = dict(zip(items.column("item_id").to_pylist(), items.column("metadata_text").to_pylist()))
+    train_target = dict(zip(users.column("user_id").to_pylist(), users.column("train_target").to_pylist()))
+    user_ids = ok.column("user_id").to_pylist()
+    texts = ok.column("text").to_pylist()
+    if target == "metadata":
+        return user_ids, [metadata[train_target[u]] for u in user_ids]
+    return user_ids, [join_texts(metadata[train_target[u]], r) for u, r in zip(user_ids, texts)]
+
+
+def embedding_column(vectors: np.ndarray) -> pa.Array:
+    return pa.array(list(np.asarray(vectors, dtype=np.float32)), type=pa.list_(pa.float32()))
+
+
+def to_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A list<float32> column as a ``[rows, dim]`` float32 matrix."""
+    flat = pc.list_flatten(column).to_numpy(zero_copy_only=False)
+    return flat.reshape(len(column), -1).astype(np.float32)  # a writable copy (torch wants one)

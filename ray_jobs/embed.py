@@ -1,0 +1,92 @@
+"""Embed stage: item embeddings Enc(M_i ⊕ D_i) and the students' targets, encoded on Ray Data.
+
+    ray job submit --working-dir . -- python -m ray_jobs.embed --config configs/beauty-sample.yaml
+
+Reads the prepared tables and the teacher outputs (``embed.teacher_outputs``, else this storage
+path's ``generated/``); writes ``embeddings/`` (schemas in ``r2end_core.embeddings``).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from r2end_core import artifacts, embeddings, grounding, storage
+from r2end_core.config import PipelineConfig
+from ray_jobs.encode import encode_texts
+from ray_jobs.runtime import run_stage
+
+
+def run(cfg: PipelineConfig) -> dict:
+    root, ec = cfg.storage_path, cfg.embed
+    started = time.time()
+    users, items = artifacts.read_users(root), artifacts.read_items(root)
+    outputs = embeddings.read_teacher_outputs(ec.teacher_outputs, root)
+    source = ec.teacher_outputs or storage.join(root, "generated")
+    for kind in ("oracle", "unguided"):
+        if outputs[kind] is not None:
+            embeddings.check_users_known(outputs[kind], users, f"{source} ({kind})")
+
+    def encode(texts: list[str]) -> np.ndarray:
+        return encode_texts(texts, ec.encoder, ec)
+
+    texts, described = embeddings.item_texts(items, outputs["item"])
+    item_table = pa.table(
+        {"item_id": items["item_id"], "item_index": items["item_index"], "has_description": described,
+         "embedding": embeddings.embedding_column(encode(texts))},
+        schema=embeddings.ITEM_EMBEDDING_SCHEMA,
+    )
+    storage.write_table(item_table, artifacts.embeddings_path(root, "items.parquet"))
+
+    accepted = {}
+    if outputs["unguided"] is not None:
+        if outputs["grounding"] is None:  # rejection sampling, computed once
+            outputs["grounding"] = grounding.ground_unguided(outputs["unguided"], users, items, encode)
+            storage.write_table(outputs["grounding"], artifacts.grounding_path(root))
+        accepted = dict(zip(outputs["grounding"].column("user_id").to_pylist(),
+                            outputs["grounding"].column("accepted").to_pylist()))
+    kinds, user_ids, target_texts, missing = [], [], [], []
+    for target in embeddings.TARGET_KINDS:
+        reasoning = outputs["unguided" if target == "unguided" else "oracle"]
+        if reasoning is None:
+            missing.append(target)
+            continue
+        ids, target_text = embeddings.target_texts(target, users, items, reasoning)
+        kinds += [target] * len(ids)
+        user_ids += ids
+        target_texts += target_text
+    if not target_texts:
+        raise ValueError(f"{source}: no oracle or unguided teacher outputs to build distillation targets from")
+    target_table = pa.table(
+        {"user_id": user_ids, "target": kinds,
+         "accepted": [accepted.get(u) if k == "unguided" else None for u, k in zip(user_ids, kinds)],
+         "embedding": embeddings.embedding_column(encode(target_texts))},
+        schema=embeddings.TARGET_EMBEDDING_SCHEMA,
+    )
+    storage.write_table(target_table, artifacts.embeddings_path(root, "targets.parquet"))
+
+    report = {
+        "teacher_outputs": source,
+        "encoder": ec.encoder,
+        "items": items.num_rows,
+        "items_with_description": int(described.sum()),
+        "items_metadata_only": int((~described).sum()),
+        "targets": {k: kinds.count(k) for k in embeddings.TARGET_KINDS if k not in missing},
+        "targets_missing": missing,
+        "teacher_rows_without_text": {
+            kind: outputs[kind].num_rows - embeddings.succeeded(outputs[kind]).num_rows
+            for kind in ("oracle", "unguided", "item") if outputs[kind] is not None
+        },
+        "unguided_accepted": int(sum(bool(v) for v in accepted.values())),
+        "wall_time_s": round(time.time() - started, 1),
+    }
+    storage.write_json(report, artifacts.embeddings_path(root, "report.json"))
+    for path in storage.list_files(artifacts.encoder_user_embeddings_path(root)):  # cached under the old settings
+        storage.delete_file(path)
+    return report
+
+
+if __name__ == "__main__":
+    print(run_stage(__doc__, run))

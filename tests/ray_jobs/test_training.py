@@ -1,0 +1,126 @@
+"""The training stages for real on a small slice: 40 Beauty users with their committed teacher
+outputs. Embed on Ray Data, distill on Ray Train + DeepSpeed (SIGKILLed part-way, then resumed from
+its checkpoint), project on Ray Train (then continued to more epochs), evaluate."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from r2end_core import artifacts, embeddings, encoders, storage
+from r2end_core.config import load_config
+from ray_jobs import embed, prepare, project
+from tests.conftest import BEAUTY, write_dataset
+
+REPO = Path(__file__).resolve().parents[2]
+TEACHER_OUTPUTS = REPO / "teacher_outputs/beauty-cpu"
+USERS = 40
+
+
+@pytest.fixture(scope="module")
+def slice_folders(tmp_path_factory) -> tuple[str, str]:
+    """(dataset folder, teacher-outputs folder): the first 40 users with oracle reasoning, all their
+    interactions and items, and exactly their rows of the committed teacher outputs."""
+    root = tmp_path_factory.mktemp("slice")
+    oracle = pq.read_table(TEACHER_OUTPUTS / "oracle.parquet")
+    users = sorted(embeddings.succeeded(oracle).column("user_id").to_pylist())[:USERS]
+    keep = pa.array(users)
+    inter = pq.read_table(BEAUTY / "interactions.parquet")
+    inter = inter.filter(pc.is_in(inter["user_id"], keep))
+    items = pq.read_table(BEAUTY / "items.parquet")
+    items = items.filter(pc.is_in(items["item_id"], inter["item_id"].unique()))
+    dataset = write_dataset(root / "beauty", inter, items)
+    outputs = root / "teacher_outputs"
+    outputs.mkdir()
+    for name, key, wanted in (("oracle", "user_id", keep), ("unguided", "user_id", keep),
+                              ("unguided_grounding", "user_id", keep), ("items", "item_id", items["item_id"])):
+        table = pq.read_table(TEACHER_OUTPUTS / f"{name}.parquet")
+        pq.write_table(table.filter(pc.is_in(table[key], wanted)), outputs / f"{name}.parquet")
+    return dataset, str(outputs)
+
+
+def stage_config(tmp_path, dataset: str, outputs: str, *overrides: str):
+    cfg = load_config(REPO / "configs/beauty-sample.yaml", [
+        f"storage_path={tmp_path / 'artifacts'}", f"prepare.dataset_path={dataset}", "prepare.sample_users=null",
+        f"embed.teacher_outputs={outputs}", "embed.max_seq_length=128",
+        "distill.batch_size=2", "distill.checkpoint_every=3", "distill.holdout_fraction=0.25",
+        "project.epochs=2", "project.batch_size=8", "project.negatives=9", *overrides,
+    ])
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump()))
+    return cfg, path
+
+
+def distill_job(config_path: Path, log: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, "-m", "ray_jobs.distill", "--config", str(config_path)], cwd=REPO,
+                                env=env, start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
+
+
+def checkpoints(root: str) -> list[Path]:
+    """Checkpoints Ray Train has registered (the snapshot is written once a checkpoint is complete)."""
+    return list(Path(artifacts.ray_train_path(root)).glob("distill-*/checkpoint_manager_snapshot.json"))
+
+
+def test_embed_distill_resume_project(tmp_path, ray_cluster, slice_folders):
+    cfg, config_path = stage_config(tmp_path, *slice_folders)
+    root = cfg.storage_path
+    prepare.run(cfg)
+    report = embed.run(cfg)
+    assert report["targets"] == {"oracle": USERS, "unguided": USERS, "metadata": USERS}
+    assert report["items"] == report["items_with_description"] + report["items_metadata_only"]
+    targets = storage.read_table(artifacts.embeddings_path(root, "targets.parquet"))
+    assert targets.schema.equals(embeddings.TARGET_EMBEDDING_SCHEMA)
+    vectors = embeddings.to_matrix(targets["embedding"])
+    assert vectors.shape == (3 * USERS, 384) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)
+
+    # Distillation SIGKILLed after its first checkpoint; the re-run resumes from it.
+    killed = distill_job(config_path, tmp_path / "killed.log")
+    deadline = time.time() + 400
+    while not checkpoints(root):
+        assert killed.poll() is None, "distill ended before its first checkpoint:\n" + (tmp_path / "killed.log").read_text()[-4000:]
+        assert time.time() < deadline, "no checkpoint in time"
+        time.sleep(0.5)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert not storage.exists(artifacts.run_path(root, "student", "metrics.json"))
+
+    rerun = distill_job(config_path, tmp_path / "rerun.log")
+    assert rerun.wait(timeout=600) == 0, (tmp_path / "rerun.log").read_text()[-4000:]
+    student = json.loads(Path(artifacts.run_path(root, "student", "metrics.json")).read_text())
+    assert student["users_distilled"] == USERS - 10 and student["steps"] == 15
+    assert student["resumed_from_step"] >= 3 and len(student["losses"]) == 15
+    held = student["distances_held_out"]
+    assert held["l2_after"]["mean"] < held["l2_before"]["mean"] and held["cos_after"]["mean"] > held["cos_before"]["mean"]
+    # The saved student is a plain sentence-transformers folder.
+    model = encoders.load_encoder(artifacts.run_path(root, "student", "model"))
+    assert encoders.encode(model, ["1. 2014-01-01: Lip Balm"]).shape == (1, 384)
+
+    summary = project.run(cfg)
+    assert summary["epochs_trained"] == 2 and summary["resumed_from_epoch"] == 0
+    for split in ("valid", "test"):
+        assert summary[split]["users"] == USERS and 0 <= summary[split]["ndcg@10"] <= summary[split]["hr@10"] <= 1
+    # Asking for more epochs continues the same run from its last checkpoint.
+    cfg.project.epochs = 3
+    continued = project.run(cfg)
+    assert continued["resumed_from_epoch"] == 2 and continued["epochs_trained"] == 3
+    assert [h["epoch"] for h in continued["history"]] == [1, 2, 3]
+
+    # Ablation switches of the same job: no text encoder, no projection.
+    cfg.project.user_encoder, cfg.project.use_projection, cfg.project.run_name = "item_mean", False, "floor"
+    floor = project.run(cfg)
+    assert "best_epoch" not in floor and floor["test"]["users"] == USERS
+    assert not storage.exists(artifacts.run_path(root, "floor", "projection.pt"))

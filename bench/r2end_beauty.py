@@ -12,20 +12,18 @@ r2end_beauty.md and two PNG plots (metrics per method; distances before and afte
 from __future__ import annotations
 
 import json
-import platform
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from r2end_core import artifacts, data, metrics, projection, sasrec, storage
 from r2end_core.config import PipelineConfig, ProjectConfig
+from bench import results
 from ray_jobs import distill, embed, project, train_sasrec
 from ray_jobs.runtime import run_stage
 
-RESULTS = Path(__file__).parent / "results"
 TEACHER_OUTPUTS = "teacher_outputs/beauty-cpu"
 # Defaults sized so the whole run fits about an hour on 2 CPU cores: every text encoder reads
 # train_users + 2 x eval_users history texts (about 55 texts/s here).
@@ -94,9 +92,9 @@ def benchmark(cfg: PipelineConfig) -> None:
     embed_report = timed("embed", embed.run, cfg)
     students = {target: timed(f"distill {target}", distill.run, variant(cfg, next(m for m, (t, _) in METHODS.items() if t == target)))
                 for target in STUDENTS}
-    results = {method: timed(f"project {method}", project.run, variant(cfg, method)) for method in METHODS}
-    chosen = json.loads((RESULTS / "sasrec_beauty.json").read_text())["chosen"]
-    results["sasrec"] = timed("sasrec scoring", sasrec_on_users, cfg, chosen)
+    scored = {method: timed(f"project {method}", project.run, variant(cfg, method)) for method in METHODS}
+    chosen = json.loads((results.FOLDER / "sasrec_beauty.json").read_text())["chosen"]
+    scored["sasrec"] = timed("sasrec scoring", sasrec_on_users, cfg, chosen)
 
     setup = {
         "teacher": "SmolLM2-135M-Instruct (bundled), greedy, repetition penalty 1.1, 64 words",
@@ -113,20 +111,17 @@ def benchmark(cfg: PipelineConfig) -> None:
     }
     out = {
         "methods": {m: {"valid": r["valid"], "test": r["test"], **({"best_epoch": r["best_epoch"]} if "best_epoch" in r else {})}
-                    for m, r in results.items()},
+                    for m, r in scored.items()},
         "students": {t: {k: v for k, v in s.items() if k != "losses"} for t, s in students.items()},
         "paper_beauty": {m: dict(zip(("hr@5", "ndcg@5", "hr@10", "ndcg@10"), v)) for m, v in PAPER.items()},
         "setup": setup,
         "timings_s": timings,
         "command": "python -m " + " ".join(["bench.r2end_beauty", *sys.argv[1:]]),
         "total_wall_time_s": round(time.time() - started, 1),
-        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, 2 cores",
+        "machine": results.machine(),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "r2end_beauty.json").write_text(json.dumps(out, indent=2, sort_keys=True))
     plot(out, cfg)
-    (RESULTS / "r2end_beauty.md").write_text(report(out))
-    print(report(out))
+    results.write("r2end_beauty", out, report(out))
 
 
 def report(out: dict) -> str:
@@ -188,7 +183,7 @@ def plot(out: dict, cfg: PipelineConfig) -> None:
     ax.set_title("Beauty, full ranking, same users")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(RESULTS / "r2end_beauty_metrics.png", dpi=110)
+    fig.savefig(results.FOLDER / "r2end_beauty_metrics.png", dpi=110)
     plt.close(fig)
 
     distances = storage.read_table(artifacts.run_path(cfg.storage_path, STUDENTS["oracle"], "distances.parquet"))
@@ -199,7 +194,7 @@ def plot(out: dict, cfg: PipelineConfig) -> None:
         ax.set_title(f"{label} to the oracle target (held-out users)")
         ax.legend()
     fig.tight_layout()
-    fig.savefig(RESULTS / "r2end_beauty_distances.png", dpi=110)
+    fig.savefig(results.FOLDER / "r2end_beauty_distances.png", dpi=110)
     plt.close(fig)
 
 

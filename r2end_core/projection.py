@@ -165,5 +165,5 @@ def evaluate(
 ) -> dict[str, float]:
     """Full-ranking metrics by cosine between projected users and every projected item."""
     users, items = unit_vectors(user_embeddings, projection), unit_vectors(item_embeddings, projection)
-    return metrics.evaluate_ranking(lambda rows: users[torch.as_tensor(rows)] @ items.T, targets, len(items),
+    return metrics.evaluate_ranking(lambda rows: (users[torch.as_tensor(rows)] @ items.T).cpu(), targets, len(items),
                                     exclude=exclude, tail_items=tail_items)

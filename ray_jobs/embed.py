@@ -29,8 +29,14 @@ def run(cfg: PipelineConfig) -> dict:
         if outputs[kind] is not None:
             embeddings.check_users_known(outputs[kind], users, f"{source} ({kind})")
 
+    encoded: dict[str, np.ndarray] = {}
+
     def encode(texts: list[str]) -> np.ndarray:
-        return encode_texts(texts, ec.encoder, ec)
+        """Each distinct text once: grounding re-reads item metadata the item embeddings already hold."""
+        new = list(dict.fromkeys(t for t in texts if t not in encoded))
+        if new:
+            encoded.update(zip(new, encode_texts(new, ec.encoder, ec)))
+        return np.stack([encoded[t] for t in texts])
 
     texts, described = embeddings.item_texts(items, outputs["item"])
     item_table = pa.table(

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 import ray.train
+import ray.train.torch
 import torch
 from ray.train import CheckpointConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
@@ -41,11 +42,13 @@ def train_loop_per_worker(config: dict) -> None:
     cfg = ProjectConfig(**config["project"])
     torch.set_num_threads(cfg.cpus_per_worker)
     torch.manual_seed(cfg.seed)
-    arrays = ray.get(config["arrays"])
-    items = torch.from_numpy(arrays["items"])
-    train_users, positives = torch.from_numpy(arrays["train_users"]), torch.from_numpy(arrays["train_targets"])
-    valid_users = torch.from_numpy(arrays["valid_users"])
-    f = projection.Projection(items.shape[1], cfg.dim)
+    device = ray.train.torch.get_device()
+    arrays = ray.get(config["arrays"])  # read-only views of the object store: torch.tensor copies them
+    items = torch.tensor(arrays["items"], device=device)
+    train_users = torch.tensor(arrays["train_users"], device=device)
+    positives = torch.tensor(arrays["train_targets"])  # indices stay on the CPU, with the sampler
+    valid_users = torch.tensor(arrays["valid_users"], device=device)
+    f = projection.Projection(items.shape[1], cfg.dim).to(device)
     optimizer = torch.optim.Adam(f.parameters(), lr=cfg.learning_rate)
     generator = torch.Generator().manual_seed(cfg.seed)
     state = {"epoch": 0, "best": None, "history": [], "resumed_from_epoch": 0}
@@ -54,7 +57,7 @@ def train_loop_per_worker(config: dict) -> None:
         with checkpoint.as_directory() as folder:
             state = torch.load(os.path.join(folder, STATE_FILE), weights_only=False)
         f.load_state_dict(state["projection"])
-        optimizer.load_state_dict(state["optimizer"])
+        optimizer.load_state_dict(state["optimizer"])  # moves the optimizer state to f's device
         generator.set_state(state["generator"])
         state["resumed_from_epoch"] = state["epoch"]
 
@@ -177,7 +180,7 @@ def run(cfg: PipelineConfig) -> dict:
         with result.checkpoint.as_directory() as folder:
             state = torch.load(os.path.join(folder, STATE_FILE), weights_only=False)
         f = projection.Projection(item_vectors.shape[1], pc_.dim)
-        f.load_state_dict(state["best"]["projection"])
+        f.load_state_dict({k: v.cpu() for k, v in state["best"]["projection"].items()})
         summary.update(best_epoch=state["best"]["epoch"], epochs_trained=state["epoch"],
                        resumed_from_epoch=state["resumed_from_epoch"], history=state["history"])
         with storage.open_output(artifacts.run_path(root, pc_.run_name, "projection.pt")) as out:

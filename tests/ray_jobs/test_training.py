@@ -60,7 +60,7 @@ def stage_config(tmp_path, dataset: str, outputs: str, *overrides: str):
         "distill.batch_size=2", "distill.checkpoint_every=3", "distill.holdout_fraction=0.25",
         "project.epochs=2", "project.batch_size=8", "project.negatives=9", *overrides,
     ])
-    path = tmp_path / "config.yaml"
+    path = tmp_path / "config.yaml"  # for the stage run as its own process
     path.write_text(yaml.safe_dump(cfg.model_dump()))
     return cfg, path
 
@@ -77,11 +77,18 @@ def checkpoints(root: str) -> list[Path]:
     return list(Path(artifacts.ray_train_path(root)).glob("distill-*/checkpoint_manager_snapshot.json"))
 
 
-def test_embed_distill_resume_project(tmp_path, ray_cluster, slice_folders):
-    cfg, config_path = stage_config(tmp_path, *slice_folders)
-    root = cfg.storage_path
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory, ray_cluster, slice_folders):
+    """The slice prepared and embedded once: (config, its YAML file, the embed report)."""
+    cfg, config_path = stage_config(tmp_path_factory.mktemp("stages"), *slice_folders)
     prepare.run(cfg)
-    report = embed.run(cfg)
+    return cfg, config_path, embed.run(cfg)
+
+
+def test_embed_distill_resume_project(tmp_path, embedded):
+    cfg, config_path, report = embedded
+    cfg = cfg.model_copy(deep=True)
+    root = cfg.storage_path
     assert report["targets"] == {"oracle": USERS, "unguided": USERS, "metadata": USERS}
     assert report["items"] == report["items_with_description"] + report["items_metadata_only"]
     targets = storage.read_table(artifacts.embeddings_path(root, "targets.parquet"))
@@ -128,12 +135,11 @@ def test_embed_distill_resume_project(tmp_path, ray_cluster, slice_folders):
     assert not storage.exists(artifacts.run_path(root, "floor", "projection.pt"))
 
 
-def test_two_workers_zero3_bf16_save_a_plain_student(tmp_path, ray_cluster, slice_folders):
-    cfg, _ = stage_config(tmp_path, *slice_folders, "distill.num_workers=2", "distill.cpus_per_worker=1",
-                          "distill.zero_stage=3", "distill.dtype=bfloat16", "distill.batch_size=4",
-                          "distill.target=metadata", "distill.run_name=student-z3")
-    prepare.run(cfg)
-    embed.run(cfg)
+def test_two_workers_zero3_bf16_save_a_plain_student(embedded):
+    cfg = embedded[0].model_copy(deep=True)
+    cfg.distill = cfg.distill.model_copy(update={"num_workers": 2, "cpus_per_worker": 1, "zero_stage": 3,
+                                                 "dtype": "bfloat16", "batch_size": 4, "target": "metadata",
+                                                 "run_name": "student-z3"})
     summary = distill.run(cfg)
     assert summary["target"] == "metadata" and summary["steps"] == 8 and summary["config"]["zero_stage"] == 3
     # ZeRO-3 partitions the weights across the two workers; the saved folder holds them whole, in fp32.

@@ -137,12 +137,13 @@ def report(out: dict) -> str:
         "| method | H@5 | N@5 | H@10 (± s.e.) | N@10 | H@10 vs SASRec | paper H@5 | paper N@5 | paper H@10 | paper N@10 |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for m, r in methods.items():
-        t, p = r["test"], paper.get(m, {})
+    order = [m for m in (*METHODS, "sasrec") if m in methods]  # the JSON's keys are sorted; the table is not
+    for m in order:
+        t, p = methods[m]["test"], paper.get(m, {})
         stderr = (t["hr@10"] * (1 - t["hr@10"]) / t["users"]) ** 0.5  # binomial, per method
         lines.append(f"| {m} | {t['hr@5']:.4f} | {t['ndcg@5']:.4f} | {t['hr@10']:.4f} ± {stderr:.4f} | {t['ndcg@10']:.4f} | "
                      f"{t['hr@10'] / sasrec_hr10:.2f}x | " + " | ".join(fmt(p.get(k)) for k in ("hr@5", "ndcg@5", "hr@10", "ndcg@10")) + " |")
-    lines += ["", "Validation (what selection saw):", "", metrics.format_table({m: {"valid": r["valid"]} for m, r in methods.items()}, (10,)), ""]
+    lines += ["", "Validation (what selection saw):", "", metrics.format_table({m: {"valid": methods[m]["valid"]} for m in order}, (10,)), ""]
     lines += ["Distillation (held-out users' history embeddings vs their targets, before -> after):", "",
               "| student target | users | steps | L2 mean | cosine mean |", "|---|---|---|---|---|"]
     for target, s in out["students"].items():

@@ -14,8 +14,10 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
+import yaml
 import torch
 
 from r2end_core import artifacts, data, metrics, projection, sasrec, storage
@@ -25,7 +27,7 @@ from ray_jobs import distill, embed, project, train_sasrec
 from ray_jobs.runtime import run_stage
 
 TEACHER_OUTPUTS = "teacher_outputs/beauty-cpu"
-# Defaults sized so the whole run fits about an hour on 2 CPU cores: every text encoder reads
+# Defaults sized so the whole run fits about two hours on 2 CPU cores: every text encoder reads
 # train_users + 2 x eval_users history texts (about 55 texts/s here).
 TRAIN_USERS, EVAL_USERS = 8000, 4000
 
@@ -56,13 +58,18 @@ PAPER = {
 }
 
 
+def student_config(cfg: PipelineConfig, target: str) -> PipelineConfig:
+    """The config that distills (or reads) the student for one distillation target."""
+    run_cfg = cfg.model_copy(deep=True)
+    run_cfg.distill = run_cfg.distill.model_copy(update={"target": target, "run_name": STUDENTS[target]})
+    return run_cfg
+
+
 def variant(cfg: PipelineConfig, method: str) -> PipelineConfig:
     target, overrides = METHODS[method]
-    run_cfg = cfg.model_copy(deep=True)
-    student = STUDENTS.get(target, STUDENTS["oracle"])
-    run_cfg.distill = run_cfg.distill.model_copy(update={"target": target or "oracle", "run_name": student})
+    run_cfg = student_config(cfg, target or "oracle")  # methods without a student never read it
     run_cfg.project = ProjectConfig(**{**cfg.project.model_dump(), "run_name": f"bench-{method}",
-                                                   "student_run": student, **overrides})
+                                       "student_run": run_cfg.distill.run_name, **overrides})
     return run_cfg
 
 
@@ -90,14 +97,14 @@ def benchmark(cfg: PipelineConfig) -> None:
         return out
 
     embed_report = timed("embed", embed.run, cfg)
-    students = {target: timed(f"distill {target}", distill.run, variant(cfg, next(m for m, (t, _) in METHODS.items() if t == target)))
-                for target in STUDENTS}
+    students = {target: timed(f"distill {target}", distill.run, student_config(cfg, target)) for target in STUDENTS}
     scored = {method: timed(f"project {method}", project.run, variant(cfg, method)) for method in METHODS}
     chosen = json.loads((results.FOLDER / "sasrec_beauty.json").read_text())["chosen"]
     scored["sasrec"] = timed("sasrec scoring", sasrec_on_users, cfg, chosen)
 
     setup = {
-        "teacher": "SmolLM2-135M-Instruct (bundled), greedy, repetition penalty 1.1, 64 words",
+        "teacher": "{teacher}, greedy, repetition penalty {repetition_penalty}, {max_words} words".format(
+            **yaml.safe_load((Path(TEACHER_OUTPUTS) / "config.yaml").read_text())["generate"]),
         "teacher_outputs": TEACHER_OUTPUTS,
         "oracle_users": embed_report["targets"].get("oracle"),
         "unguided_users": embed_report["targets"].get("unguided"),

@@ -78,6 +78,14 @@ def embeddings_path(root: str, name: str) -> str:
     return storage.join(root, "embeddings", name)
 
 
+def read_embeddings(root: str, name: str) -> pa.Table:
+    """An embed-stage table (``items.parquet`` or ``targets.parquet``), or an error saying what to run."""
+    path = embeddings_path(root, name)
+    if not storage.exists(path):
+        raise FileNotFoundError(f"{path} not found: run the embed stage (ray_jobs.embed) on this storage path first")
+    return storage.read_table(path)
+
+
 def encoder_user_embeddings_path(root: str) -> str:
     return storage.join(root, "embeddings", "user_embeddings")
 

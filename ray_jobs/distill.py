@@ -112,8 +112,7 @@ def run(cfg: PipelineConfig) -> dict:
     started = time.time()
     users = artifacts.read_users(root)
     history = dict(zip(users.column("user_id").to_pylist(), users.column("train_history_text").to_pylist()))
-    user_ids, targets = distill.select_targets(storage.read_table(artifacts.embeddings_path(root, "targets.parquet")),
-                                               dc.target)
+    user_ids, targets = distill.select_targets(artifacts.read_embeddings(root, "targets.parquet"), dc.target)
     train_rows, held_rows = distill.split_holdout(user_ids, dc.holdout_fraction, dc.seed)
     examples_path = artifacts.run_path(root, dc.run_name, "examples.parquet")
     storage.write_table(

@@ -135,7 +135,7 @@ def run(cfg: PipelineConfig) -> dict:
     root, pc_ = cfg.storage_path, cfg.project
     started = time.time()
     users, items = artifacts.read_users(root), artifacts.read_items(root)
-    item_table = storage.read_table(artifacts.embeddings_path(root, "items.parquet")).sort_by("item_index")
+    item_table = artifacts.read_embeddings(root, "items.parquet").sort_by("item_index")
     if item_table.num_rows != items.num_rows or not pc.all(pc.equal(item_table["item_id"], items["item_id"])).as_py():
         raise ValueError(f"{artifacts.embeddings_path(root, 'items.parquet')} does not match the prepared items: "
                          "run the embed stage again after prepare")

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from r2end_core import embeddings
+from r2end_core import artifacts, embeddings
 from r2end_core.generation import output_schema
 
 
@@ -53,3 +53,8 @@ def test_missing_teacher_outputs_and_unknown_users_are_named(prepared_tables):
 def test_embedding_columns_round_trip():
     vectors = np.arange(6, dtype=np.float32).reshape(2, 3)
     assert np.array_equal(embeddings.to_matrix(embeddings.embedding_column(vectors)), vectors)
+
+
+def test_a_missing_embed_stage_output_says_what_to_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="targets.parquet not found: run the embed stage"):
+        artifacts.read_embeddings(str(tmp_path), "targets.parquet")

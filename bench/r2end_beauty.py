@@ -1,6 +1,9 @@
 """R2END, the paper's six ablations and SASRec on the same Beauty users, from the committed teacher outputs.
 
     python -m bench.r2end_beauty [--config configs/beauty-teacher-cpu.yaml] [--set project.eval_users=4000]
+    # a lever, selected on validation, written beside the main result as r2end_beauty_<tag>.*:
+    python -m bench.r2end_beauty --tag all-users-20ep --methods r2end,ablation_4_no_text_encoder \
+        --set project.train_users=null --set project.epochs=20
 
 Runs the real stages on one Ray cluster: embed (teacher_outputs/beauty-cpu), distill one student
 per target kind (Ray Train + DeepSpeed), project each variant (Ray Train), and scores SASRec's
@@ -11,6 +14,7 @@ r2end_beauty.md and two PNG plots (metrics per method; distances before and afte
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -21,7 +25,7 @@ import yaml
 import torch
 
 from r2end_core import artifacts, data, metrics, projection, sasrec, storage
-from r2end_core.config import PipelineConfig, ProjectConfig
+from r2end_core.config import DistillConfig, PipelineConfig, ProjectConfig
 from bench import results
 from ray_jobs import distill, embed, project, train_sasrec
 from ray_jobs.runtime import run_stage
@@ -33,6 +37,9 @@ TRAIN_USERS, EVAL_USERS = 8000, 4000
 
 STUDENTS = {"oracle": "student-oracle", "unguided_all": "student-unguided-all",
             "unguided_grounded": "student-unguided-grounded", "metadata": "student-metadata"}
+# Distillation settings that change the student's weights; a student trained with any of them off
+# their defaults gets its own folder, so a lever never overwrites the benchmark's students.
+STUDENT_SETTINGS = ("holdout_fraction", "epochs", "batch_size", "learning_rate", "zero_stage", "dtype", "seed")
 #: method -> (distill target of its student, or None; project overrides)
 METHODS = {
     "r2end": ("oracle", {}),
@@ -59,16 +66,23 @@ PAPER = {
 
 
 def student_config(cfg: PipelineConfig, target: str) -> PipelineConfig:
-    """The config that distills (or reads) the student for one distillation target."""
+    """The config that distills (or reads) the student for one distillation target.
+
+    >>> cfg = PipelineConfig(storage_path="x", prepare={"dataset_path": "y"}, distill={"learning_rate": 5e-5})
+    >>> student_config(cfg, "oracle").distill.run_name
+    'student-oracle-learning_rate5e-05'
+    """
+    changed = "".join(f"-{k}{v}" for k, v in cfg.distill.model_dump(include=set(STUDENT_SETTINGS)).items()
+                      if v != DistillConfig.model_fields[k].default)
     run_cfg = cfg.model_copy(deep=True)
-    run_cfg.distill = run_cfg.distill.model_copy(update={"target": target, "run_name": STUDENTS[target]})
+    run_cfg.distill = run_cfg.distill.model_copy(update={"target": target, "run_name": STUDENTS[target] + changed})
     return run_cfg
 
 
-def variant(cfg: PipelineConfig, method: str) -> PipelineConfig:
+def variant(cfg: PipelineConfig, method: str, tag: str | None) -> PipelineConfig:
     target, overrides = METHODS[method]
     run_cfg = student_config(cfg, target or "oracle")  # methods without a student never read it
-    run_cfg.project = ProjectConfig(**{**cfg.project.model_dump(), "run_name": f"bench-{method}",
+    run_cfg.project = ProjectConfig(**{**cfg.project.model_dump(), "run_name": "-".join(filter(None, ("bench", tag, method))),
                                        "student_run": run_cfg.distill.run_name, **overrides})
     return run_cfg
 
@@ -86,7 +100,7 @@ def sasrec_on_users(cfg: PipelineConfig, run_name: str) -> dict:
     return {split: sasrec.evaluate(model, [sequences[p] for p in eval_pos], split, tail) for split in ("valid", "test")}
 
 
-def benchmark(cfg: PipelineConfig) -> None:
+def benchmark(cfg: PipelineConfig, methods: list[str], tag: str | None) -> None:
     started = time.time()
     timings = {}
 
@@ -97,8 +111,9 @@ def benchmark(cfg: PipelineConfig) -> None:
         return out
 
     embed_report = timed("embed", embed.run, cfg)
-    students = {target: timed(f"distill {target}", distill.run, student_config(cfg, target)) for target in STUDENTS}
-    scored = {method: timed(f"project {method}", project.run, variant(cfg, method)) for method in METHODS}
+    targets = dict.fromkeys(METHODS[m][0] for m in methods if METHODS[m][0])
+    students = {target: timed(f"distill {target}", distill.run, student_config(cfg, target)) for target in targets}
+    scored = {method: timed(f"project {method}", project.run, variant(cfg, method, tag)) for method in methods}
     chosen = json.loads((results.FOLDER / "sasrec_beauty.json").read_text())["chosen"]
     scored["sasrec"] = timed("sasrec scoring", sasrec_on_users, cfg, chosen)
 
@@ -112,8 +127,10 @@ def benchmark(cfg: PipelineConfig) -> None:
         "items_with_description": embed_report["items_with_description"],
         "encoder": cfg.embed.encoder,
         "max_seq_length": cfg.embed.max_seq_length,
-        "train_users": cfg.project.train_users,
+        "train_users": cfg.project.train_users or artifacts.read_users(cfg.storage_path).num_rows,
         "eval_users": cfg.project.eval_users,
+        "projection_epochs": cfg.project.epochs,
+        "distill": {k: getattr(cfg.distill, k) for k in STUDENT_SETTINGS},
         "sasrec_run": chosen,
     }
     out = {
@@ -127,18 +144,19 @@ def benchmark(cfg: PipelineConfig) -> None:
         "total_wall_time_s": round(time.time() - started, 1),
         "machine": results.machine(),
     }
-    plot(out, cfg)
-    results.write("r2end_beauty", out, report(out))
+    name = "_".join(filter(None, ("r2end_beauty", tag)))
+    plot(out, cfg, name)
+    results.write(name, out, report(out, name))
 
 
-def report(out: dict) -> str:
+def report(out: dict, name: str) -> str:
     methods, paper, setup = out["methods"], out["paper_beauty"], out["setup"]
     sasrec_hr10 = methods["sasrec"]["test"]["hr@10"]
     fmt = lambda v: "–" if v is None else f"{v:.4f}"
     lines = [
-        "# R2END on Amazon Beauty: ablations and SASRec, same users, full-item ranking",
+        f"# R2END on Amazon Beauty: ablations and SASRec, same users, full-item ranking (`{name}`)",
         "",
-        f"Test split, {methods['r2end']['test']['users']:,} users (a fixed sample; valid and test items of the same "
+        f"Test split, {methods['sasrec']['test']['users']:,} users (a fixed sample; valid and test items of the same "
         f"users), history masked. Each variant's epoch was chosen on validation NDCG@10; test scored once.",
         "",
         "| method | H@5 | N@5 | H@10 (± s.e.) | N@10 | H@10 vs SASRec | paper H@5 | paper N@5 | paper H@10 | paper N@10 |",
@@ -163,13 +181,14 @@ def report(out: dict) -> str:
         f"oracle reasoning for {setup['oracle_users']:,} users (paper: every user); item descriptions for "
         f"{setup['items_with_description']:,} of 12,101 items (the rest: metadata only); student "
         f"{setup['encoder']} (22M, 384-d, {setup['max_seq_length']} tokens; paper: a 0.3B encoder); projection "
-        f"trained on {setup['train_users']:,} users' training targets; SASRec is ours (full-softmax CE, "
+        f"trained on {setup['train_users']:,} users' training targets for {setup['projection_epochs']} epochs; "
+        f"distillation {setup['distill']}; SASRec is ours (full-softmax CE, "
         f"`{setup['sasrec_run']}`), scored on the same users.",
         "",
         "`control_encoder_undistilled` is Enc on history text with the projection but no distillation; "
         "`floor_untrained_item_mean` is the sanity floor (mean of history items' metadata embeddings, no training).",
         "",
-        "Plots: `r2end_beauty_metrics.png`, `r2end_beauty_distances.png`. Stage times (s): "
+        f"Plots: `{name}_metrics.png`, `{name}_distances.png`. Stage times (s): "
         + ", ".join(f"{k} {v}" for k, v in out["timings_s"].items()) + ".",
         "",
         f"Command: `{out['command']}`",
@@ -177,7 +196,7 @@ def report(out: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(out: dict, cfg: PipelineConfig) -> None:
+def plot(out: dict, cfg: PipelineConfig, name: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -192,10 +211,13 @@ def plot(out: dict, cfg: PipelineConfig) -> None:
     ax.set_title("Beauty, full ranking, same users")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(results.FOLDER / "r2end_beauty_metrics.png", dpi=110)
+    fig.savefig(results.FOLDER / f"{name}_metrics.png", dpi=110)
     plt.close(fig)
 
-    distances = storage.read_table(artifacts.run_path(cfg.storage_path, STUDENTS["oracle"], "distances.parquet"))
+    if "oracle" not in out["students"]:
+        return
+    student = student_config(cfg, "oracle").distill.run_name
+    distances = storage.read_table(artifacts.run_path(cfg.storage_path, student, "distances.parquet"))
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, (name, label) in zip(axes, (("l2", "L2 distance"), ("cos", "cosine similarity"))):
         for when in ("before", "after"):
@@ -203,14 +225,21 @@ def plot(out: dict, cfg: PipelineConfig) -> None:
         ax.set_title(f"{label} to the oracle target (held-out users)")
         ax.legend()
     fig.tight_layout()
-    fig.savefig(results.FOLDER / "r2end_beauty_distances.png", dpi=110)
+    fig.savefig(results.FOLDER / f"{name}_distances.png", dpi=110)
     plt.close(fig)
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--tag", help="name a lever's runs and results (r2end_beauty_<tag>.*)")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of the methods")
+    bench_args, sys.argv[1:] = parser.parse_known_args()
+    methods = bench_args.methods.split(",")
+    if unknown := [m for m in methods if m not in METHODS]:
+        sys.exit(f"unknown methods {unknown}; choose from {list(METHODS)}")
     if "--config" not in sys.argv:
         sys.argv += ["--config", "configs/beauty-teacher-cpu.yaml"]
     # Defaults first, so the caller's own --set overrides them.
     sys.argv[1:1] = ["--set", f"embed.teacher_outputs={TEACHER_OUTPUTS}", "--set", f"project.train_users={TRAIN_USERS}",
                      "--set", f"project.eval_users={EVAL_USERS}"]
-    run_stage(__doc__, benchmark)
+    run_stage(__doc__, lambda cfg: benchmark(cfg, methods, bench_args.tag))

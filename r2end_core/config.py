@@ -214,6 +214,50 @@ class ProjectConfig(StrictModel):
     seed: int = 22
 
 
+class IndexConfig(StrictModel):
+    project_run: str | None = Field(
+        None, description="project.run_name whose projection f (and student) the index serves. None: project.run_name."
+    )
+    kind: Literal["flat", "ivf", "hnsw"] = Field(
+        "flat", description="faiss index over unit vectors, by inner product: exact (flat), or approximate "
+        "(ivf: inverted lists; hnsw: a graph), whose recall against exact is measured and reported."
+    )
+    nlist: int = Field(64, ge=1, description="ivf: number of clusters.")
+    nprobe: int = Field(8, ge=1, description="ivf: clusters searched per query.")
+    hnsw_m: int = Field(32, ge=2, description="hnsw: neighbours per node.")
+    ef_search: int = Field(64, ge=1, description="hnsw: candidates kept while searching.")
+    recall_k: int = Field(10, ge=1, description="Recall@k of an approximate index against exact search.")
+    recall_queries: int = Field(1000, ge=1, description="Validation users whose history queries measure recall.")
+    new_items: str | None = Field(
+        None, description="Parquet of items to add without retraining: item_id and the catalogue's metadata "
+        "columns (title, brand, categories, price, optional description). They go through Enc and f and "
+        "join the index as a new version."
+    )
+    base_version: str | None = Field(
+        None, description="With new_items: the index version to extend. None: the latest."
+    )
+
+
+class ServeConfig(StrictModel):
+    host: str = Field("127.0.0.1", description="Address the HTTP proxy binds (0.0.0.0 exposes it).")
+    port: int = Field(8000, ge=1, le=65535)
+    index_version: str = Field("latest", description="Index version to serve (it pins the model version).")
+    max_k: int = Field(100, ge=1, description="Largest k a request may ask for.")
+    max_history: int = Field(200, ge=1, description="Most history items (or lines of text) a request may carry.")
+    max_text_chars: int = Field(20_000, ge=1, description="Longest history text a request may carry.")
+    max_body_bytes: int = Field(65_536, ge=256, description="Larger request bodies get 413.")
+    max_batch_size: int = Field(32, ge=1, description="Encoder dynamic batching (1 turns it off).")
+    batch_wait_timeout_s: float = Field(0.005, ge=0, description="How long a batch waits to fill.")
+    min_replicas: int = Field(1, ge=0, description="Encoder replicas, at least (autoscaling).")
+    max_replicas: int = Field(2, ge=1, description="Encoder replicas, at most (autoscaling).")
+    target_ongoing_requests: float = Field(16, gt=0, description="Autoscaling target per encoder replica.")
+    cpus_per_replica: float = Field(1, gt=0, description="CPUs reserved per encoder replica; torch uses as many threads (at least 1).")
+    use_gpu: bool = False
+    keep_serving: bool = Field(
+        True, description="Pipeline only: after the first answered query, keep the endpoint up until Ctrl-C."
+    )
+
+
 class PipelineConfig(StrictModel):
     storage_path: str = Field(
         description="Where every stage reads and writes artifacts: a local folder or a pyarrow URI "
@@ -226,6 +270,8 @@ class PipelineConfig(StrictModel):
     embed: EmbedConfig = EmbedConfig()
     distill: DistillConfig = DistillConfig()
     project: ProjectConfig = ProjectConfig()
+    index: IndexConfig = IndexConfig()
+    serve: ServeConfig = ServeConfig()
 
 
 class ConfigError(ValueError):

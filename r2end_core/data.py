@@ -124,12 +124,15 @@ def _is_text_type(t: pa.DataType) -> bool:
 
 
 def _read(path: str, file: str) -> pa.Table:
-    full = storage.join(path, file)
-    if not storage.exists(full):
-        raise DataValidationError(f"{full}: file not found (a dataset folder needs {INTERACTIONS_FILE} and {ITEMS_FILE})")
-    table = storage.read_table(full)
+    return _read_file(storage.join(path, file), f" (a dataset folder needs {INTERACTIONS_FILE} and {ITEMS_FILE})")
+
+
+def _read_file(path: str, hint: str = "") -> pa.Table:
+    if not storage.exists(path):
+        raise DataValidationError(f"{path}: file not found{hint}")
+    table = storage.read_table(path)
     if table.num_rows == 0:
-        raise DataValidationError(f"{full}: the file is empty (0 rows)")
+        raise DataValidationError(f"{path}: the file is empty (0 rows)")
     return table
 
 
@@ -405,6 +408,32 @@ def sequences_table(data: PreparedData) -> pa.Table:
 
 def metadata_texts(data: PreparedData) -> dict[str, str]:
     return {row["item_id"]: item_metadata_text(row) for row in data.items.to_dict("records")}
+
+
+def read_new_items(path: str, known_ids: set[str]) -> pa.Table:
+    """Items to add to a built index: ``item_id`` plus any of the catalogue's metadata columns.
+
+    Returns ``item_id``, ``title`` and ``metadata_text`` (M_i, as the catalogue's are written).
+    Fails, naming the file, column and rows, on a missing file or column, a null, duplicate or
+    already-indexed id, or a file with no metadata column at all.
+    """
+    table = _read_file(path)
+    _validate_items_columns(path, table)
+    if not [c for c in METADATA_FIELDS if c in table.column_names]:
+        raise DataValidationError(f"{path}: no metadata column; an item needs at least one of {list(METADATA_FIELDS)} "
+                                  f"to be encoded; found {table.column_names}")
+    frame = _to_frame(table)
+    frame["item_id"] = frame["item_id"].astype("string")
+    if (rows := frame[frame["item_id"].isna()]).size:
+        _fail(path, "item_id", "null ids", rows, ["item_id"])
+    if (rows := frame[frame["item_id"].duplicated(keep=False)]).size:
+        _fail(path, "item_id", "duplicate ids", rows, ["item_id"])
+    if (rows := frame[frame["item_id"].isin(known_ids)]).size:
+        _fail(path, "item_id", "ids already in the index (new items need new ids)", rows, ["item_id"])
+    records = frame.to_dict("records")
+    titles = [str(r["title"]) if _present(r.get("title")) else None for r in records]
+    return pa.table({"item_id": frame["item_id"].tolist(), "title": titles,
+                     "metadata_text": [item_metadata_text(r) for r in records]})
 
 
 def build_item_table(data: PreparedData, metadata_text: dict[str, str], buyer_context_max_items: int) -> pa.Table:

@@ -134,3 +134,12 @@ def to_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """A list<float32> column as a ``[rows, dim]`` float32 matrix."""
     flat = pc.list_flatten(column).to_numpy(zero_copy_only=False)
     return flat.reshape(len(column), -1).astype(np.float32)  # a writable copy (torch wants one)
+
+
+def read_item_vectors(root: str, items: pa.Table) -> np.ndarray:
+    """``[n_items, dim]`` item embeddings in ``item_index`` order, checked against the prepared items."""
+    table = artifacts.read_embeddings(root, "items.parquet").sort_by("item_index")
+    if table.num_rows != items.num_rows or not pc.all(pc.equal(table["item_id"], items["item_id"])).as_py():
+        raise ValueError(f"{artifacts.embeddings_path(root, 'items.parquet')} does not match the prepared items: "
+                         "run the embed stage again after prepare")
+    return to_matrix(table["embedding"])

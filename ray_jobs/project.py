@@ -21,7 +21,6 @@ import uuid
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import ray
 import ray.train
 import ray.train.torch
@@ -135,11 +134,7 @@ def run(cfg: PipelineConfig) -> dict:
     root, pc_ = cfg.storage_path, cfg.project
     started = time.time()
     users, items = artifacts.read_users(root), artifacts.read_items(root)
-    item_table = artifacts.read_embeddings(root, "items.parquet").sort_by("item_index")
-    if item_table.num_rows != items.num_rows or not pc.all(pc.equal(item_table["item_id"], items["item_id"])).as_py():
-        raise ValueError(f"{artifacts.embeddings_path(root, 'items.parquet')} does not match the prepared items: "
-                         "run the embed stage again after prepare")
-    item_vectors = embeddings.to_matrix(item_table["embedding"])
+    item_vectors = embeddings.read_item_vectors(root, items)
     train_pos, eval_pos = projection.user_samples(users.num_rows, pc_.train_users, pc_.eval_users, pc_.sample_seed)
     wanted = {"train": train_pos, "valid": eval_pos, "test": eval_pos}
     if pc_.user_encoder == "student":

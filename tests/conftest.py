@@ -7,9 +7,17 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
+from r2end_core import embeddings
+from r2end_core.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+TEACHER_OUTPUTS = REPO / "teacher_outputs/beauty-cpu"
+SLICE_USERS = 40
 BEAUTY = Path(os.environ.get("R2END_BEAUTY", Path(__file__).resolve().parents[2] / "shared/data/amazon-beauty"))
 
 
@@ -59,3 +67,48 @@ def prepared_tables(beauty_dir):
     prepared = data.load_and_validate(beauty_dir, PrepareConfig(dataset_path=beauty_dir))
     texts = data.metadata_texts(prepared)
     return data.build_user_rows(data.sequences_table(prepared), texts, 8, 60), data.build_item_table(prepared, texts, 10)
+
+
+@pytest.fixture(scope="session")
+def slice_folders(tmp_path_factory) -> tuple[str, str]:
+    """(dataset folder, teacher-outputs folder): the first 40 users with oracle reasoning, all their
+    interactions and items, and exactly their rows of the committed teacher outputs."""
+    root = tmp_path_factory.mktemp("slice")
+    oracle = pq.read_table(TEACHER_OUTPUTS / "oracle.parquet")
+    users = sorted(embeddings.succeeded(oracle).column("user_id").to_pylist())[:SLICE_USERS]
+    keep = pa.array(users)
+    inter = pq.read_table(BEAUTY / "interactions.parquet")
+    inter = inter.filter(pc.is_in(inter["user_id"], keep))
+    items = pq.read_table(BEAUTY / "items.parquet")
+    items = items.filter(pc.is_in(items["item_id"], inter["item_id"].unique()))
+    dataset = write_dataset(root / "beauty", inter, items)
+    outputs = root / "teacher_outputs"
+    outputs.mkdir()
+    for name, key, wanted in (("oracle", "user_id", keep), ("unguided", "user_id", keep),
+                              ("unguided_grounding", "user_id", keep), ("items", "item_id", items["item_id"])):
+        table = pq.read_table(TEACHER_OUTPUTS / f"{name}.parquet")
+        pq.write_table(table.filter(pc.is_in(table[key], wanted)), outputs / f"{name}.parquet")
+    return dataset, str(outputs)
+
+
+def stage_config(tmp_path, dataset: str, outputs: str, *overrides: str):
+    cfg = load_config(REPO / "configs/beauty-sample.yaml", [
+        f"storage_path={tmp_path / 'artifacts'}", f"prepare.dataset_path={dataset}", "prepare.sample_users=null",
+        f"embed.teacher_outputs={outputs}", "embed.max_seq_length=128",
+        "distill.batch_size=2", "distill.checkpoint_every=3", "distill.holdout_fraction=0.25",
+        "project.epochs=2", "project.batch_size=8", "project.negatives=9", *overrides,
+    ])
+    path = tmp_path / "config.yaml"  # for the stage run as its own process
+    path.write_text(yaml.safe_dump(cfg.model_dump()))
+    return cfg, path
+
+
+@pytest.fixture(scope="session")
+def embedded(tmp_path_factory, ray_cluster, slice_folders):
+    """The slice prepared and embedded once, shared by the training and serving tests (which use
+    their own run names): (config, its YAML file, the embed report)."""
+    from ray_jobs import embed, prepare
+
+    cfg, config_path = stage_config(tmp_path_factory.mktemp("stages"), *slice_folders)
+    prepare.run(cfg)
+    return cfg, config_path, embed.run(cfg)

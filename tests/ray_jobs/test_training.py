@@ -14,55 +14,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-import pytest
 import torch
-import yaml
 
 from r2end_core import artifacts, embeddings, encoders, storage
-from r2end_core.config import load_config
-from ray_jobs import distill, embed, prepare, project
-from tests.conftest import BEAUTY, write_dataset
+from ray_jobs import distill, project
+from tests.conftest import REPO, SLICE_USERS as USERS
 
-REPO = Path(__file__).resolve().parents[2]
-TEACHER_OUTPUTS = REPO / "teacher_outputs/beauty-cpu"
-USERS = 40
-
-
-@pytest.fixture(scope="module")
-def slice_folders(tmp_path_factory) -> tuple[str, str]:
-    """(dataset folder, teacher-outputs folder): the first 40 users with oracle reasoning, all their
-    interactions and items, and exactly their rows of the committed teacher outputs."""
-    root = tmp_path_factory.mktemp("slice")
-    oracle = pq.read_table(TEACHER_OUTPUTS / "oracle.parquet")
-    users = sorted(embeddings.succeeded(oracle).column("user_id").to_pylist())[:USERS]
-    keep = pa.array(users)
-    inter = pq.read_table(BEAUTY / "interactions.parquet")
-    inter = inter.filter(pc.is_in(inter["user_id"], keep))
-    items = pq.read_table(BEAUTY / "items.parquet")
-    items = items.filter(pc.is_in(items["item_id"], inter["item_id"].unique()))
-    dataset = write_dataset(root / "beauty", inter, items)
-    outputs = root / "teacher_outputs"
-    outputs.mkdir()
-    for name, key, wanted in (("oracle", "user_id", keep), ("unguided", "user_id", keep),
-                              ("unguided_grounding", "user_id", keep), ("items", "item_id", items["item_id"])):
-        table = pq.read_table(TEACHER_OUTPUTS / f"{name}.parquet")
-        pq.write_table(table.filter(pc.is_in(table[key], wanted)), outputs / f"{name}.parquet")
-    return dataset, str(outputs)
-
-
-def stage_config(tmp_path, dataset: str, outputs: str, *overrides: str):
-    cfg = load_config(REPO / "configs/beauty-sample.yaml", [
-        f"storage_path={tmp_path / 'artifacts'}", f"prepare.dataset_path={dataset}", "prepare.sample_users=null",
-        f"embed.teacher_outputs={outputs}", "embed.max_seq_length=128",
-        "distill.batch_size=2", "distill.checkpoint_every=3", "distill.holdout_fraction=0.25",
-        "project.epochs=2", "project.batch_size=8", "project.negatives=9", *overrides,
-    ])
-    path = tmp_path / "config.yaml"  # for the stage run as its own process
-    path.write_text(yaml.safe_dump(cfg.model_dump()))
-    return cfg, path
 
 
 def distill_job(config_path: Path, log: Path) -> subprocess.Popen:
@@ -75,14 +32,6 @@ def distill_job(config_path: Path, log: Path) -> subprocess.Popen:
 def checkpoints(root: str) -> list[Path]:
     """Checkpoints Ray Train has registered (the snapshot is written once a checkpoint is complete)."""
     return list(Path(artifacts.ray_train_path(root)).glob("distill-*/checkpoint_manager_snapshot.json"))
-
-
-@pytest.fixture(scope="module")
-def embedded(tmp_path_factory, ray_cluster, slice_folders):
-    """The slice prepared and embedded once: (config, its YAML file, the embed report)."""
-    cfg, config_path = stage_config(tmp_path_factory.mktemp("stages"), *slice_folders)
-    prepare.run(cfg)
-    return cfg, config_path, embed.run(cfg)
 
 
 def test_embed_distill_resume_project(tmp_path, embedded):

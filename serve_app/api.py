@@ -1,0 +1,70 @@
+"""The HTTP API's request and response bodies (their field docs show in the OpenAPI page, /docs)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class RecommendRequest(BaseModel):
+    """A user's history, as item ids (oldest first) or as text, and how many items to return.
+
+    ``{"history": ["B004Z40048", "B0043OYFKU"], "k": 10}`` or
+    ``{"history_text": "1. Rose lip balm; brand: ...\\n2. ...", "k": 5}``
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    history: list[str] | None = Field(
+        None, description="Item ids the user bought, oldest first. Up to the 8 most recent (within 60 days of "
+        "`at` when timestamps are given) make the history text, as in training."
+    )
+    timestamps: list[int] | None = Field(
+        None, description="Unix seconds, one per history item (optional; the items are ordered by them)."
+    )
+    at: int | None = Field(None, description="Prediction time, unix seconds (default: the last timestamp).")
+    history_text: str | None = Field(None, description="The history as text, instead of item ids.")
+    k: int = Field(10, description="How many items to return (1 to the server's max_k).")
+    exclude_history: bool = Field(True, description="Leave the history's own items out of the results.")
+
+    @model_validator(mode="after")
+    def _one_history(self):
+        if (self.history is None) == (self.history_text is None):
+            raise ValueError("give exactly one of 'history' (item ids) or 'history_text'")
+        if self.history is not None and not self.history:
+            raise ValueError("'history' is empty: give at least one item id")
+        if self.history_text is not None and not self.history_text.strip():
+            raise ValueError("'history_text' is empty")
+        if self.timestamps is not None:
+            if self.history is None:
+                raise ValueError("'timestamps' go with 'history' (item ids)")
+            if len(self.timestamps) != len(self.history):
+                raise ValueError(f"'timestamps' has {len(self.timestamps)} values for {len(self.history)} history items")
+        if self.at is not None and self.timestamps is None:
+            raise ValueError("'at' needs 'timestamps'")
+        return self
+
+
+class RecommendedItem(BaseModel):
+    item_id: str
+    title: str | None
+    score: float = Field(description="Cosine similarity of the user and item vectors.")
+
+
+class RecommendResponse(BaseModel):
+    items: list[RecommendedItem]
+    history_text: str = Field(description="The text the user encoder read.")
+    model_version: str
+    index_version: str
+
+
+class Item(BaseModel):
+    item_id: str
+    title: str | None
+    metadata_text: str
+
+
+class Health(BaseModel):
+    status: str
+    model_version: str
+    index_version: str
+    items: int

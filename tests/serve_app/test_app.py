@@ -1,0 +1,140 @@
+"""The Serve application for real: a student distilled and a projection trained on the 40-user slice,
+indexed, served by Ray Serve on the local cluster, and asked over HTTP on loopback."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import requests
+from ray import serve
+
+from r2end_core import artifacts
+from ray_jobs import distill, index, project
+from serve_app import deploy
+from serve_app.app import ItemIndex, UserEncoder
+from tests.conftest import BEAUTY
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(embedded):
+    """(config, base URL, the index version served, a real user's request body)."""
+    cfg = embedded[0].model_copy(deep=True)
+    cfg.distill = cfg.distill.model_copy(update={"run_name": "student-serve", "batch_size": 8})
+    cfg.project = cfg.project.model_copy(update={"run_name": "r2end-serve", "student_run": "student-serve", "epochs": 1})
+    cfg.serve = cfg.serve.model_copy(update={"port": free_port(), "keep_serving": False, "max_replicas": 1})
+    distill.run(cfg)
+    project.run(cfg)
+    built = index.run(cfg)
+    url = deploy.start(cfg)
+    yield cfg, url, built, deploy.example_request(cfg, k=10)
+    serve.shutdown()
+
+
+def test_recommend_items_and_health_over_http(served):
+    cfg, url, built, body = served
+    answer = requests.post(f"{url}/recommend", json=body, timeout=30)
+    assert answer.status_code == 200, answer.text
+    got = answer.json()
+    assert got["index_version"] == built["version"] and len(got["items"]) == 10
+    assert not {i["item_id"] for i in got["items"]} & set(body["history"])  # the history is excluded
+    scores = [i["score"] for i in got["items"]]
+    assert scores == sorted(scores, reverse=True) and all(-1 <= s <= 1 for s in scores)
+    users = artifacts.read_users(cfg.storage_path)
+    assert got["history_text"] == users.column("test_history_text")[0].as_py()  # as training wrote it
+
+    kept = requests.post(f"{url}/recommend", json={**body, "exclude_history": False, "k": 3}, timeout=30).json()
+    by_text = requests.post(f"{url}/recommend", json={"history_text": got["history_text"], "k": 3}, timeout=30).json()
+    assert len(kept["items"]) == 3 and [i["item_id"] for i in by_text["items"]] == [i["item_id"] for i in kept["items"]]
+
+    item = requests.get(f"{url}/items/{got['items'][0]['item_id']}", timeout=30).json()
+    assert item["title"] == got["items"][0]["title"] and item["metadata_text"]
+    health = requests.get(f"{url}/healthz", timeout=30).json()
+    assert health == {"status": "ok", "model_version": got["model_version"], "index_version": built["version"],
+                      "items": built["items"]}
+    assert "/recommend" in requests.get(f"{url}/openapi.json", timeout=30).json()["paths"]
+    assert requests.get(f"{url}/docs", timeout=30).status_code == 200
+
+
+@pytest.mark.parametrize("raw, status, says", [
+    (b"{not json", 400, "malformed JSON"),
+    (b"[1, 2]", 422, "valid dictionary"),
+    (json.dumps({"history": []}), 422, "'history' is empty"),
+    (json.dumps({"history": ["NOT-AN-ITEM", "ALSO-NOT"]}), 422, "unknown item ids in history: NOT-AN-ITEM, ALSO-NOT"),
+    (json.dumps({"history": "B000052WYN"}), 422, "history: Input should be a valid list"),
+    (json.dumps({"k": 5}), 422, "exactly one of 'history'"),
+    (json.dumps({"history": ["x"], "history_text": "y"}), 422, "exactly one of 'history'"),
+    (json.dumps({"history_text": "  "}), 422, "'history_text' is empty"),
+    (json.dumps({"history": ["x"], "timestamps": [1, 2]}), 422, "'timestamps' has 2 values for 1"),
+    (json.dumps({"history_text": "lip balm", "k": 0}), 422, "k=0 is out of range: 1 to 100"),
+    (json.dumps({"history_text": "lip balm", "k": 101}), 422, "k=101 is out of range: 1 to 100"),
+    (json.dumps({"history_text": "lip balm", "user": "u1"}), 422, "user: Extra inputs are not permitted"),
+    (json.dumps({"history": ["x"] * 201}), 422, "history has 201 items; at most 200"),
+    (json.dumps({"history_text": "x" * 70_000}), 413, "at most 65536"),
+])
+def test_bad_requests_get_a_4xx_that_names_the_problem(served, raw, status, says):
+    url = served[1]
+    answer = requests.post(f"{url}/recommend", data=raw, headers={"content-type": "application/json"}, timeout=30)
+    assert answer.status_code == status and says in answer.json()["error"], answer.text
+
+
+def test_unknown_item_is_a_404(served):
+    answer = requests.get(f"{served[1]}/items/NOT-AN-ITEM", timeout=30)
+    assert answer.status_code == 404 and "NOT-AN-ITEM" in answer.json()["error"]
+
+
+def test_new_item_rolls_out_without_dropping_requests(served, tmp_path):
+    cfg, url, built, body = served
+    before = requests.post(f"{url}/recommend", json=body, timeout=30).json()
+    # A new item that is a twin of the best recommendation: same metadata, new id.
+    twin = before["items"][0]["item_id"]
+    items = pq.read_table(BEAUTY / "items.parquet")
+    row = items.filter(pc.equal(items["item_id"], twin)).drop_columns(["item_id"])
+    new_items = tmp_path / "new_items.parquet"
+    pq.write_table(row.add_column(0, "item_id", pa.array(["R2END-NEW-1"])), new_items)
+    added = index.run(cfg.model_copy(update={"index": cfg.index.model_copy(update={"new_items": str(new_items)})}))
+    assert added["items"] == built["items"] + 1 and added["base_version"] == built["version"]
+
+    # Light load while the new version rolls out: every request answered, old version then new.
+    answers, stop = [], threading.Event()
+
+    def load():
+        while not stop.is_set():
+            response = requests.post(f"{url}/recommend", json=body, timeout=60)
+            answers.append((response.status_code, response.json().get("index_version") if response.ok else response.text))
+
+    sender = threading.Thread(target=load)
+    sender.start()
+    try:
+        deploy.start(cfg, index_version=added["version"])
+    finally:
+        stop.set()
+        sender.join()
+    assert answers and all(status == 200 for status, _ in answers), answers
+    assert answers[0][1] == built["version"]
+    after = requests.post(f"{url}/recommend", json=body, timeout=30).json()
+    assert after["index_version"] == added["version"]
+    assert "R2END-NEW-1" in [i["item_id"] for i in after["items"]]
+    assert requests.get(f"{url}/items/R2END-NEW-1", timeout=30).json()["title"] == before["items"][0]["title"]
+
+
+def test_health_checks_fail_when_nothing_is_loaded():
+    encoder = object.__new__(UserEncoder.func_or_class)
+    encoder.tower = None
+    with pytest.raises(RuntimeError, match="user encoder not loaded"):
+        encoder.check_health()
+    item_index = object.__new__(ItemIndex.func_or_class)
+    item_index.faiss_index = None
+    with pytest.raises(RuntimeError, match="item index not loaded"):
+        item_index.check_health()

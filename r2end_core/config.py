@@ -243,7 +243,7 @@ class ServeConfig(StrictModel):
     port: int = Field(8000, ge=1, le=65535)
     index_version: str = Field("latest", description="Index version to serve (it pins the model version).")
     max_k: int = Field(100, ge=1, description="Largest k a request may ask for.")
-    max_history: int = Field(200, ge=1, description="Most history items (or lines of text) a request may carry.")
+    max_history: int = Field(200, ge=1, description="Most history items a request may carry.")
     max_text_chars: int = Field(20_000, ge=1, description="Longest history text a request may carry.")
     max_body_bytes: int = Field(65_536, ge=256, description="Larger request bodies get 413.")
     max_batch_size: int = Field(32, ge=1, description="Encoder dynamic batching (1 turns it off).")

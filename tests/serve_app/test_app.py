@@ -29,21 +29,32 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def served(embedded):
-    """(config, base URL, the index version served, a real user's request body)."""
+    """(config, base URL, the index version served, a real user's request body, an HNSW version's summary)."""
     cfg = embedded[0].model_copy(deep=True)
     cfg.distill = cfg.distill.model_copy(update={"run_name": "student-serve", "batch_size": 8})
     cfg.project = cfg.project.model_copy(update={"run_name": "r2end-serve", "student_run": "student-serve", "epochs": 1})
     cfg.serve = cfg.serve.model_copy(update={"port": free_port(), "keep_serving": False, "max_replicas": 1})
     distill.run(cfg)
     project.run(cfg)
-    built = index.run(cfg)
+    approximate = index.run(cfg.model_copy(update={"index": cfg.index.model_copy(update={
+        "kind": "hnsw", "hnsw_m": 4, "ef_search": 4, "recall_queries": 20})}))
+    built = index.run(cfg)  # exact, and the latest
     url = deploy.start(cfg)
-    yield cfg, url, built, deploy.example_request(cfg, k=10)
+    yield cfg, url, built, deploy.example_request(cfg, k=10), approximate
     serve.shutdown()
 
 
+def test_index_versions_name_their_model_and_quality(served):
+    cfg, _, built, _, approximate = served
+    assert built["quality"] == {"exact": True} and built["settings"] == {"kind": "flat"}
+    assert approximate["settings"] == {"kind": "hnsw", "hnsw_m": 4, "ef_search": 4}
+    assert approximate["quality"]["queries"] == 20 and 0 < approximate["quality"]["recall@10"] <= 1
+    assert built["model"] == approximate["model"] and built["model"]["user_model"] == "student-serve/model"
+    assert built["version"] != approximate["version"] and built["items"] == approximate["items"]
+
+
 def test_recommend_items_and_health_over_http(served):
-    cfg, url, built, body = served
+    cfg, url, built, body, _ = served
     answer = requests.post(f"{url}/recommend", json=body, timeout=30)
     assert answer.status_code == 200, answer.text
     got = answer.json()
@@ -95,7 +106,7 @@ def test_unknown_item_is_a_404(served):
 
 
 def test_new_item_rolls_out_without_dropping_requests(served, tmp_path):
-    cfg, url, built, body = served
+    cfg, url, built, body, _ = served
     before = requests.post(f"{url}/recommend", json=body, timeout=30).json()
     # A new item that is a twin of the best recommendation: same metadata, new id.
     twin = before["items"][0]["item_id"]

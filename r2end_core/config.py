@@ -247,7 +247,10 @@ class ServeConfig(StrictModel):
     max_text_chars: int = Field(20_000, ge=1, description="Longest history text a request may carry.")
     max_body_bytes: int = Field(65_536, ge=256, description="Larger request bodies get 413.")
     max_batch_size: int = Field(32, ge=1, description="Encoder dynamic batching (1 turns it off).")
-    batch_wait_timeout_s: float = Field(0.005, ge=0, description="How long a batch waits to fill.")
+    batch_wait_timeout_s: float = Field(
+        0.0, ge=0, description="How long a batch waits to fill. 0: take what is queued (requests that came "
+        "in during the previous batch), so a lone request never waits."
+    )
     min_replicas: int = Field(1, ge=0, description="Encoder replicas, at least (autoscaling).")
     max_replicas: int = Field(2, ge=1, description="Encoder replicas, at most (autoscaling).")
     target_ongoing_requests: float = Field(16, gt=0, description="Autoscaling target per encoder replica.")

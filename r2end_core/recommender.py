@@ -96,9 +96,14 @@ class UserTower:
         """Unit-length f(e) (or e itself without a projection)."""
         return unit_vectors(torch.from_numpy(embeddings).to(self.device), self.projection).cpu().numpy()
 
+    #: Texts per forward pass. sentence-transformers sorts a call's texts by length before cutting
+    #: them into passes, so a served batch of 32 pads far less in passes of 8 than in one pass
+    #: (on 2 CPU cores: 38 vs 20 texts/s; one text at a time: 32 texts/s).
+    pass_size: int = 8
+
     def __call__(self, history_texts: list[str]) -> np.ndarray:
-        """``[len(history_texts), dim]`` unit query vectors, encoded as one batch."""
-        return self.project(encoders.encode(self.encoder, history_texts, batch_size=len(history_texts)))
+        """``[len(history_texts), dim]`` unit query vectors."""
+        return self.project(encoders.encode(self.encoder, history_texts, batch_size=self.pass_size))
 
 
 def model_path(path: str, root: str) -> str:

@@ -52,7 +52,7 @@ class UserEncoder:
         self.encode_batch.set_max_batch_size(max_batch_size)
         self.encode_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)  # both set from the config in __init__
     async def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
         return list(self.tower(texts))
 
@@ -112,15 +112,25 @@ async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResp
     return JSONResponse(status_code=err.status_code, content={"error": err.detail})
 
 
-_body_limit = {"bytes": ServeConfig().max_body_bytes}  # set by the ingress replica in this process
+class BodyLimit:
+    """413 for a body over ``max_bytes`` by its Content-Length (plain ASGI: no per-request task, unlike
+    ``@app.middleware``)."""
+
+    max_bytes = ServeConfig().max_body_bytes  # the ingress replica sets its configured limit
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            size = dict(scope["headers"]).get(b"content-length", b"0").decode()
+            if not size.isdigit() or int(size) > self.max_bytes:
+                response = JSONResponse(status_code=413, content={"error": f"request body of {size} bytes; at most {self.max_bytes}"})
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
-@api.middleware("http")
-async def _limit_body(request: Request, call_next):
-    size = request.headers.get("content-length")
-    if size is not None and (not size.isdigit() or int(size) > _body_limit["bytes"]):
-        return JSONResponse(status_code=413, content={"error": f"request body of {size} bytes; at most {_body_limit['bytes']}"})
-    return await call_next(request)
+api.add_middleware(BodyLimit)
 
 
 @serve.deployment(max_ongoing_requests=256, health_check_period_s=5)
@@ -130,7 +140,7 @@ class Recommender:
                  cfg: dict):
         self.encoder, self.item_index = encoder, item_index
         self.cfg = ServeConfig(**cfg)
-        _body_limit["bytes"] = self.cfg.max_body_bytes
+        BodyLimit.max_bytes = self.cfg.max_body_bytes
         _, items, _ = index.load(storage_path, version)
         self.catalogue = Catalogue(items)
         self.items = {row["item_id"]: row for row in items.to_pylist()}

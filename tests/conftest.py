@@ -53,7 +53,9 @@ def ray_cluster():
     """A real local Ray cluster for the stage tests (4 logical CPUs on 2 cores, as the configs use)."""
     import ray
 
-    ray.init(address="local", num_cpus=4, include_dashboard=False)
+    from ray_jobs.runtime import start_local
+
+    start_local(num_cpus=4, include_dashboard=False)
     yield ray
     ray.shutdown()
 

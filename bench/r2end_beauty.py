@@ -219,9 +219,9 @@ def plot(out: dict, cfg: PipelineConfig, name: str) -> None:
     student = student_config(cfg, "oracle").distill.run_name
     distances = storage.read_table(artifacts.run_path(cfg.storage_path, student, "distances.parquet"))
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, (name, label) in zip(axes, (("l2", "L2 distance"), ("cos", "cosine similarity"))):
+    for ax, (metric, label) in zip(axes, (("l2", "L2 distance"), ("cos", "cosine similarity"))):
         for when in ("before", "after"):
-            ax.hist(distances[f"{name}_{when}"].to_numpy(), bins=40, alpha=0.6, label=f"{when} distillation")
+            ax.hist(distances[f"{metric}_{when}"].to_numpy(), bins=40, alpha=0.6, label=f"{when} distillation")
         ax.set_title(f"{label} to the oracle target (held-out users)")
         ax.legend()
     fig.tight_layout()

@@ -140,7 +140,7 @@ def benchmark(cfg: PipelineConfig, methods: list[str], tag: str | None) -> None:
         "paper_beauty": {m: dict(zip(("hr@5", "ndcg@5", "hr@10", "ndcg@10"), v)) for m, v in PAPER.items()},
         "setup": setup,
         "timings_s": timings,
-        "command": "python -m " + " ".join(["bench.r2end_beauty", *sys.argv[1:]]),
+        "command": COMMAND,
         "total_wall_time_s": round(time.time() - started, 1),
         "machine": results.machine(),
     }
@@ -228,6 +228,8 @@ def plot(out: dict, cfg: PipelineConfig, name: str) -> None:
     fig.savefig(results.FOLDER / f"{name}_distances.png", dpi=110)
     plt.close(fig)
 
+
+COMMAND = " ".join(["python -m bench.r2end_beauty", *sys.argv[1:]])  # as typed, before defaults join it
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(add_help=False)

@@ -25,6 +25,9 @@
                                    (another folder name with distill.run_name)
       r2end/projection.pt          the trained projection f (or none: ablation 5) and its config
       r2end/metrics.json           validation and test metrics (another folder with project.run_name)
+      index/<version>/             index.faiss, items.parquet (index.INDEX_ITEMS_SCHEMA), manifest.json:
+                                   one servable version of the item index (layout in r2end_core/index.py)
+      index/latest.json            the version built last
       ray_train/                   Ray Train run folders (checkpoints)
 """
 

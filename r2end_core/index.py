@@ -3,8 +3,13 @@ they came from, saved as a version that serving loads whole.
 
     <storage_path>/index/<version>/index.faiss     faiss index over unit vectors z_i = f(e_i) / |f(e_i)|
     <storage_path>/index/<version>/items.parquet   INDEX_ITEMS_SCHEMA, in the index's row order
-    <storage_path>/index/<version>/manifest.json   the model (MODEL_FIELDS), index kind and settings, recall
+    <storage_path>/index/<version>/manifest.json   the model, index kind and settings, recall (or exact)
     <storage_path>/index/latest.json               {"version": the version built last}
+
+A manifest's ``model`` names everything that decides a user's or item's vector: ``project_run``,
+``user_encoder`` (student or encoder), ``user_model`` and ``projection`` (paths under the storage
+path, or bundled names), ``user_model_id`` (the student's Ray Train run and steps),
+``projection_sha256``, ``item_encoder`` and ``max_seq_length``.
 
 Scores are inner products of unit vectors, i.e. cosine similarities. ``flat`` is exact; ``ivf`` and
 ``hnsw`` are approximate, and the index job reports their recall against exact search.
@@ -31,8 +36,6 @@ INDEX_ITEMS_SCHEMA = pa.schema(
         pa.field("metadata_text", pa.string(), nullable=False),
     ]
 )
-#: What a manifest's "model" holds: everything that decides a user's or item's vector.
-MODEL_FIELDS = ("project_run", "user_encoder", "user_model", "projection", "item_encoder", "max_seq_length")
 
 
 def folder(root: str, version: str) -> str:
@@ -61,13 +64,16 @@ def version_name(kind: str, *parts: object) -> str:
     >>> version_name("flat", {"model": 1}, ["a", "b"])
     'flat-449988b201'
     """
-    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    return f"{kind}-{digest}"
+    return f"{kind}-{_digest(parts)}"
 
 
 def model_version(model: dict) -> str:
     """A short name for a manifest's model: changes whenever the student or projection does."""
-    return hashlib.sha256(json.dumps(model, sort_keys=True).encode()).hexdigest()[:10]
+    return _digest(model)
+
+
+def _digest(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
 def build(vectors: np.ndarray, cfg: IndexConfig) -> faiss.Index:
@@ -140,4 +146,13 @@ def load(root: str, version: str) -> tuple[faiss.Index, pa.Table, dict]:
     path = folder(root, resolve_version(root, version))
     with storage.open_input(storage.join(path, "index.faiss")) as f:
         index = faiss.deserialize_index(np.frombuffer(f.read(), dtype=np.uint8))
-    return index, storage.read_table(storage.join(path, "items.parquet")), storage.read_json(storage.join(path, "manifest.json"))
+    return index, load_items(root, version), load_manifest(root, version)
+
+
+def load_items(root: str, version: str) -> pa.Table:
+    """A version's items (INDEX_ITEMS_SCHEMA, in row order), without its index."""
+    return storage.read_table(storage.join(folder(root, resolve_version(root, version)), "items.parquet"))
+
+
+def load_manifest(root: str, version: str) -> dict:
+    return storage.read_json(storage.join(folder(root, resolve_version(root, version)), "manifest.json"))

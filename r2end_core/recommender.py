@@ -87,7 +87,7 @@ class UserTower:
 
     @classmethod
     def load(cls, model: dict, root: str, device: str = "cpu") -> "UserTower":
-        """From an index manifest's ``model`` (``index.MODEL_FIELDS``; paths relative to ``root``)."""
+        """From an index manifest's ``model`` (see ``r2end_core.index``; paths relative to ``root``)."""
         encoder = encoders.load_encoder(model_path(model["user_model"], root), device, model["max_seq_length"], keep="end")
         f = load_projection(model_path(model["projection"], root)).to(device) if model["projection"] else None
         return cls(encoder, f, device)

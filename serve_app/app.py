@@ -45,7 +45,7 @@ class UserEncoder:
     def __init__(self, storage_path: str, version: str, max_batch_size: int, batch_wait_timeout_s: float,
                  threads: int, use_gpu: bool):
         torch.set_num_threads(threads)
-        manifest = storage.read_json(storage.join(index.folder(storage_path, version), "manifest.json"))
+        manifest = index.load_manifest(storage_path, version)
         self.tower = UserTower.load(manifest["model"], storage_path, "cuda" if use_gpu else "cpu")
         self.model_version = index.model_version(manifest["model"])
         self.batched = max_batch_size > 1
@@ -141,9 +141,7 @@ class Recommender:
         self.encoder, self.item_index = encoder, item_index
         self.cfg = ServeConfig(**cfg)
         BodyLimit.max_bytes = self.cfg.max_body_bytes
-        _, items, _ = index.load(storage_path, version)
-        self.catalogue = Catalogue(items)
-        self.items = {row["item_id"]: row for row in items.to_pylist()}
+        self.catalogue = Catalogue(index.load_items(storage_path, version))
 
     async def _call(self, method, *args):
         for attempt in range(RETRIES_ON_REPLICA_LOSS + 1):
@@ -176,9 +174,11 @@ class Recommender:
     @api.get("/items/{item_id}", response_model=Item)
     async def item(self, item_id: str) -> Item:
         """One indexed item: id, title, and the metadata text histories are written from."""
-        if item_id not in self.items:
+        catalogue = self.catalogue
+        if item_id not in catalogue.row:
             raise HTTPException(404, f"unknown item id: {item_id}")
-        return Item(**self.items[item_id])
+        row = catalogue.row[item_id]
+        return Item(item_id=item_id, title=catalogue.titles[row], metadata_text=catalogue.metadata_text[item_id])
 
     @api.get("/healthz", response_model=Health)
     async def healthz(self) -> Health:

@@ -20,6 +20,7 @@ Writes bench/results/serving_cpu.json and .md.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import subprocess
@@ -52,21 +53,13 @@ def user_queries(cfg: PipelineConfig, n: int) -> list[dict]:
     test item's time as ``at``)."""
     users = artifacts.read_users(cfg.storage_path)
     rows = users.take(np.random.default_rng(0).permutation(users.num_rows)[:n]).to_pylist()
-    bodies = []
-    for u in rows:
-        end = len(u["sequence"]) - 1
-        start = max(0, end - RECENT_ITEMS)
-        body = {"history": u["sequence"][start:end], "k": 10}
-        if u["timestamps"] is not None:
-            body.update(timestamps=u["timestamps"][start:end], at=u["timestamps"][end])
-        bodies.append(body)
-    return bodies
+    return [deploy.test_time_request(u, 10, RECENT_ITEMS) for u in rows]
 
 
 def summarize(latencies_s: list[float], seconds: float, errors: int) -> dict:
     ms = np.array(latencies_s) * 1000
     return {"requests": len(latencies_s) + errors, "errors": errors, "qps": round(len(latencies_s) / seconds, 1),
-            **{f"p{q}_ms": round(float(np.percentile(ms, q)), 1) for q in (50, 95, 99)}}
+            **{f"p{q}_ms": round(float(np.percentile(ms, q)), 1) if len(ms) else None for q in (50, 95, 99)}}
 
 
 def in_process(cfg: PipelineConfig, bodies: list[dict]) -> dict:
@@ -85,8 +78,8 @@ def in_process(cfg: PipelineConfig, bodies: list[dict]) -> dict:
     return summarize(latencies, time.perf_counter() - started, 0)
 
 
-async def _load(url: str, bodies: list[dict], concurrency: int, seconds: float, on_tick=None) -> dict:
-    latencies, errors, statuses, next_body = [], 0, {}, iter(range(10**9))
+async def _load(url: str, bodies: list[dict], concurrency: int, seconds: float, beside=None) -> dict:
+    latencies, errors, statuses, next_body = [], 0, {}, itertools.count()
     deadline = time.perf_counter() + seconds
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
         async def client():
@@ -108,16 +101,16 @@ async def _load(url: str, bodies: list[dict], concurrency: int, seconds: float, 
 
         started = time.perf_counter()
         tasks = [asyncio.create_task(client()) for _ in range(concurrency)]
-        if on_tick:
-            await on_tick()
+        if beside:
+            await beside()
         await asyncio.gather(*tasks)
     return {**summarize(latencies, time.perf_counter() - started, errors), "concurrency": concurrency,
             "statuses": {str(k): v for k, v in statuses.items()}}
 
 
-def load(url: str, bodies: list[dict], concurrency: int, seconds: float = PHASE_S, on_tick=None) -> dict:
-    asyncio.run(_load(url, bodies, concurrency, 1.0, on_tick=None))  # warm-up, not counted
-    return asyncio.run(_load(url, bodies, concurrency, seconds, on_tick))
+def load(url: str, bodies: list[dict], concurrency: int, seconds: float = PHASE_S, beside=None) -> dict:
+    asyncio.run(_load(url, bodies, concurrency, 1.0))  # warm-up, not counted
+    return asyncio.run(_load(url, bodies, concurrency, seconds, beside))
 
 
 def encoder_replicas() -> int:
@@ -176,8 +169,7 @@ def llm_in_the_loop(cfg: PipelineConfig, bodies: list[dict]) -> dict:
     from r2end_core.teacher import resolve_teacher
 
     gc = cfg.generate
-    _, items, _ = index.load(cfg.storage_path, "latest")
-    catalogue = Catalogue(items)
+    catalogue = Catalogue(index.load_items(cfg.storage_path, "latest"))
     texts = [catalogue.history_text(b["history"], b.get("timestamps"), b.get("at")) for b in bodies[:LLM_REQUESTS]]
     with tempfile.TemporaryDirectory() as scratch:
         request, result = os.path.join(scratch, "request.json"), os.path.join(scratch, "result.json")

@@ -27,12 +27,20 @@ def start(cfg: PipelineConfig, **overrides) -> str:
     return f"http://{cfg.serve.host}:{cfg.serve.port}"
 
 
+def test_time_request(user: dict, k: int, recent_items: int = 8) -> dict:
+    """A request body for a prepared user (``USERS_SCHEMA`` row) at their test item: the last
+    ``recent_items`` purchases before it, with their timestamps and the test item's time as ``at``."""
+    end = len(user["sequence"]) - 1
+    start = max(0, end - recent_items)
+    body = {"history": user["sequence"][start:end], "k": k}
+    if user["timestamps"] is not None:
+        body.update(timestamps=user["timestamps"][start:end], at=user["timestamps"][end])
+    return body
+
+
 def example_request(cfg: PipelineConfig, k: int = 5) -> dict:
-    """A real user's test-time history (ids and timestamps), from the prepared data."""
-    user = artifacts.read_users(cfg.storage_path).slice(0, 1).to_pylist()[0]
-    ids = user["test_history_ids"]
-    times = None if user["timestamps"] is None else user["timestamps"][len(user["sequence"]) - 1 - len(ids):-1]
-    return {"history": ids, **({"timestamps": times} if times else {}), "k": k}
+    """The first prepared user's test-time request."""
+    return test_time_request(artifacts.read_users(cfg.storage_path).slice(0, 1).to_pylist()[0], k)
 
 
 def post(url: str, body: dict, timeout: float = 30) -> dict:

@@ -39,8 +39,12 @@ class RecommendRequest(BaseModel):
                 raise ValueError("'timestamps' go with 'history' (item ids)")
             if len(self.timestamps) != len(self.history):
                 raise ValueError(f"'timestamps' has {len(self.timestamps)} values for {len(self.history)} history items")
-        if self.at is not None and self.timestamps is None:
-            raise ValueError("'at' needs 'timestamps'")
+        if self.at is not None:
+            if self.timestamps is None:
+                raise ValueError("'at' needs 'timestamps'")
+            if self.timestamps and self.at < max(self.timestamps):
+                raise ValueError(f"'at' ({self.at}) is before the latest history timestamp ({max(self.timestamps)}): "
+                                 "the history must come before the prediction time")
         return self
 
 

@@ -88,6 +88,7 @@ def test_recommend_items_and_health_over_http(served):
     (json.dumps({"history": ["x"], "history_text": "y"}), 422, "exactly one of 'history'"),
     (json.dumps({"history_text": "  "}), 422, "'history_text' is empty"),
     (json.dumps({"history": ["x"], "timestamps": [1, 2]}), 422, "'timestamps' has 2 values for 1"),
+    (json.dumps({"history": ["x"], "timestamps": [5], "at": 4}), 422, "'at' (4) is before the latest history timestamp"),
     (json.dumps({"history_text": "lip balm", "k": 0}), 422, "k=0 is out of range: 1 to 100"),
     (json.dumps({"history_text": "lip balm", "k": 101}), 422, "k=101 is out of range: 1 to 100"),
     (json.dumps({"history_text": "lip balm", "user": "u1"}), 422, "user: Extra inputs are not permitted"),

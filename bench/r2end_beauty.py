@@ -52,6 +52,7 @@ METHODS = {
     "control_encoder_undistilled": (None, {"user_encoder": "encoder"}),
     "floor_untrained_item_mean": (None, {"user_encoder": "item_mean", "use_projection": False}),
 }
+ENCODER_SIZES = {"bundled:all-minilm-l6-v2": "22M, 384-d", "bundled:all-mpnet-base-v2": "110M, 768-d"}
 # The paper's Table 2 (Beauty) and its SASRec (Table 1, top-5 only).
 PAPER = {
     "r2end": (0.0664, 0.0450, 0.0958, 0.0545),
@@ -87,9 +88,24 @@ def variant(cfg: PipelineConfig, method: str, tag: str | None) -> PipelineConfig
     return run_cfg
 
 
-def sasrec_on_users(cfg: PipelineConfig, run_name: str) -> dict:
-    """SASRec's chosen run scored on exactly the users the text variants are scored on."""
+def scored_users(cfg: PipelineConfig) -> dict:
+    """What fixes the scored users: a result with the same values scored the same users."""
+    return {"users": artifacts.read_users(cfg.storage_path).num_rows, "eval_users": cfg.project.eval_users,
+            "sample_seed": cfg.project.sample_seed}
+
+
+def sasrec_on_users(cfg: PipelineConfig, run_name: str) -> tuple[dict, str]:
+    """SASRec's chosen run scored on exactly the users the text variants are scored on, and where the
+    scores come from: the model in this storage path, else a committed result on the same users (a
+    lever run in its own storage path need not retrain SASRec)."""
     root = cfg.storage_path
+    if not storage.exists(artifacts.sasrec_model_path(root, run_name)):
+        for path in sorted(results.FOLDER.glob("r2end_beauty*.json")):
+            recorded = json.loads(path.read_text())
+            if recorded["setup"].get("scored_users") == scored_users(cfg) and recorded["setup"]["sasrec_run"] == run_name:
+                return recorded["methods"]["sasrec"], f"{run_name}, as scored in {path.name} (same users)"
+        raise FileNotFoundError(f"no SASRec model at {artifacts.sasrec_model_path(root, run_name)} and no result in "
+                                f"{results.FOLDER} scored on the same users {scored_users(cfg)}: run bench.sasrec_beauty first")
     users, items = artifacts.read_users(root), artifacts.read_items(root)
     _, eval_pos = projection.user_samples(
         users.num_rows, cfg.project.train_users, cfg.project.eval_users, cfg.project.sample_seed)
@@ -97,7 +113,8 @@ def sasrec_on_users(cfg: PipelineConfig, run_name: str) -> dict:
     tail = metrics.long_tail_mask(np.asarray(items.column("train_popularity").to_pylist()))
     model = train_sasrec.load_model(root, run_name)
     torch.set_num_threads(2)
-    return {split: sasrec.evaluate(model, [sequences[p] for p in eval_pos], split, tail) for split in ("valid", "test")}
+    scores = {split: sasrec.evaluate(model, [sequences[p] for p in eval_pos], split, tail) for split in ("valid", "test")}
+    return scores, run_name
 
 
 def benchmark(cfg: PipelineConfig, methods: list[str], tag: str | None) -> None:
@@ -115,7 +132,7 @@ def benchmark(cfg: PipelineConfig, methods: list[str], tag: str | None) -> None:
     students = {target: timed(f"distill {target}", distill.run, student_config(cfg, target)) for target in targets}
     scored = {method: timed(f"project {method}", project.run, variant(cfg, method, tag)) for method in methods}
     chosen = json.loads((results.FOLDER / "sasrec_beauty.json").read_text())["chosen"]
-    scored["sasrec"] = timed("sasrec scoring", sasrec_on_users, cfg, chosen)
+    scored["sasrec"], sasrec_source = timed("sasrec scoring", sasrec_on_users, cfg, chosen)
 
     setup = {
         "teacher": "{teacher}, greedy, repetition penalty {repetition_penalty}, {max_words} words".format(
@@ -129,9 +146,11 @@ def benchmark(cfg: PipelineConfig, methods: list[str], tag: str | None) -> None:
         "max_seq_length": cfg.embed.max_seq_length,
         "train_users": cfg.project.train_users or artifacts.read_users(cfg.storage_path).num_rows,
         "eval_users": cfg.project.eval_users,
+        "scored_users": scored_users(cfg),
         "projection_epochs": cfg.project.epochs,
         "distill": {k: getattr(cfg.distill, k) for k in STUDENT_SETTINGS},
         "sasrec_run": chosen,
+        "sasrec_scores": sasrec_source,
     }
     out = {
         "methods": {m: {"valid": r["valid"], "test": r["test"], **({"best_epoch": r["best_epoch"]} if "best_epoch" in r else {})}
@@ -180,10 +199,11 @@ def report(out: dict, name: str) -> str:
         "Differences from the paper's setup: teacher " + setup["teacher"] + " (paper: Gemma3 12B, 512 words); "
         f"oracle reasoning for {setup['oracle_users']:,} users (paper: every user); item descriptions for "
         f"{setup['items_with_description']:,} of 12,101 items (the rest: metadata only); student "
-        f"{setup['encoder']} (22M, 384-d, {setup['max_seq_length']} tokens; paper: a 0.3B encoder); projection "
+        f"{setup['encoder']} ({ENCODER_SIZES.get(setup['encoder'], '?')}, {setup['max_seq_length']} tokens; "
+        "paper: a 0.3B encoder); projection "
         f"trained on {setup['train_users']:,} users' training targets for {setup['projection_epochs']} epochs; "
         f"distillation {setup['distill']}; SASRec is ours (full-softmax CE, "
-        f"`{setup['sasrec_run']}`), scored on the same users.",
+        f"`{setup.get('sasrec_scores', setup['sasrec_run'])}`), scored on the same users.",
         "",
         "`control_encoder_undistilled` is Enc on history text with the projection but no distillation; "
         "`floor_untrained_item_mean` is the sanity floor (mean of history items' metadata embeddings, no training).",

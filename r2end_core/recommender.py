@@ -12,7 +12,6 @@ deployments), usable alone::
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,8 +121,4 @@ def load_projection(path: str) -> Projection:
     return projection
 
 
-def file_digest(path: str) -> str:
-    """A short content hash of one file (local or URI), for model versions."""
-    with storage.open_input(path) as f:
-        return hashlib.sha256(f.read()).hexdigest()[:12]
 

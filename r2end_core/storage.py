@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import uuid
@@ -85,6 +86,12 @@ def open_output(path: str):
 def open_input(path: str):
     fs, inner = filesystem(path)
     return fs.open_input_file(inner)
+
+
+def file_digest(path: str) -> str:
+    """A short content hash of one file (local or URI), for versions and memoisation."""
+    with open_input(path) as f:
+        return hashlib.sha256(f.read()).hexdigest()[:12]
 
 
 def write_json(obj: Any, path: str) -> None:

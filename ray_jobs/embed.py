@@ -3,11 +3,15 @@
     ray job submit --working-dir . -- python -m ray_jobs.embed --config configs/beauty-sample.yaml
 
 Reads the prepared tables and the teacher outputs (``embed.teacher_outputs``, else this storage
-path's ``generated/``); writes ``embeddings/`` (schemas in ``r2end_core.embeddings``).
+path's ``generated/``); writes ``embeddings/`` (schemas in ``r2end_core.embeddings``). A re-run
+whose inputs (encoder settings and the bytes of every table it reads) are unchanged reuses the
+written embeddings instead of encoding again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 
 import numpy as np
@@ -19,9 +23,32 @@ from ray_jobs.encode import encode_texts
 from ray_jobs.runtime import run_stage
 
 
+OUTPUTS = ("items.parquet", "targets.parquet")
+
+
+def inputs_digest(cfg: PipelineConfig) -> str:
+    """What the embeddings depend on: the encoder settings and the content of every file read."""
+    root, ec = cfg.storage_path, cfg.embed
+    if ec.teacher_outputs:
+        teacher_files = storage.list_files(ec.teacher_outputs)
+    else:
+        teacher_files = [f for kind in ("oracle", "unguided", "item") for f in storage.list_files(artifacts.generated_path(root, kind))]
+    files = [*storage.list_files(artifacts.users_path(root)), artifacts.items_path(root), *teacher_files]
+    inputs = {"encoder": ec.encoder, "max_seq_length": ec.max_seq_length,
+              "files": [(storage.join(*f.rsplit("/", 2)[-2:]), storage.file_digest(f)) for f in files]}
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def run(cfg: PipelineConfig) -> dict:
     root, ec = cfg.storage_path, cfg.embed
     started = time.time()
+    digest = inputs_digest(cfg)
+    report_path = artifacts.embeddings_path(root, "report.json")
+    if all(storage.exists(artifacts.embeddings_path(root, name)) for name in (*OUTPUTS, "report.json")):
+        written = storage.read_json(report_path)
+        if written.get("inputs_digest") == digest:
+            return {**written, "reused": True}
+        storage.delete_file(report_path)  # the embeddings are about to change under it
     users, items = artifacts.read_users(root), artifacts.read_items(root)
     outputs = embeddings.read_teacher_outputs(ec.teacher_outputs, root)
     source = ec.teacher_outputs or storage.join(root, "generated")
@@ -87,8 +114,9 @@ def run(cfg: PipelineConfig) -> dict:
         },
         "unguided_accepted": int(sum(bool(v) for v in accepted.values())),
         "wall_time_s": round(time.time() - started, 1),
+        "inputs_digest": digest,
     }
-    storage.write_json(report, artifacts.embeddings_path(root, "report.json"))
+    storage.write_json(report, report_path)
     for path in storage.list_files(artifacts.encoder_user_embeddings_path(root)):  # cached under the old settings
         storage.delete_file(path)
     return report

@@ -20,7 +20,7 @@ import torch
 
 from r2end_core import artifacts, data, embeddings, index, projection, storage
 from r2end_core.config import PipelineConfig
-from r2end_core.recommender import file_digest, load_projection, model_path
+from r2end_core.recommender import load_projection, model_path
 from ray_jobs.encode import encode_texts
 from ray_jobs.runtime import run_stage
 
@@ -47,7 +47,7 @@ def model_of(cfg: PipelineConfig) -> dict:
     projection_path = f"{run}/projection.pt" if trained["use_projection"] else None
     return {"project_run": run, "user_encoder": trained["user_encoder"], "user_model": user_model,
             "user_model_id": user_model_id, "projection": projection_path,
-            "projection_sha256": file_digest(model_path(projection_path, root)) if projection_path else None,
+            "projection_sha256": storage.file_digest(model_path(projection_path, root)) if projection_path else None,
             "item_encoder": cfg.embed.encoder, "max_seq_length": cfg.embed.max_seq_length}
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from r2end_core import artifacts, embeddings, encoders, storage
-from ray_jobs import distill, project
+from ray_jobs import distill, embed, project
 from tests.conftest import REPO, SLICE_USERS as USERS
 
 
@@ -44,6 +44,10 @@ def test_embed_distill_resume_project(tmp_path, embedded):
     assert targets.schema.equals(embeddings.TARGET_EMBEDDING_SCHEMA)
     vectors = embeddings.to_matrix(targets["embedding"])
     assert vectors.shape == (3 * USERS, 384) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)
+    # Same inputs: the written embeddings are reused; another encoder setting would encode again.
+    assert embed.run(cfg) == {**report, "reused": True}
+    assert embed.inputs_digest(cfg.model_copy(update={"embed": cfg.embed.model_copy(update={"max_seq_length": 64})})) \
+        != report["inputs_digest"]
 
     # Distillation SIGKILLed after its first checkpoint; the re-run resumes from it.
     killed = distill_job(config_path, tmp_path / "killed.log")

@@ -4,6 +4,10 @@
     # a lever, selected on validation, written beside the main result as r2end_beauty_<tag>.*:
     python -m bench.r2end_beauty --tag all-users-20ep --methods r2end,ablation_4_no_text_encoder \
         --set project.train_users=null --set project.epochs=20
+    # the 768-d encoder in its own (prepared) storage path; SASRec's scores then come from a
+    # committed result on the same users:
+    python -m bench.r2end_beauty --tag mpnet --methods ablation_4_no_text_encoder --students oracle \
+        --set storage_path=artifacts/beauty-mpnet --set embed.encoder=bundled:all-mpnet-base-v2
 
 Runs the real stages on one Ray cluster: embed (teacher_outputs/beauty-cpu), distill one student
 per target kind (Ray Train + DeepSpeed), project each variant (Ray Train), and scores SASRec's
@@ -117,7 +121,7 @@ def sasrec_on_users(cfg: PipelineConfig, run_name: str) -> tuple[dict, str]:
     return scores, run_name
 
 
-def benchmark(cfg: PipelineConfig, methods: list[str], tag: str | None) -> None:
+def benchmark(cfg: PipelineConfig, methods: list[str], tag: str | None, extra_students: list[str]) -> None:
     started = time.time()
     timings = {}
 
@@ -128,7 +132,7 @@ def benchmark(cfg: PipelineConfig, methods: list[str], tag: str | None) -> None:
         return out
 
     embed_report = timed("embed", embed.run, cfg)
-    targets = dict.fromkeys(METHODS[m][0] for m in methods if METHODS[m][0])
+    targets = dict.fromkeys([*(METHODS[m][0] for m in methods if METHODS[m][0]), *extra_students])
     students = {target: timed(f"distill {target}", distill.run, student_config(cfg, target)) for target in targets}
     scored = {method: timed(f"project {method}", project.run, variant(cfg, method, tag)) for method in methods}
     chosen = json.loads((results.FOLDER / "sasrec_beauty.json").read_text())["chosen"]
@@ -255,13 +259,16 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--tag", help="name a lever's runs and results (r2end_beauty_<tag>.*)")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of the methods")
+    parser.add_argument("--students", default="", help="comma-separated distill targets to distill (or reuse) and "
+                        "report even where no chosen method projects them, e.g. oracle")
     bench_args, sys.argv[1:] = parser.parse_known_args()
     methods = bench_args.methods.split(",")
-    if unknown := [m for m in methods if m not in METHODS]:
-        sys.exit(f"unknown methods {unknown}; choose from {list(METHODS)}")
+    extra_students = [t for t in bench_args.students.split(",") if t]
+    if unknown := [m for m in methods if m not in METHODS] + [t for t in extra_students if t not in STUDENTS]:
+        sys.exit(f"unknown methods or students {unknown}; choose from {list(METHODS)} and {list(STUDENTS)}")
     if "--config" not in sys.argv:
         sys.argv += ["--config", "configs/beauty-teacher-cpu.yaml"]
     # Defaults first, so the caller's own --set overrides them.
     sys.argv[1:1] = ["--set", f"embed.teacher_outputs={TEACHER_OUTPUTS}", "--set", f"project.train_users={TRAIN_USERS}",
                      "--set", f"project.eval_users={EVAL_USERS}"]
-    run_stage(__doc__, lambda cfg: benchmark(cfg, methods, bench_args.tag))
+    run_stage(__doc__, lambda cfg: benchmark(cfg, methods, bench_args.tag, extra_students))

@@ -147,6 +147,8 @@ def benchmark(cfg: PipelineConfig, methods: list[str], tag: str | None, extra_st
         "unguided_accepted": embed_report["unguided_accepted"],
         "items_with_description": embed_report["items_with_description"],
         "encoder": cfg.embed.encoder,
+        "embed_reused": embed_report.get("reused", False),  # its time is then the earlier run's, below
+        "embed_encode_s": embed_report["wall_time_s"],
         "max_seq_length": cfg.embed.max_seq_length,
         "train_users": cfg.project.train_users or artifacts.read_users(cfg.storage_path).num_rows,
         "eval_users": cfg.project.eval_users,
@@ -213,7 +215,9 @@ def report(out: dict, name: str) -> str:
         "`floor_untrained_item_mean` is the sanity floor (mean of history items' metadata embeddings, no training).",
         "",
         f"Plots: `{name}_metrics.png`, `{name}_distances.png`. Stage times (s): "
-        + ", ".join(f"{k} {v}" for k, v in out["timings_s"].items()) + ".",
+        + ", ".join(f"{k} {v}" for k, v in out["timings_s"].items())
+        + (f" (embeddings reused from an earlier run that took {setup['embed_encode_s']} s)" if setup.get("embed_reused") else "")
+        + ".",
         "",
         f"Command: `{out['command']}`",
     ]

@@ -11,22 +11,24 @@ stages' encode time scales by. Writes bench/results/encoders_cpu.{json,md}.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import time
 
 import numpy as np
 import torch
 
 from r2end_core import artifacts, encoders
-from r2end_core.bundled import BundledModel
+from r2end_core.bundled import BundledModelError
 from bench import results
 
 MAX_SEQ_LENGTH = 256
 
 
 def installed(name: str) -> bool:
-    source = encoders.BUNDLED_ENCODERS[name]
-    return importlib.util.find_spec(source.packages[0] if isinstance(source, BundledModel) else source[0]) is not None
+    try:
+        encoders.resolve_encoder(f"bundled:{name}")
+    except (BundledModelError, ImportError):
+        return False
+    return True
 
 
 def main() -> None:

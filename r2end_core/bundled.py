@@ -7,13 +7,14 @@ have; a mismatch fails instead of loading something else.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from r2end_core import storage
 
 
 class BundledModelError(RuntimeError):
@@ -32,14 +33,6 @@ class BundledModel:
 def default_cache_dir() -> str:
     """Where converted and unpacked models live (``R2END_MODEL_CACHE``, else ``~/.cache/r2end/models``)."""
     return os.environ.get("R2END_MODEL_CACHE", os.path.expanduser("~/.cache/r2end/models"))
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as src:
-        for block in iter(lambda: src.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def package_folder(name: str, install: str) -> Path:
@@ -70,7 +63,7 @@ def weight_file(model: BundledModel, cache: Path) -> Path:
 
 
 def check_sha256(path: Path, prefix: str) -> str:
-    digest = sha256(path)
+    digest = storage.sha256(str(path))
     if not digest.startswith(prefix):
         raise BundledModelError(f"{path}: sha256 {digest[:16]}... does not start with {prefix}")
     return digest

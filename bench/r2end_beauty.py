@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -138,10 +139,12 @@ def benchmark(cfg: PipelineConfig, methods: list[str], tag: str | None, extra_st
     chosen = json.loads((results.FOLDER / "sasrec_beauty.json").read_text())["chosen"]
     scored["sasrec"], sasrec_source = timed("sasrec scoring", sasrec_on_users, cfg, chosen)
 
+    folders = [os.path.relpath(f) for f in cfg.embed.teacher_outputs]
+    teachers = dict.fromkeys("{teacher}, greedy, repetition penalty {repetition_penalty}, {max_words} words".format(
+        **yaml.safe_load((Path(f) / "config.yaml").read_text())["generate"]) for f in folders)
     setup = {
-        "teacher": "{teacher}, greedy, repetition penalty {repetition_penalty}, {max_words} words".format(
-            **yaml.safe_load((Path(TEACHER_OUTPUTS) / "config.yaml").read_text())["generate"]),
-        "teacher_outputs": TEACHER_OUTPUTS,
+        "teacher": " + ".join(teachers),
+        "teacher_outputs": folders[0] if len(folders) == 1 else folders,
         "oracle_users": embed_report["targets"].get("oracle"),
         "unguided_users": embed_report["targets"].get("unguided"),
         "unguided_accepted": embed_report["unguided_accepted"],

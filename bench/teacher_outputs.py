@@ -1,13 +1,16 @@
 """Export a generation run's teacher outputs to a committed folder, with what it cost and what all
 of Beauty would cost.
 
-    python -m bench.teacher_outputs [--config configs/beauty-teacher-cpu.yaml] [--out teacher_outputs/beauty-cpu]
+    python -m bench.teacher_outputs [--config configs/beauty-teacher-cpu.yaml] [--set ...] [--out teacher_outputs/beauty-cpu]
 
 Writes to ``--out``: ``oracle.parquet``, ``unguided.parquet`` and ``items.parquet`` (the merged
-outputs, zstd-compressed, schemas in ``r2end_core.generation``), ``config.yaml`` (the exact config
-of the run), ``unguided_grounding.parquet`` (``grounding.GROUNDING_SCHEMA``: rejection sampling
-for ablation 2) and ``summary.json``: the run's own summary, the rejection-sampling counts and the
-projected time for every Beauty user and item. The projection uses the exact prompt tokens of
+outputs of the kinds generated, zstd-compressed, schemas in ``r2end_core.generation``),
+``config.yaml`` (the config the run resolved, with its ``--set`` overrides),
+``unguided_grounding.parquet`` (``grounding.GROUNDING_SCHEMA``: rejection sampling for ablation
+2, when unguided answers were generated) and ``summary.json``: the run's own summary, the
+rejection-sampling counts and the projected time for every Beauty user and item. A run that
+extends a committed folder (``generate.extends``) exports only its new keys; the training stage
+joins the folders (``embed.teacher_outputs``). The projection uses the exact prompt tokens of
 every prompt and the run's mean output tokens per kind:
 
 * this CPU: the run's seconds per token (prompt + output), times all tokens;
@@ -21,14 +24,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import yaml
 from transformers import AutoConfig, AutoTokenizer
 
-from r2end_core import artifacts, encoders, generation, grounding, prompts, storage
+from r2end_core import artifacts, embeddings, encoders, generation, grounding, prompts, storage
 from r2end_core.config import load_config
 from r2end_core.teacher import resolve_teacher
 
@@ -56,19 +59,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", default="configs/beauty-teacher-cpu.yaml")
     parser.add_argument("--out", default="teacher_outputs/beauty-cpu")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="the overrides the generate run was given")
     args = parser.parse_args()
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.set)
+    overrides = "".join(f" --set {o}" for o in args.set)
     root, gc, out = storage.absolute(cfg.storage_path), cfg.generate, Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not storage.exists(artifacts.generation_summary_path(root)):
-        raise SystemExit(f"no generation run under {root}: run `python -m ray_jobs.generate --config {args.config}` first")
+        raise SystemExit(f"no generation run under {root}: run `python -m ray_jobs.generate --config {args.config}{overrides}` first")
     run = storage.read_json(artifacts.generation_summary_path(root))
+    extended = embeddings.read_teacher_outputs(gc.extends, root) if gc.extends else {}
     for kind in gc.kinds:
         table = artifacts.read_generated(root, kind)
         if table is None:
             raise SystemExit(f"no {kind} outputs in {artifacts.generated_path(root, kind)}: nothing to export")
+        if extended.get(kind) is not None:  # the folders this run extends already hold these keys
+            key = generation.key_column(kind)
+            table = table.filter(pc.invert(pc.is_in(table[key], extended[kind][key])))
         pq.write_table(table, out / f"{'items' if kind == 'item' else kind}.parquet", compression="zstd", compression_level=19)
-    shutil.copyfile(args.config, out / "config.yaml")
+    (out / "config.yaml").write_text(f"# The config the run resolved: {args.config}{overrides}\n"
+                                     + yaml.safe_dump(cfg.model_dump(), sort_keys=False))
 
     folder = resolve_teacher(gc.teacher)
     tokenizer, model_config = AutoTokenizer.from_pretrained(folder), AutoConfig.from_pretrained(folder)
@@ -94,20 +105,23 @@ def main() -> None:
                           for name, gpu in GPUS.items()},
         "assumptions": __doc__.split("* this CPU:")[1].strip(),
     }
-    # Rejection sampling for ablation 2, with the encoder the training stage starts from.
-    encoder = encoders.load_encoder("bundled:all-minilm-l6-v2")
-    grounded = grounding.ground_unguided(artifacts.read_generated(root, "unguided"), users, items,
-                                         lambda texts: encoders.encode(encoder, texts))
-    pq.write_table(grounded, out / "unguided_grounding.parquet", compression="zstd")
-    accepted = grounded.filter(grounded["accepted"])
-    rejection_sampling = {"grounded": grounded.num_rows, "accepted_top100": accepted.num_rows,
-                          "named_an_item": grounded.filter(pc.equal(grounded["grounded_on"], "named_item")).num_rows}
-    summary = {"run": run, "projection": projection, "rejection_sampling": rejection_sampling,
-               "command": f"python -m ray_jobs.generate --config {args.config}", "export": f"python -m bench.teacher_outputs --config {args.config} --out {args.out}"}
+    summary = {"run": run, "projection": projection,
+               "command": f"python -m ray_jobs.generate --config {args.config}{overrides}",
+               "export": f"python -m bench.teacher_outputs --config {args.config}{overrides} --out {args.out}"}
+    if "unguided" in gc.kinds:
+        # Rejection sampling for ablation 2, with the encoder the training stage starts from.
+        encoder = encoders.load_encoder("bundled:all-minilm-l6-v2")
+        grounded = grounding.ground_unguided(artifacts.read_generated(root, "unguided"), users, items,
+                                             lambda texts: encoders.encode(encoder, texts))
+        pq.write_table(grounded, out / "unguided_grounding.parquet", compression="zstd")
+        summary["rejection_sampling"] = {
+            "grounded": grounded.num_rows, "accepted_top100": grounded.filter(grounded["accepted"]).num_rows,
+            "named_an_item": grounded.filter(pc.equal(grounded["grounded_on"], "named_item")).num_rows}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps({k: v["rows"] for k, v in run["kinds"].items()}), "rows;", run["seconds"], "s")
     print(json.dumps({k: v for k, v in projection.items() if k != "all_of_beauty" and k != "assumptions"}))
-    print("rejection sampling:", json.dumps(rejection_sampling))
+    if "rejection_sampling" in summary:
+        print("rejection sampling:", json.dumps(summary["rejection_sampling"]))
 
 
 if __name__ == "__main__":

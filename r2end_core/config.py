@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class StrictModel(BaseModel):
@@ -135,6 +135,11 @@ class GenerateConfig(StrictModel):
         None, gt=0, description="Stop taking new outputs after this many seconds, keep what is committed and report "
         "what is left (a re-run continues). Users' reasoning comes before item descriptions. None: no limit."
     )
+    extends: list[str] = Field(
+        [], description="Committed teacher-output folders this run adds to (e.g. teacher_outputs/beauty-cpu): their "
+        "keys with the same prompt version and teacher count as done, so a bigger sample generates only its new "
+        "keys, and generated/ then holds just those."
+    )
 
     @property
     def token_cap(self) -> int:
@@ -147,11 +152,17 @@ class EmbedConfig(StrictModel):
         description="The pretrained text encoder Enc: bundled:<name> (see r2end_core.encoders) or a "
         "sentence-transformers folder. It embeds targets and items, and initialises the student.",
     )
-    teacher_outputs: str | None = Field(
+    teacher_outputs: list[str] | None = Field(
         None,
-        description="Folder of teacher outputs (oracle.parquet, unguided.parquet, items.parquet, optional "
-        "unguided_grounding.parquet), e.g. teacher_outputs/beauty-cpu. None: this storage path's generated/.",
+        description="Folders of teacher outputs (oracle.parquet, unguided.parquet, items.parquet, optional "
+        "unguided_grounding.parquet), e.g. teacher_outputs/beauty-cpu; one folder or several whose rows are "
+        "joined (a key in two folders is an error). None: this storage path's generated/.",
     )
+
+    @field_validator("teacher_outputs", mode="before")
+    @classmethod
+    def _one_folder_is_a_list(cls, value):
+        return [value] if isinstance(value, str) else value
     max_seq_length: int = Field(256, ge=8, description="Tokens the encoder reads per text (longer texts are cut).")
     batch_size: int = Field(64, ge=1, description="Texts per encoder call.")
     actors: int = Field(1, ge=1, description="Ray Data encoder replicas.")

@@ -8,9 +8,9 @@
 The paper writes ``R_u ⊕ M_target``; the metadata goes first here so an encoder that cuts long
 texts never cuts the target item away.
 
-Teacher outputs come from a folder (``oracle.parquet``, ``unguided.parquet``, ``items.parquet``
-as ``bench.teacher_outputs`` exports them, plus ``unguided_grounding.parquet``) or from a
-storage path's ``generated/`` (see ``read_teacher_outputs``).
+Teacher outputs come from folders (``oracle.parquet``, ``unguided.parquet``, ``items.parquet``
+as ``bench.teacher_outputs`` exports them, plus ``unguided_grounding.parquet``), joined, or from
+a storage path's ``generated/`` (see ``read_teacher_outputs``).
 """
 
 from __future__ import annotations
@@ -68,21 +68,38 @@ def succeeded(outputs: pa.Table) -> pa.Table:
     return outputs.filter(pc.and_(outputs["error"].is_null(), outputs["text"].is_valid()))
 
 
-def read_teacher_outputs(folder: str | None, root: str) -> dict[str, pa.Table | None]:
+def read_teacher_outputs(folders: list[str] | None, root: str) -> dict[str, pa.Table | None]:
     """``{"oracle", "unguided", "item", "grounding"}`` -> table, or None where there is none.
 
-    ``folder``: an exported teacher-outputs folder; None reads ``<root>/generated/``.
+    ``folders``: exported teacher-outputs folders, whose rows are joined (a committed sample and
+    the folders that extend it); None reads ``<root>/generated/``. A key in two folders is an
+    error naming both, as it would be ambiguous which answer to use.
     """
-    found: dict[str, pa.Table | None] = {}
-    for kind, name in (("oracle", "oracle"), ("unguided", "unguided"), ("item", "items")):
-        if folder is None:
-            found[kind] = artifacts.read_generated(root, kind)
-        else:
+    if folders is None:
+        found = {kind: artifacts.read_generated(root, kind) for kind in ("oracle", "unguided", "item")}
+        grounding = artifacts.grounding_path(root)
+        return {**found, "grounding": storage.read_table(grounding) if storage.exists(grounding) else None}
+    found = {}
+    for kind, name in (("oracle", "oracle"), ("unguided", "unguided"), ("item", "items"), ("grounding", "unguided_grounding")):
+        parts = {}
+        for folder in folders:
             path = storage.join(folder, f"{name}.parquet")
-            found[kind] = storage.read_table(path).cast(output_schema(kind)) if storage.exists(path) else None
-    grounding = storage.join(folder, "unguided_grounding.parquet") if folder else artifacts.grounding_path(root)
-    found["grounding"] = storage.read_table(grounding) if storage.exists(grounding) else None
+            if storage.exists(path):
+                table = storage.read_table(path)
+                parts[folder] = table if kind == "grounding" else table.cast(output_schema(kind))
+        _check_no_shared_keys(parts, "item_id" if kind == "item" else "user_id", f"{name}.parquet")
+        found[kind] = pa.concat_tables(parts.values()) if parts else None
     return found
+
+
+def _check_no_shared_keys(parts: dict[str, pa.Table], key: str, name: str) -> None:
+    seen: dict[str, str] = {}
+    for folder, table in parts.items():
+        for k in table.column(key).to_pylist():
+            if k in seen:
+                raise ValueError(f"{name}: {key} {k!r} is in both {seen[k]} and {folder}; "
+                                 "teacher-output folders that are joined must hold different keys")
+            seen[k] = folder
 
 
 def check_users_known(outputs: pa.Table, users: pa.Table, source: str) -> None:

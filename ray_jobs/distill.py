@@ -25,6 +25,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from r2end_core import artifacts, distill, embeddings, encoders, storage
 from r2end_core.config import DistillConfig, EmbedConfig, PipelineConfig
+from ray_jobs import embed
 from ray_jobs.encode import encode_texts
 from ray_jobs.runtime import run_stage
 
@@ -100,9 +101,10 @@ def train_loop_per_worker(config: dict) -> None:
 def run_name(cfg: PipelineConfig) -> str:
     """The Ray Train run name: the same settings give the same name, so a re-run resumes its run.
     ``epochs`` is left out: raising it continues a finished run instead of starting over; so is
-    ``checkpoint_every``, which does not change the weights."""
-    settings = {"distill": cfg.distill.model_dump(exclude={"epochs", "checkpoint_every"}), "embed": cfg.embed.model_dump(),
-                "storage_path": cfg.storage_path}
+    ``checkpoint_every``, which does not change the weights. The embeddings enter by their inputs
+    digest (encoder, max length, the content of what they were made from)."""
+    settings = {"distill": cfg.distill.model_dump(exclude={"epochs", "checkpoint_every"}),
+                "embeddings": embed.written_digest(cfg.storage_path), "storage_path": cfg.storage_path}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     return f"distill-{cfg.distill.run_name}-{digest}"
 

@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from r2end_core import artifacts, embeddings, grounding, storage
 from r2end_core.config import PipelineConfig
@@ -30,12 +31,21 @@ def inputs_digest(cfg: PipelineConfig) -> str:
     """What the embeddings depend on: the encoder settings and the content of every file read."""
     root, ec = cfg.storage_path, cfg.embed
     if ec.teacher_outputs:
-        teacher_files = storage.list_files(ec.teacher_outputs)
+        teacher_files = [f for folder in ec.teacher_outputs for f in storage.list_files(folder)]
     else:
         teacher_files = [f for kind in ("oracle", "unguided", "item") for f in storage.list_files(artifacts.generated_path(root, kind))]
     files = [*storage.list_files(artifacts.users_path(root)), artifacts.items_path(root), *teacher_files]
     inputs = {"encoder": ec.encoder, "max_seq_length": ec.max_seq_length, "files": [storage.sha256(f) for f in files]}
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def written_digest(root: str) -> str:
+    """The inputs digest of the embeddings under ``root``: the stages trained on them key their Ray
+    Train runs by it, so new embeddings start new runs instead of resuming stale ones."""
+    report_path = artifacts.embeddings_path(root, "report.json")
+    if not storage.exists(report_path):
+        raise FileNotFoundError(f"{report_path} not found: run the embed stage first")
+    return storage.read_json(report_path)["inputs_digest"]
 
 
 def run(cfg: PipelineConfig) -> dict:
@@ -50,7 +60,7 @@ def run(cfg: PipelineConfig) -> dict:
         storage.delete_file(report_path)  # the embeddings are about to change under it
     users, items = artifacts.read_users(root), artifacts.read_items(root)
     outputs = embeddings.read_teacher_outputs(ec.teacher_outputs, root)
-    source = ec.teacher_outputs or storage.join(root, "generated")
+    source = " + ".join(ec.teacher_outputs or [storage.join(root, "generated")])
     for kind in ("oracle", "unguided"):
         if outputs[kind] is not None:
             embeddings.check_users_known(outputs[kind], users, f"{source} ({kind})")
@@ -74,8 +84,12 @@ def run(cfg: PipelineConfig) -> dict:
 
     accepted = {}
     if outputs["unguided"] is not None:
-        if outputs["grounding"] is None:  # rejection sampling, computed once
-            outputs["grounding"] = grounding.ground_unguided(outputs["unguided"], users, items, encode)
+        known = outputs["grounding"]
+        ungrounded = outputs["unguided"] if known is None else outputs["unguided"].filter(
+            pc.invert(pc.is_in(outputs["unguided"]["user_id"], known["user_id"])))
+        if ungrounded.num_rows:  # rejection sampling, computed once per answer
+            new = grounding.ground_unguided(ungrounded, users, items, encode)
+            outputs["grounding"] = new if known is None else pa.concat_tables([known, new.cast(known.schema)])
             storage.write_table(outputs["grounding"], artifacts.grounding_path(root))
         accepted = dict(zip(outputs["grounding"].column("user_id").to_pylist(),
                             outputs["grounding"].column("accepted").to_pylist()))

@@ -2,10 +2,11 @@
 
     ray job submit --working-dir . -- python -m ray_jobs.generate --config configs/beauty-sample.yaml
 
-Per kind (oracle, unguided, item): keys already done for this prompt version and model are
-skipped; the rest go through one ``ray.data.llm`` processor (continuous batching in vLLM) and are
-committed every ``write_every`` rows as atomically written Parquet files; at the end the folder
-is merged to exactly one row per key. A killed run re-run loses nothing and redoes nothing done.
+Per kind (oracle, unguided, item): keys already done for this prompt version and model, here or
+in the committed folders the run extends (``generate.extends``), are skipped; the rest go through
+one ``ray.data.llm`` processor (continuous batching in vLLM) and are committed every
+``write_every`` rows as atomically written Parquet files; at the end the folder is merged to
+exactly one row per key. A killed run re-run loses nothing and redoes nothing done.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ray.data.llm import (
     vLLMEngineProcessorConfig,
 )
 
-from r2end_core import artifacts, generation, prompts, storage
+from r2end_core import artifacts, embeddings, generation, prompts, storage
 from r2end_core.config import GenerateConfig, PipelineConfig
 from r2end_core.teacher import resolve_teacher
 from ray_jobs.runtime import run_stage
@@ -131,10 +132,14 @@ def _kind_summary(root: str, kind: str, keys: list[str], pending: int, new: pa.T
 def run(cfg: PipelineConfig) -> dict:
     gc, root = cfg.generate, cfg.storage_path
     users, items = artifacts.read_users(root), artifacts.read_items(root)
-    keys, requests = {}, []
+    extended = embeddings.read_teacher_outputs(gc.extends, root) if gc.extends else {}
+    keys, in_extended, requests = {}, {}, []
     for kind in gc.kinds:
         all_keys = items.column("item_id").to_pylist() if kind == "item" else users.column("user_id").to_pylist()
-        keys[kind] = generation.sample_keys(all_keys, gc.max_items if kind == "item" else gc.max_users, gc.sample_seed)
+        sample = generation.sample_keys(all_keys, gc.max_items if kind == "item" else gc.max_users, gc.sample_seed)
+        committed = generation.done_keys(extended.get(kind), prompts.PROMPT_VERSIONS[kind], gc.teacher)
+        keys[kind] = [k for k in sample if k not in committed]
+        in_extended[kind] = len(sample) - len(keys[kind])
         done = generation.done_keys(artifacts.read_generated(root, kind), prompts.PROMPT_VERSIONS[kind], gc.teacher)
         requests += [
             {"kind": kind, "order": i, **r}
@@ -158,7 +163,8 @@ def run(cfg: PipelineConfig) -> dict:
     seconds = time.time() - started
     new = pa.concat_tables(batches) if batches else None
     pending = {kind: sum(r["kind"] == kind for r in requests) for kind in gc.kinds}
-    kinds = {kind: _kind_summary(root, kind, keys[kind], pending[kind], new, seconds) for kind in gc.kinds}
+    kinds = {kind: {**_kind_summary(root, kind, keys[kind], pending[kind], new, seconds), "in_extended_folders": in_extended[kind]}
+             for kind in gc.kinds}
     output_tokens = sum(k["output_tokens"] for k in kinds.values())
     summary = {
         "teacher": gc.teacher, "max_words": gc.max_words, "token_cap": gc.token_cap, "seconds": round(seconds, 1),
@@ -167,6 +173,7 @@ def run(cfg: PipelineConfig) -> dict:
         "stopped_by_time_budget": budget_hit,
         "output_tokens_per_s": round(output_tokens / seconds, 2) if new is not None else None,
         "kinds": kinds,
+        "extends": gc.extends,
     }
     storage.write_json(summary, artifacts.generation_summary_path(root))
     for kind, s in kinds.items():

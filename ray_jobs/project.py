@@ -30,6 +30,7 @@ from ray.train.torch import TorchTrainer
 
 from r2end_core import artifacts, data, embeddings, metrics, projection, storage
 from r2end_core.config import PipelineConfig, ProjectConfig
+from ray_jobs import embed
 from ray_jobs.encode import encode_texts
 from ray_jobs.runtime import run_stage
 
@@ -80,7 +81,7 @@ def run_name(cfg: PipelineConfig, inputs_version: str) -> str:
     """Same settings and inputs, same Ray Train run (so a re-run resumes it); ``epochs`` is left out so
     that raising it continues a finished run."""
     settings = {"project": cfg.project.model_dump(exclude={"epochs"}), "inputs": inputs_version,
-                "storage_path": cfg.storage_path}
+                "embeddings": embed.written_digest(cfg.storage_path), "storage_path": cfg.storage_path}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     return f"project-{cfg.project.run_name}-{digest}"
 

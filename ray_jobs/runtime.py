@@ -24,7 +24,8 @@ def parse_config(description: str) -> PipelineConfig:
     cfg.storage_path = absolute(cfg.storage_path)
     cfg.prepare.dataset_path = absolute(cfg.prepare.dataset_path)
     if cfg.embed.teacher_outputs:
-        cfg.embed.teacher_outputs = absolute(cfg.embed.teacher_outputs)
+        cfg.embed.teacher_outputs = [absolute(folder) for folder in cfg.embed.teacher_outputs]
+    cfg.generate.extends = [absolute(folder) for folder in cfg.generate.extends]
     return cfg
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -72,31 +73,38 @@ def prepared_tables(beauty_dir):
 
 
 @pytest.fixture(scope="session")
-def slice_folders(tmp_path_factory) -> tuple[str, str]:
-    """(dataset folder, teacher-outputs folder): the first 40 users with oracle reasoning, all their
-    interactions and items, and exactly their rows of the committed teacher outputs."""
+def slice_folders(tmp_path_factory) -> tuple[str, list[str]]:
+    """(dataset folder, teacher-outputs folders): the first 40 users with oracle reasoning, all their
+    interactions and items, and exactly their rows of the committed teacher outputs, split the way
+    a run that extends a committed sample leaves them: the first half of the users with item
+    descriptions and rejection sampling, the second half with their reasoning alone."""
     root = tmp_path_factory.mktemp("slice")
     oracle = pq.read_table(TEACHER_OUTPUTS / "oracle.parquet")
     users = sorted(embeddings.succeeded(oracle).column("user_id").to_pylist())[:SLICE_USERS]
-    keep = pa.array(users)
     inter = pq.read_table(BEAUTY / "interactions.parquet")
-    inter = inter.filter(pc.is_in(inter["user_id"], keep))
+    inter = inter.filter(pc.is_in(inter["user_id"], pa.array(users)))
     items = pq.read_table(BEAUTY / "items.parquet")
     items = items.filter(pc.is_in(items["item_id"], inter["item_id"].unique()))
     dataset = write_dataset(root / "beauty", inter, items)
-    outputs = root / "teacher_outputs"
-    outputs.mkdir()
-    for name, key, wanted in (("oracle", "user_id", keep), ("unguided", "user_id", keep),
-                              ("unguided_grounding", "user_id", keep), ("items", "item_id", items["item_id"])):
-        table = pq.read_table(TEACHER_OUTPUTS / f"{name}.parquet")
-        pq.write_table(table.filter(pc.is_in(table[key], wanted)), outputs / f"{name}.parquet")
-    return dataset, str(outputs)
+    half = SLICE_USERS // 2
+    parts = {
+        root / "teacher_outputs": (("oracle", "user_id", users[:half]), ("unguided", "user_id", users[:half]),
+                                   ("unguided_grounding", "user_id", users[:half]),
+                                   ("items", "item_id", items["item_id"])),
+        root / "teacher_outputs_extension": (("oracle", "user_id", users[half:]), ("unguided", "user_id", users[half:])),
+    }
+    for folder, tables in parts.items():
+        folder.mkdir()
+        for name, key, wanted in tables:
+            table = pq.read_table(TEACHER_OUTPUTS / f"{name}.parquet")
+            pq.write_table(table.filter(pc.is_in(table[key], pa.array(wanted))), folder / f"{name}.parquet")
+    return dataset, [str(folder) for folder in parts]
 
 
-def stage_config(tmp_path, dataset: str, outputs: str, *overrides: str):
+def stage_config(tmp_path, dataset: str, outputs: list[str], *overrides: str):
     cfg = load_config(REPO / "configs/beauty-sample.yaml", [
         f"storage_path={tmp_path / 'artifacts'}", f"prepare.dataset_path={dataset}", "prepare.sample_users=null",
-        f"embed.teacher_outputs={outputs}", "embed.max_seq_length=128",
+        f"embed.teacher_outputs={json.dumps(outputs)}", "embed.max_seq_length=128",
         "distill.batch_size=2", "distill.checkpoint_every=3", "distill.holdout_fraction=0.25",
         "project.epochs=2", "project.batch_size=8", "project.negatives=9", *overrides,
     ])

@@ -36,3 +36,10 @@ def test_unknown_top_level_key(tmp_path):
     path.write_text("storage_path: x\nprepare: {dataset_path: y}\nserving: {}\n")
     with pytest.raises(ConfigError, match="serving"):
         load_config(path)
+
+
+def test_one_teacher_output_folder_or_several():
+    one = load_config(REPO / "configs/beauty-sample.yaml", ["embed.teacher_outputs=teacher_outputs/beauty-cpu"])
+    two = load_config(REPO / "configs/beauty-sample.yaml", ["embed.teacher_outputs=[teacher_outputs/a, teacher_outputs/b]"])
+    assert one.embed.teacher_outputs == ["teacher_outputs/beauty-cpu"]
+    assert two.embed.teacher_outputs == ["teacher_outputs/a", "teacher_outputs/b"]

@@ -58,3 +58,20 @@ def test_embedding_columns_round_trip():
 def test_a_missing_embed_stage_output_says_what_to_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="targets.parquet not found: run the embed stage"):
         artifacts.read_embeddings(str(tmp_path), "targets.parquet")
+
+
+def test_teacher_output_folders_are_joined_and_a_shared_key_is_named(tmp_path):
+    import pyarrow.parquet as pq
+
+    committed, extension = tmp_path / "committed", tmp_path / "extension"
+    for folder, users in ((committed, ["u1", "u2"]), (extension, ["u3"])):
+        folder.mkdir()
+        pq.write_table(outputs("oracle", [{"user_id": u, "text": "x", "error": None} for u in users]), folder / "oracle.parquet")
+    pq.write_table(outputs("item", [{"item_id": "i1", "text": "Users who prefer x.", "error": None}]), committed / "items.parquet")
+    found = embeddings.read_teacher_outputs([str(committed), str(extension)], str(tmp_path))
+    assert found["oracle"]["user_id"].to_pylist() == ["u1", "u2", "u3"] and found["item"].num_rows == 1
+    assert found["unguided"] is None and found["grounding"] is None
+
+    pq.write_table(outputs("oracle", [{"user_id": "u2", "text": "y", "error": None}]), extension / "oracle.parquet")
+    with pytest.raises(ValueError, match=f"oracle.parquet: user_id 'u2' is in both {committed} and {extension}"):
+        embeddings.read_teacher_outputs([str(committed), str(extension)], str(tmp_path))

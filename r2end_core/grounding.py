@@ -40,13 +40,13 @@ def ground_unguided(
     index = {item: i for i, item in enumerate(items.column("item_id").to_pylist())}
     target = dict(zip(users.column("user_id").to_pylist(), users.column("train_target").to_pylist()))
     rows = ok.select(["user_id", "text", "predicted_item"]).to_pylist()
+    unknown = [r["user_id"] for r in rows if r["user_id"] not in target]
+    if unknown:  # before the catalogue's encode, which is the slow part
+        raise ValueError(f"unguided outputs for {len(unknown)} users not in the prepared users, e.g. {unknown[:3]}: "
+                         "outputs and prepared data come from different storage paths or samples")
     queries = [r["predicted_item"] or r["text"] for r in rows]
     item_vectors = torch.from_numpy(encode(items.column("metadata_text").to_pylist()))
     query_vectors = torch.from_numpy(encode(queries))
-    unknown = [r["user_id"] for r in rows if r["user_id"] not in target]
-    if unknown:
-        raise ValueError(f"unguided outputs for {len(unknown)} users not in the prepared users, e.g. {unknown[:3]}: "
-                         "outputs and prepared data come from different storage paths or samples")
     targets = torch.tensor([index[target[r["user_id"]]] for r in rows], dtype=torch.long)
     ranks = (target_ranks(query_vectors @ item_vectors.T, targets) + 1).numpy() if rows else np.zeros(0, np.int64)
     return pa.table(

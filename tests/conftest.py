@@ -73,6 +73,21 @@ def prepared_tables(beauty_dir):
 
 
 @pytest.fixture(scope="session")
+def minilm_encode():
+    """The bundled all-MiniLM-L6-v2, loaded once: texts -> unit vectors."""
+    from r2end_core import encoders
+
+    model = encoders.load_encoder("bundled:all-minilm-l6-v2")
+    return lambda texts: encoders.encode(model, texts)
+
+
+def catalogue_slice(items: pa.Table, size: int, keep: list[str] = ()) -> pa.Table:
+    """The first ``size`` prepared items plus ``keep``: a real catalogue small enough to encode in seconds."""
+    wanted = pc.or_(pc.less(items["item_index"], size), pc.is_in(items["item_id"], pa.array(list(keep), pa.string())))
+    return items.filter(wanted)
+
+
+@pytest.fixture(scope="session")
 def slice_folders(tmp_path_factory) -> tuple[str, list[str]]:
     """(dataset folder, teacher-outputs folders): the first 40 users with oracle reasoning, all their
     interactions and items, and exactly their rows of the committed teacher outputs, split the way

@@ -1,22 +1,18 @@
-"""Rejection sampling: unguided answers grounded in the real Beauty catalogue with real MiniLM."""
+"""Rejection sampling: unguided answers grounded in a slice of the real Beauty catalogue with real MiniLM."""
 
 import pyarrow as pa
 import pytest
 
-from r2end_core import encoders, generation, grounding
+from r2end_core import generation, grounding
+from tests.conftest import catalogue_slice
 from tests.test_generation import MODEL
 
 
-@pytest.fixture(scope="module")
-def minilm():
-    model = encoders.load_encoder("bundled:all-minilm-l6-v2")
-    return lambda texts: encoders.encode(model, texts)
-
-
-def test_naming_the_true_item_is_accepted_and_an_unrelated_answer_is_not(prepared_tables, minilm):
+def test_naming_the_true_item_is_accepted_and_an_unrelated_answer_is_not(prepared_tables, minilm_encode):
     users, items = prepared_tables
     meta = dict(zip(items.column("item_id").to_pylist(), items.column("metadata_text").to_pylist()))
     u1, u2, u3 = users.slice(0, 3).to_pylist()
+    items = catalogue_slice(items, 500, [u1["train_target"], u2["train_target"]])
     title = meta[u1["train_target"]].split(";")[0]
     rows = [
         generation.output_row("unguided", u1["user_id"], MODEL, f"They like it.\nPredicted next item: {title}", 10, 5, 50, 100),
@@ -24,7 +20,7 @@ def test_naming_the_true_item_is_accepted_and_an_unrelated_answer_is_not(prepare
         generation.output_row("unguided", u3["user_id"], MODEL, None, 10, None, 50, 100, error="engine died"),
     ]
     table = pa.Table.from_pylist(rows, schema=generation.USER_OUTPUT_SCHEMA)
-    result = grounding.ground_unguided(table, users, items, minilm, top_k=5)
+    result = grounding.ground_unguided(table, users, items, minilm_encode, top_k=5)
     assert result.schema.equals(grounding.GROUNDING_SCHEMA)
     by_user = {r["user_id"]: r for r in result.to_pylist()}
     assert set(by_user) == {u1["user_id"], u2["user_id"]}  # a failed answer has nothing to ground
@@ -34,8 +30,12 @@ def test_naming_the_true_item_is_accepted_and_an_unrelated_answer_is_not(prepare
     assert not by_user[u2["user_id"]]["accepted"] and by_user[u2["user_id"]]["target_rank"] > 5
 
 
-def test_outputs_for_users_outside_the_prepared_data_are_refused(prepared_tables, minilm):
+def test_outputs_for_users_outside_the_prepared_data_are_refused(prepared_tables):
     users, items = prepared_tables
     row = generation.output_row("unguided", "NOT-A-USER", MODEL, "Lip balm.", 10, 5, 50, 100)
+
+    def encode(texts):
+        raise AssertionError("refused before any encoding")
+
     with pytest.raises(ValueError, match="1 users not in the prepared users.*NOT-A-USER"):
-        grounding.ground_unguided(pa.Table.from_pylist([row], schema=generation.USER_OUTPUT_SCHEMA), users, items, minilm)
+        grounding.ground_unguided(pa.Table.from_pylist([row], schema=generation.USER_OUTPUT_SCHEMA), users, items, encode)

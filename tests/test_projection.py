@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from r2end_core import encoders, projection
+from r2end_core import projection
 from r2end_core.config import ProjectConfig
+from tests.conftest import catalogue_slice
 
 
-def test_projection_learns_a_real_mapping(prepared_tables):
-    users, items = prepared_tables
-    model = encoders.load_encoder("bundled:all-minilm-l6-v2", max_seq_length=128)
-    item_vectors = torch.from_numpy(encoders.encode(model, items.column("metadata_text").to_pylist()))
+def test_projection_learns_a_real_mapping(prepared_tables, minilm_encode):
+    items = catalogue_slice(prepared_tables[1], 500)
+    item_vectors = torch.from_numpy(minilm_encode(items.column("metadata_text").to_pylist()))
     # Users are noisy copies of their target item: a mapping f can learn and full ranking can score.
     generator = torch.Generator().manual_seed(0)
     targets = torch.randint(0, len(item_vectors), (256,), generator=generator)

@@ -65,7 +65,13 @@ def head_node():
         yield env
     finally:
         os.killpg(head.pid, signal.SIGTERM)
-        head.wait(timeout=60)
+        try:
+            head.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            # Every process of this head shares its process group and has had SIGTERM; what is
+            # still up after 5 s (Ray's graceful exit takes about 30 s here) is ended outright.
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(timeout=60)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 

@@ -136,9 +136,9 @@ class GenerateConfig(StrictModel):
         "what is left (a re-run continues). Users' reasoning comes before item descriptions. None: no limit."
     )
     extends: list[str] = Field(
-        [], description="Committed teacher-output folders this run adds to (e.g. teacher_outputs/beauty-cpu): their "
-        "keys with the same prompt version and teacher count as done, so a bigger sample generates only its new "
-        "keys, and generated/ then holds just those."
+        [], description="Committed teacher-output folders this run adds to (e.g. teacher_outputs/beauty-cpu): every key "
+        "they hold (failures included, as a key lives in one folder) counts as done, so a bigger sample generates "
+        "only its new keys, and generated/ then holds just those."
     )
 
     @property

@@ -158,16 +158,16 @@ class EmbedConfig(StrictModel):
         "unguided_grounding.parquet), e.g. teacher_outputs/beauty-cpu; one folder or several whose rows are "
         "joined (a key in two folders is an error). None: this storage path's generated/.",
     )
-
-    @field_validator("teacher_outputs", mode="before")
-    @classmethod
-    def _one_folder_is_a_list(cls, value):
-        return [value] if isinstance(value, str) else value
     max_seq_length: int = Field(256, ge=8, description="Tokens the encoder reads per text (longer texts are cut).")
     batch_size: int = Field(64, ge=1, description="Texts per encoder call.")
     actors: int = Field(1, ge=1, description="Ray Data encoder replicas.")
     cpus_per_actor: int = Field(2, ge=1, description="CPUs per encoder replica; also its torch thread count.")
     use_gpu: bool = False
+
+    @field_validator("teacher_outputs", mode="before")
+    @classmethod
+    def _one_folder_is_a_list(cls, value):
+        return [value] if isinstance(value, str) else value
 
 
 class DistillConfig(StrictModel):

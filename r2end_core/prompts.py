@@ -133,8 +133,8 @@ def chat_messages(kind: str, prompt: str) -> list[dict]:
 
 
 def render_chat(tokenizer, kind: str, prompt: str) -> str:
-    """The text the teacher reads, as Ray's chat-template stage renders it: a generation prompt
-    after a user turn, and a prefilled answer left open to continue."""
+    """The text the teacher reads: the chat template applied to ``chat_messages``, with a generation
+    prompt after a user turn, and a prefilled answer left open for the teacher to continue."""
     prefilled = PREFILLS[kind] is not None
     return tokenizer.apply_chat_template(
         chat_messages(kind, prompt), tokenize=False, add_generation_prompt=not prefilled, continue_final_message=prefilled

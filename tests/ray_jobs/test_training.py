@@ -91,12 +91,8 @@ def test_embed_distill_resume_project(tmp_path, embedded):
     assert not storage.exists(artifacts.run_path(root, "floor", "projection.pt"))
 
 
-def test_two_workers_zero3_bf16_save_a_plain_student(embedded):
-    cfg = embedded[0].model_copy(deep=True)
-    cfg.distill = cfg.distill.model_copy(update={"num_workers": 2, "cpus_per_worker": 1, "zero_stage": 3,
-                                                 "dtype": "bfloat16", "batch_size": 4, "target": "metadata",
-                                                 "run_name": "student-z3"})
-    summary = distill.run(cfg)
+def test_two_workers_zero3_bf16_save_a_plain_student(zero3_student):
+    cfg, summary = zero3_student
     assert summary["target"] == "metadata" and summary["steps"] == 8 and summary["config"]["zero_stage"] == 3
     # ZeRO-3 partitions the weights across the two workers; the saved folder holds them whole, in fp32.
     model = encoders.load_encoder(artifacts.run_path(cfg.storage_path, "student-z3", "model"))

@@ -1,5 +1,5 @@
-"""The Serve application for real: a student distilled and a projection trained on the 40-user slice,
-indexed, served by Ray Serve on the local cluster, and asked over HTTP on loopback."""
+"""The Serve application for real: the ZeRO-3 student distilled on the 40-user slice with a projection
+trained on it, indexed, served by Ray Serve on the local cluster, and asked over HTTP on loopback."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from r2end_core import artifacts
-from ray_jobs import distill, index, project
+from ray_jobs import index, project
 from serve_app import deploy
 from serve_app.app import ItemIndex, UserEncoder
 from tests.conftest import BEAUTY
@@ -27,13 +27,11 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def served(embedded):
+def served(zero3_student):
     """(config, base URL, the index version served, a real user's request body, an HNSW version's summary)."""
-    cfg = embedded[0].model_copy(deep=True)
-    cfg.distill = cfg.distill.model_copy(update={"run_name": "student-serve", "batch_size": 8})
-    cfg.project = cfg.project.model_copy(update={"run_name": "r2end-serve", "student_run": "student-serve", "epochs": 1})
+    cfg = zero3_student[0].model_copy(deep=True)
+    cfg.project = cfg.project.model_copy(update={"run_name": "r2end-serve", "student_run": "student-z3", "epochs": 1})
     cfg.serve = cfg.serve.model_copy(update={"port": free_port(), "keep_serving": False, "max_replicas": 1})
-    distill.run(cfg)
     project.run(cfg)
     approximate = index.run(cfg.model_copy(update={"index": cfg.index.model_copy(update={
         "kind": "hnsw", "hnsw_m": 4, "ef_search": 4, "recall_queries": 20})}))
@@ -49,7 +47,7 @@ def test_index_versions_name_their_model_and_quality(served):
     assert built["quality"] == {"exact": True} and built["settings"] == {"kind": "flat"}
     assert approximate["settings"] == {"kind": "hnsw", "hnsw_m": 4, "ef_search": 4}
     assert approximate["quality"]["queries"] == 20 and 0 < approximate["quality"]["recall@10"] <= 1
-    assert built["model"] == approximate["model"] and built["model"]["user_model"] == "student-serve/model"
+    assert built["model"] == approximate["model"] and built["model"]["user_model"] == "student-z3/model"
     assert built["version"] != approximate["version"] and built["items"] == approximate["items"]
 
 

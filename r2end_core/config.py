@@ -138,7 +138,8 @@ class GenerateConfig(StrictModel):
     extends: list[str] = Field(
         [], description="Committed teacher-output folders this run adds to (e.g. teacher_outputs/beauty-cpu): every key "
         "they hold (failures included, as a key lives in one folder) counts as done, so a bigger sample generates "
-        "only its new keys, and generated/ then holds just those."
+        "only its new keys, and generated/ then holds just those. Their rows must come from this run's teacher "
+        "and prompt versions (else an error)."
     )
 
     @property

@@ -98,6 +98,33 @@ def done_keys(existing: pa.Table | None, prompt_version: str, model: str) -> set
     return set(existing.filter(ok).column(key).to_pylist())
 
 
+def extended_keys(extended: pa.Table | None, kind: str, prompt_version: str, model: str, folders: list[str]) -> set[str]:
+    """Every key the extended ``folders`` hold for ``kind``, failures included (a key lives in one
+    folder). Rows made with another prompt version or model are refused: taking their keys as done
+    would join two teachers' answers as if they were one run's.
+
+    >>> rows = pa.table({"user_id": ["u1"], "prompt_version": ["v1"], "model": ["m"], "error": [None]})
+    >>> extended_keys(rows, "oracle", "v1", "m", ["f"])
+    {'u1'}
+    >>> extended_keys(rows, "oracle", "v2", "m", ["f"])
+    Traceback (most recent call last):
+    ...
+    ValueError: generate.extends (f), oracle: 1 rows were made with prompt v1 by m, e.g. user_id 'u1', not with this run's prompt v2 by m; extend only folders of the same teacher and prompt (or generate into a new folder)
+    """
+    if extended is None:
+        return set()
+    key = key_column(kind)
+    other = extended.filter(pc.or_(pc.not_equal(extended["prompt_version"], prompt_version), pc.not_equal(extended["model"], model)))
+    if other.num_rows:
+        first = other.slice(0, 1).to_pylist()[0]
+        raise ValueError(
+            f"generate.extends ({', '.join(folders)}), {kind}: {other.num_rows} rows were made with prompt "
+            f"{first['prompt_version']} by {first['model']}, e.g. {key} {first[key]!r}, not with this run's prompt "
+            f"{prompt_version} by {model}; extend only folders of the same teacher and prompt (or generate into a new folder)"
+        )
+    return set(extended.column(key).to_pylist())
+
+
 def output_row(
     kind: str,
     key: str,

@@ -139,8 +139,7 @@ def run(cfg: PipelineConfig) -> dict:
     for kind in gc.kinds:
         all_keys = items.column("item_id").to_pylist() if kind == "item" else users.column("user_id").to_pylist()
         sample = generation.sample_keys(all_keys, gc.max_items if kind == "item" else gc.max_users, gc.sample_seed)
-        # Every key an extended folder holds is its own, failures included: a key lives in one folder.
-        committed = set(extended[kind].column(generation.key_column(kind)).to_pylist()) if extended.get(kind) is not None else set()
+        committed = generation.extended_keys(extended.get(kind), kind, prompts.PROMPT_VERSIONS[kind], gc.teacher, gc.extends)
         keys[kind] = [k for k in sample if k not in committed]
         in_extended[kind] = len(sample) - len(keys[kind])
         done = generation.done_keys(artifacts.read_generated(root, kind), prompts.PROMPT_VERSIONS[kind], gc.teacher)

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from r2end_core import artifacts, generation, storage
 from ray_jobs import generate, prepare
@@ -99,3 +100,8 @@ def test_killed_generation_resumes_exactly_once(tmp_path, ray_cluster):
     assert summary["extends"] == [str(committed)] and summary["output_tokens"] == 0
     assert {kind: (k["in_extended_folders"], k["requested"]) for kind, k in summary["kinds"].items()} == \
         {"oracle": (USERS, 0), "unguided": (USERS, 0), "item": (ITEMS, 0)}
+    # Another teacher may not extend them: its answers would be joined with theirs as one run's.
+    other_teacher = sample_config(tmp_path, *SETTINGS, f"generate.extends=[{committed}]",
+                                  "generate.teacher=bundled:qwen2.5-coder-0.5b-instruct")
+    with pytest.raises(ValueError, match=r"generate.extends .*oracle: 6 rows were made .* by bundled:smollm2"):
+        generate.run(other_teacher)

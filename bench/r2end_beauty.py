@@ -8,6 +8,11 @@
     # committed result on the same users:
     python -m bench.r2end_beauty --tag mpnet --methods ablation_4_no_text_encoder --students oracle \
         --set storage_path=artifacts/beauty-mpnet --set embed.encoder=bundled:all-mpnet-base-v2
+    # another teacher's reasoning on the users both teachers answered, items described as before
+    # (the committed teacher's side: its folder with kinds [oracle, item] and same_users_as the other):
+    python -m bench.r2end_beauty --tag qwen-1000 --methods r2end --set storage_path=artifacts/beauty-qwen \
+        --set "embed.teacher_outputs=[{folder: teacher_outputs/beauty-cpu-qwen-oracle-1000, \
+        same_users_as: teacher_outputs/beauty-cpu}, {folder: teacher_outputs/beauty-cpu, kinds: [item]}]"
 
 Runs the real stages on one Ray cluster: embed (teacher_outputs/beauty-cpu), distill one student
 per target kind (Ray Train + DeepSpeed), project each variant (Ray Train), and scores SASRec's
@@ -139,12 +144,16 @@ def benchmark(cfg: PipelineConfig, methods: list[str], tag: str | None, extra_st
     chosen = json.loads((results.FOLDER / "sasrec_beauty.json").read_text())["chosen"]
     scored["sasrec"], sasrec_source = timed("sasrec scoring", sasrec_on_users, cfg, chosen)
 
-    folders = [os.path.relpath(f) for f in cfg.embed.teacher_outputs]
+    sources = [s.model_copy(update={"folder": os.path.relpath(s.folder),
+                                    "same_users_as": s.same_users_as and os.path.relpath(s.same_users_as)})
+               for s in cfg.embed.teacher_outputs]
     teachers = dict.fromkeys("{teacher}, greedy, repetition penalty {repetition_penalty}, {max_words} words".format(
-        **yaml.safe_load((Path(f) / "config.yaml").read_text())["generate"]) for f in folders)
+        **yaml.safe_load((Path(s.folder) / "config.yaml").read_text())["generate"])
+        + (f" ({'+'.join(s.kinds)})" if s.kinds else "") for s in sources)
     setup = {
         "teacher": " + ".join(teachers),
-        "teacher_outputs": folders[0] if len(folders) == 1 else folders,
+        "teacher_outputs": str(sources[0]) if len(sources) == 1 else [str(s) for s in sources],
+        "teacher_rows_outside_same_users": embed_report.get("teacher_rows_outside_same_users", {}),
         "oracle_users": embed_report["targets"].get("oracle"),
         "unguided_users": embed_report["targets"].get("unguided"),
         "unguided_accepted": embed_report["unguided_accepted"],

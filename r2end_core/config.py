@@ -147,17 +147,43 @@ class GenerateConfig(StrictModel):
         return self.max_tokens or 2 * self.max_words
 
 
+class TeacherOutputsFolder(StrictModel):
+    """One exported teacher-outputs folder, or part of it (a plain string in YAML means all of it)."""
+
+    folder: str = Field(description="The folder, e.g. teacher_outputs/beauty-cpu.")
+    kinds: list[Literal["oracle", "unguided", "item"]] | None = Field(
+        None, description="Read only these kinds from it (None: all it holds), e.g. [item] to take item "
+        "descriptions from one teacher and reasoning from another."
+    )
+    same_users_as: str | None = Field(
+        None, description="Another teacher-outputs folder: keep only the reasoning (oracle, unguided) of users "
+        "whose answer of the same kind has text there too, e.g. to compare two teachers on the same users. "
+        "Item descriptions are not filtered."
+    )
+
+    def __str__(self) -> str:
+        """The folder, with what is read of it.
+
+        >>> str(TeacherOutputsFolder(folder="to/qwen", same_users_as="to/smol"))
+        'to/qwen [users of to/smol]'
+        """
+        limits = [*filter(None, [self.kinds and "+".join(self.kinds),
+                                 self.same_users_as and f"users of {self.same_users_as}"])]
+        return self.folder + (f" [{'; '.join(limits)}]" if limits else "")
+
+
 class EmbedConfig(StrictModel):
     encoder: str = Field(
         "bundled:all-minilm-l6-v2",
         description="The pretrained text encoder Enc: bundled:<name> (see r2end_core.encoders) or a "
         "sentence-transformers folder. It embeds targets and items, and initialises the student.",
     )
-    teacher_outputs: list[str] | None = Field(
+    teacher_outputs: list[TeacherOutputsFolder] | None = Field(
         None,
         description="Folders of teacher outputs (oracle.parquet, unguided.parquet, items.parquet, optional "
         "unguided_grounding.parquet), e.g. teacher_outputs/beauty-cpu; one folder or several whose rows are "
-        "joined (a key in two folders is an error). None: this storage path's generated/.",
+        "joined (a key in two folders is an error); each a path or a TeacherOutputsFolder mapping. None: this "
+        "storage path's generated/.",
     )
     max_seq_length: int = Field(256, ge=8, description="Tokens the encoder reads per text (longer texts are cut).")
     batch_size: int = Field(64, ge=1, description="Texts per encoder call.")
@@ -167,8 +193,9 @@ class EmbedConfig(StrictModel):
 
     @field_validator("teacher_outputs", mode="before")
     @classmethod
-    def _one_folder_is_a_list(cls, value):
-        return [value] if isinstance(value, str) else value
+    def _paths_are_whole_folders(cls, value):
+        value = [value] if isinstance(value, str) else value
+        return None if value is None else [{"folder": v} if isinstance(v, str) else v for v in value]
 
 
 class DistillConfig(StrictModel):

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from r2end_core import artifacts, storage
+from r2end_core.config import TeacherOutputsFolder
 from r2end_core.generation import output_schema
 
 TARGET_KINDS = ("oracle", "unguided", "metadata")
@@ -68,38 +69,63 @@ def succeeded(outputs: pa.Table) -> pa.Table:
     return outputs.filter(pc.and_(outputs["error"].is_null(), outputs["text"].is_valid()))
 
 
-def read_teacher_outputs(folders: list[str] | None, root: str) -> dict[str, pa.Table | None]:
-    """``{"oracle", "unguided", "item", "grounding"}`` -> table, or None where there is none.
+#: teacher-outputs kind -> its file in an exported folder
+FOLDER_FILES = {"oracle": "oracle.parquet", "unguided": "unguided.parquet", "item": "items.parquet",
+                "grounding": "unguided_grounding.parquet"}
 
-    ``folders``: exported teacher-outputs folders, whose rows are joined (a committed sample and
-    the folders that extend it); None reads ``<root>/generated/``. A key in two folders is an
-    error naming both, as it would be ambiguous which answer to use.
+
+def read_teacher_outputs(sources: list[TeacherOutputsFolder | str] | None, root: str) -> dict:
+    """``{"oracle", "unguided", "item", "grounding"}`` -> table, or None where there is none, and
+    ``"outside_same_users"``: kind -> rows left out by a source's ``same_users_as``.
+
+    ``sources``: exported teacher-outputs folders (paths, or ``TeacherOutputsFolder`` to read some
+    kinds or some users of one), whose rows are joined: a committed sample and the folders that
+    extend it, or one teacher's reasoning and another's item descriptions. None reads
+    ``<root>/generated/``. A key in two sources is an error naming both, as it would be ambiguous
+    which answer to use.
     """
-    if folders is None:
+    if sources is None:
         found = {kind: artifacts.read_generated(root, kind) for kind in ("oracle", "unguided", "item")}
         grounding = artifacts.grounding_path(root)
-        return {**found, "grounding": storage.read_table(grounding) if storage.exists(grounding) else None}
-    found = {}
-    for kind, name in (("oracle", "oracle"), ("unguided", "unguided"), ("item", "items"), ("grounding", "unguided_grounding")):
-        parts = {}
-        for folder in folders:
-            path = storage.join(folder, f"{name}.parquet")
-            if storage.exists(path):
-                table = storage.read_table(path)
-                parts[folder] = table if kind == "grounding" else table.cast(output_schema(kind))
-        _check_no_shared_keys(parts, "item_id" if kind == "item" else "user_id", f"{name}.parquet")
-        found[kind] = pa.concat_tables(parts.values()) if parts else None
-    return found
+        return {**found, "grounding": storage.read_table(grounding) if storage.exists(grounding) else None,
+                "outside_same_users": {}}
+    sources = [TeacherOutputsFolder(folder=s) if isinstance(s, str) else s for s in sources]
+    found, outside = {}, {}
+    for kind, name in FOLDER_FILES.items():
+        answers_kind = "unguided" if kind == "grounding" else kind  # grounding goes with its answers
+        parts = []
+        for source in sources:
+            path = storage.join(source.folder, name)
+            if (source.kinds is not None and answers_kind not in source.kinds) or not storage.exists(path):
+                continue
+            table = storage.read_table(path)
+            table = table if kind == "grounding" else table.cast(output_schema(kind))
+            if source.same_users_as and kind != "item":
+                kept = table.filter(pc.is_in(table["user_id"], _users_with_text(source.same_users_as, answers_kind)))
+                outside[kind] = outside.get(kind, 0) + table.num_rows - kept.num_rows
+                table = kept
+            parts.append((str(source), table))
+        _check_no_shared_keys(parts, "item_id" if kind == "item" else "user_id", name)
+        found[kind] = pa.concat_tables([table for _, table in parts]) if parts else None
+    return {**found, "outside_same_users": outside}
 
 
-def _check_no_shared_keys(parts: dict[str, pa.Table], key: str, name: str) -> None:
+def _users_with_text(folder: str, kind: str) -> pa.Array:
+    path = storage.join(folder, FOLDER_FILES[kind])
+    if not storage.exists(path):
+        raise ValueError(f"{path} not found: same_users_as keeps the {kind} answers of the users that folder "
+                         f"has {kind} answers for, and it has none")
+    return succeeded(storage.read_table(path).cast(output_schema(kind)))["user_id"].combine_chunks()
+
+
+def _check_no_shared_keys(parts: list[tuple[str, pa.Table]], key: str, name: str) -> None:
     seen: dict[str, str] = {}
-    for folder, table in parts.items():
+    for source, table in parts:
         for k in table.column(key).to_pylist():
             if k in seen:
-                raise ValueError(f"{name}: {key} {k!r} is in both {seen[k]} and {folder}; "
+                raise ValueError(f"{name}: {key} {k!r} is in both {seen[k]} and {source}; "
                                  "teacher-output folders that are joined must hold different keys")
-            seen[k] = folder
+            seen[k] = source
 
 
 def check_users_known(outputs: pa.Table, users: pa.Table, source: str) -> None:

@@ -31,11 +31,13 @@ def inputs_digest(cfg: PipelineConfig) -> str:
     """What the embeddings depend on: the encoder settings and the content of every file read."""
     root, ec = cfg.storage_path, cfg.embed
     if ec.teacher_outputs:
-        teacher_files = [f for folder in ec.teacher_outputs for f in storage.list_files(folder)]
+        folders = [f for s in ec.teacher_outputs for f in (s.folder, s.same_users_as) if f]
+        teacher_files = [f for folder in folders for f in storage.list_files(folder)]
     else:
         teacher_files = [f for kind in ("oracle", "unguided", "item") for f in storage.list_files(artifacts.generated_path(root, kind))]
     files = [*storage.list_files(artifacts.users_path(root)), artifacts.items_path(root), *teacher_files]
-    inputs = {"encoder": ec.encoder, "max_seq_length": ec.max_seq_length, "files": [storage.sha256(f) for f in files]}
+    inputs = {"encoder": ec.encoder, "max_seq_length": ec.max_seq_length, "files": [storage.sha256(f) for f in files],
+              "sources": [str(s) for s in ec.teacher_outputs or []]}
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -60,7 +62,7 @@ def run(cfg: PipelineConfig) -> dict:
         storage.delete_file(report_path)  # the embeddings are about to change under it
     users, items = artifacts.read_users(root), artifacts.read_items(root)
     outputs = embeddings.read_teacher_outputs(ec.teacher_outputs, root)
-    source = " + ".join(ec.teacher_outputs or [storage.join(root, "generated")])
+    source = " + ".join(map(str, ec.teacher_outputs or [storage.join(root, "generated")]))
     for kind in ("oracle", "unguided"):
         if outputs[kind] is not None:
             embeddings.check_users_known(outputs[kind], users, f"{source} ({kind})")
@@ -125,6 +127,7 @@ def run(cfg: PipelineConfig) -> dict:
             kind: outputs[kind].num_rows - embeddings.succeeded(outputs[kind]).num_rows
             for kind in ("oracle", "unguided", "item") if outputs[kind] is not None
         },
+        "teacher_rows_outside_same_users": outputs["outside_same_users"],
         "unguided_accepted": int(sum(bool(v) for v in accepted.values())),
         "wall_time_s": round(time.time() - started, 1),
         "inputs_digest": digest,

@@ -23,8 +23,9 @@ def parse_config(description: str) -> PipelineConfig:
     # Ray workers run in other folders: make local paths absolute once, here.
     cfg.storage_path = absolute(cfg.storage_path)
     cfg.prepare.dataset_path = absolute(cfg.prepare.dataset_path)
-    if cfg.embed.teacher_outputs:
-        cfg.embed.teacher_outputs = [absolute(folder) for folder in cfg.embed.teacher_outputs]
+    for source in cfg.embed.teacher_outputs or []:
+        source.folder = absolute(source.folder)
+        source.same_users_as = source.same_users_as and absolute(source.same_users_as)
     cfg.generate.extends = [absolute(folder) for folder in cfg.generate.extends]
     return cfg
 

@@ -41,5 +41,10 @@ def test_unknown_top_level_key(tmp_path):
 def test_one_teacher_output_folder_or_several():
     one = load_config(REPO / "configs/beauty-sample.yaml", ["embed.teacher_outputs=teacher_outputs/beauty-cpu"])
     two = load_config(REPO / "configs/beauty-sample.yaml", ["embed.teacher_outputs=[teacher_outputs/a, teacher_outputs/b]"])
-    assert one.embed.teacher_outputs == ["teacher_outputs/beauty-cpu"]
-    assert two.embed.teacher_outputs == ["teacher_outputs/a", "teacher_outputs/b"]
+    part = load_config(REPO / "configs/beauty-sample.yaml",
+                       ["embed.teacher_outputs=[to/qwen, {folder: to/smol, kinds: [item]}]"])
+    assert [s.folder for s in one.embed.teacher_outputs] == ["teacher_outputs/beauty-cpu"]
+    assert [str(s) for s in two.embed.teacher_outputs] == ["teacher_outputs/a", "teacher_outputs/b"]
+    assert [str(s) for s in part.embed.teacher_outputs] == ["to/qwen", "to/smol [item]"]
+    with pytest.raises(ConfigError, match="kinds"):
+        load_config(REPO / "configs/beauty-sample.yaml", ["embed.teacher_outputs=[{folder: a, kinds: [items]}]"])

@@ -39,13 +39,17 @@ def select_targets(targets: pa.Table, target: str) -> tuple[list[str], np.ndarra
 
 
 def split_holdout(user_ids: list[str], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Positions of the users that train the student and of those held out to measure it.
+    """Positions of the users that train the student and of those held out to measure it. Which
+    users are held out depends on the set of ids, not on their order, so runs on the same users
+    (say, two teachers' answers) train and measure on the same ones.
 
     >>> train, held = split_holdout(list("abcdefghij"), 0.2, 0)
     >>> len(train), len(held), sorted(set(train) | set(held)) == list(range(10))
     (8, 2, True)
+    >>> [list("abcdefghij")[i] for i in held] == sorted(list("jihgfedcba")[i] for i in split_holdout(list("jihgfedcba"), 0.2, 0)[1])
+    True
     """
-    order = np.random.default_rng(seed).permutation(len(user_ids))
+    order = np.argsort(user_ids, kind="stable")[np.random.default_rng(seed).permutation(len(user_ids))]
     n_held = int(round(fraction * len(user_ids)))
     if n_held >= len(user_ids):
         raise ValueError(f"holdout_fraction={fraction} leaves no user to distill from ({len(user_ids)} users)")

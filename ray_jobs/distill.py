@@ -109,7 +109,8 @@ def run_name(cfg: PipelineConfig) -> str:
     ``checkpoint_every``, which does not change the weights. The embeddings enter by their inputs
     digest (encoder, max length, the content of what they were made from)."""
     settings = {"distill": cfg.distill.model_dump(exclude={"epochs", "checkpoint_every"}),
-                "embeddings": embed.written_digest(cfg.storage_path), "storage_path": cfg.storage_path}
+                "embeddings": embed.written_digest(cfg.storage_path), "storage_path": cfg.storage_path,
+                "holdout": "by-user-id"}  # runs that split by row order held out other users: never resume them
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     return f"distill-{cfg.distill.run_name}-{digest}"
 

@@ -31,12 +31,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import yaml
 import torch
 
 from r2end_core import artifacts, data, metrics, projection, sasrec, storage
 from r2end_core.config import DistillConfig, PipelineConfig, ProjectConfig
-from bench import results
+from bench import paired, results
 from ray_jobs import distill, embed, project, train_sasrec
 from ray_jobs.runtime import run_stage
 
@@ -182,6 +184,12 @@ def benchmark(cfg: PipelineConfig, methods: list[str], tag: str | None, extra_st
         "machine": results.machine(),
     }
     name = "_".join(filter(None, ("r2end_beauty", tag)))
+    ranks = {m: storage.read_table(artifacts.run_path(cfg.storage_path, variant(cfg, m, tag).project.run_name, "ranks.parquet"))
+             for m in methods}
+    pq.write_table(pa.concat_tables(t.append_column("method", pa.array([m] * t.num_rows)) for m, t in ranks.items()),
+                   paired.ranks_path(name), compression="zstd")
+    if "r2end" in ranks and len(ranks) > 1:  # the ranks of SASRec's committed scores are not kept
+        out["paired_vs_r2end"] = paired.compare({"r2end": ranks.pop("r2end"), **ranks})
     plot(out, cfg, name)
     results.write(name, out, report(out, name))
 
@@ -205,6 +213,9 @@ def report(out: dict, name: str) -> str:
         stderr = (t["hr@10"] * (1 - t["hr@10"]) / t["users"]) ** 0.5  # binomial, per method
         lines.append(f"| {m} | {t['hr@5']:.4f} | {t['ndcg@5']:.4f} | {t['hr@10']:.4f} ± {stderr:.4f} | {t['ndcg@10']:.4f} | "
                      f"{t['hr@10'] / sasrec_hr10:.2f}x | " + " | ".join(fmt(p.get(k)) for k in ("hr@5", "ndcg@5", "hr@10", "ndcg@10")) + " |")
+    if "paired_vs_r2end" in out:
+        lines += ["", "Paired against R2END on the same users (`" + paired.ranks_path(name).name + "` holds every user's ranks):",
+                  "", paired.table(out["paired_vs_r2end"], "r2end")]
     lines += ["", "Validation (what selection saw):", "", metrics.format_table({m: {"valid": methods[m]["valid"]} for m in order}, (10,)), ""]
     lines += ["Distillation (held-out users' history embeddings vs their targets, before -> after):", "",
               "| student target | users | steps | training (s) | L2 mean | cosine mean |", "|---|---|---|---|---|---|"]

@@ -25,6 +25,8 @@
                                    (another folder name with distill.run_name)
       r2end/projection.pt          the trained projection f (or none: ablation 5) and its config
       r2end/metrics.json           validation and test metrics (another folder with project.run_name)
+      r2end/ranks.parquet          RANKS_SCHEMA: each scored user's rank of its validation and test
+                                   target, for paired comparisons of runs on the same users
       index/<version>/             index.faiss, items.parquet (index.INDEX_ITEMS_SCHEMA), manifest.json:
                                    one servable version of the item index (layout in r2end_core/index.py)
       index/latest.json            the version built last
@@ -36,6 +38,15 @@ from __future__ import annotations
 import pyarrow as pa
 
 from r2end_core import storage
+
+#: One row per (scored user, split): the 0-based rank of the user's target in the full ranking.
+RANKS_SCHEMA = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("rank", pa.int32(), nullable=False),
+    ]
+)
 
 
 def users_path(root: str) -> str:

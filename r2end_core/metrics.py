@@ -9,7 +9,7 @@ gets no credit.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -60,6 +60,66 @@ def mask_excluded(scores: torch.Tensor, targets: torch.Tensor, exclude: Sequence
     return scores
 
 
+class Ranking(NamedTuple):
+    """Every user's full ranking, reduced to what the metrics need."""
+
+    ranks: np.ndarray  #: [n_users] 0-based rank of the user's target
+    top: np.ndarray  #: [n_users, max_k] the top-ranked item indices, best first
+
+
+def rank_users(
+    score_fn: ScoreFn,
+    targets: np.ndarray,
+    n_items: int,
+    exclude: Sequence[np.ndarray] | None = None,
+    max_k: int = max(DEFAULT_KS),
+    chunk_size: int = 1024,
+) -> Ranking:
+    """Rank every item for every user (see ``evaluate_ranking`` for the arguments)."""
+    n_users = len(targets)
+    if n_users == 0:
+        raise ValueError("evaluate_ranking needs at least one user")
+    max_k = min(max_k, n_items)
+    ranks = np.empty(n_users, dtype=np.int64)
+    top = np.empty((n_users, max_k), dtype=np.int64)
+    for start in range(0, n_users, chunk_size):
+        rows = np.arange(start, min(start + chunk_size, n_users))
+        with torch.no_grad():
+            scores = score_fn(rows).float()
+        chunk_targets = torch.as_tensor(targets[rows], dtype=torch.long)
+        if exclude is not None:
+            mask_excluded(scores, chunk_targets, exclude[start : start + len(rows)])
+        ranks[rows] = target_ranks(scores, chunk_targets).numpy()
+        top[rows] = torch.topk(scores, max_k, dim=1).indices.numpy()
+    return Ranking(ranks, top)
+
+
+def ranking_metrics(
+    ranking: Ranking,
+    targets: np.ndarray,
+    n_items: int,
+    tail_items: np.ndarray | None = None,
+    ks: Sequence[int] = DEFAULT_KS,
+) -> dict[str, float]:
+    """HR, NDCG and coverage at each k (and long-tail HR/NDCG) of a ``Ranking``."""
+    ranks = ranking.ranks
+    metrics: dict[str, float] = {"users": len(ranks)}
+    gains = 1.0 / np.log2(ranks + 2.0)
+    for k in sorted(ks):
+        hit = ranks < k
+        metrics[f"hr@{k}"] = float(hit.mean())
+        metrics[f"ndcg@{k}"] = float(np.where(hit, gains, 0.0).mean())
+        metrics[f"coverage@{k}"] = len(np.unique(ranking.top[:, :k])) / n_items
+    if tail_items is not None:
+        in_tail = tail_items[targets]
+        metrics["tail_users"] = int(in_tail.sum())
+        for k in sorted(ks):
+            hit = ranks[in_tail] < k
+            metrics[f"tail_hr@{k}"] = float(hit.mean()) if in_tail.any() else 0.0
+            metrics[f"tail_ndcg@{k}"] = float(np.where(hit, gains[in_tail], 0.0).mean()) if in_tail.any() else 0.0
+    return metrics
+
+
 def evaluate_ranking(
     score_fn: ScoreFn,
     targets: np.ndarray,
@@ -86,40 +146,30 @@ def evaluate_ranking(
     >>> m["hr@1"], round(m["ndcg@1"], 3)
     (0.5, 0.5)
     """
-    ks = sorted(ks)
-    n_users = len(targets)
-    if n_users == 0:
-        raise ValueError("evaluate_ranking needs at least one user")
-    max_k = min(ks[-1], n_items)
-    ranks = np.empty(n_users, dtype=np.int64)
-    recommended = {k: np.zeros(n_items, dtype=bool) for k in ks}
-    for start in range(0, n_users, chunk_size):
-        rows = np.arange(start, min(start + chunk_size, n_users))
-        with torch.no_grad():
-            scores = score_fn(rows).float()
-        chunk_targets = torch.as_tensor(targets[rows], dtype=torch.long)
-        if exclude is not None:
-            mask_excluded(scores, chunk_targets, exclude[start : start + len(rows)])
-        ranks[rows] = target_ranks(scores, chunk_targets).numpy()
-        top = torch.topk(scores, max_k, dim=1).indices.numpy()
-        for k in ks:
-            recommended[k][top[:, :k].ravel()] = True
+    ranking = rank_users(score_fn, targets, n_items, exclude, max(ks), chunk_size)
+    return ranking_metrics(ranking, targets, n_items, tail_items, ks)
 
-    metrics: dict[str, float] = {"users": n_users}
-    gains = 1.0 / np.log2(ranks + 2.0)
-    for k in ks:
-        hit = ranks < k
-        metrics[f"hr@{k}"] = float(hit.mean())
-        metrics[f"ndcg@{k}"] = float(np.where(hit, gains, 0.0).mean())
-        metrics[f"coverage@{k}"] = float(recommended[k].mean())
-    if tail_items is not None:
-        in_tail = tail_items[targets]
-        metrics["tail_users"] = int(in_tail.sum())
-        for k in ks:
-            hit = ranks[in_tail] < k
-            metrics[f"tail_hr@{k}"] = float(hit.mean()) if in_tail.any() else 0.0
-            metrics[f"tail_ndcg@{k}"] = float(np.where(hit, gains[in_tail], 0.0).mean()) if in_tail.any() else 0.0
-    return metrics
+
+def paired_difference(ranks_a: np.ndarray, ranks_b: np.ndarray, k: int = 10) -> dict:
+    """Method A minus method B on the same users (same order): HR@k and NDCG@k with the paired
+    standard error, and how many users only one of them hits.
+
+    >>> d = paired_difference(np.array([0, 20, 3, 50]), np.array([30, 1, 40, 60]))
+    >>> d["hr@10"]["difference"], round(d["hr@10"]["se"], 3), d["only_a_hits"], d["only_b_hits"]
+    (0.25, 0.479, 2, 1)
+    """
+    if len(ranks_a) != len(ranks_b) or len(ranks_a) < 2:
+        raise ValueError(f"paired_difference needs the same users (at least two): got {len(ranks_a)} and {len(ranks_b)}")
+    hits_a, hits_b = np.asarray(ranks_a) < k, np.asarray(ranks_b) < k
+    out: dict = {"users": len(ranks_a), "only_a_hits": int((hits_a & ~hits_b).sum()),
+                 "only_b_hits": int((hits_b & ~hits_a).sum())}
+    for name, a, b in (("hr", hits_a, hits_b),
+                       ("ndcg", np.where(hits_a, 1 / np.log2(np.asarray(ranks_a) + 2.0), 0.0),
+                        np.where(hits_b, 1 / np.log2(np.asarray(ranks_b) + 2.0), 0.0))):
+        diff = a.astype(float) - b.astype(float)
+        se = float(diff.std(ddof=1) / np.sqrt(len(diff)))
+        out[f"{name}@{k}"] = {"difference": float(diff.mean()), "se": se, "z": float(diff.mean() / se) if se else 0.0}
+    return out
 
 
 def format_table(results: dict[str, dict], ks: Sequence[int] = DEFAULT_KS) -> str:

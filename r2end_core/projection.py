@@ -155,6 +155,18 @@ def mean_item_embeddings(histories: list[np.ndarray], item_embeddings: np.ndarra
     return np.divide(means, norms, out=np.zeros_like(means), where=norms > 0)
 
 
+def rank(
+    projection: Projection | None,
+    user_embeddings: torch.Tensor,
+    item_embeddings: torch.Tensor,
+    targets: np.ndarray,
+    exclude: list[np.ndarray] | None,
+) -> metrics.Ranking:
+    """Every item ranked for every user by cosine between the projected user and projected items."""
+    users, items = unit_vectors(user_embeddings, projection), unit_vectors(item_embeddings, projection)
+    return metrics.rank_users(lambda rows: (users[torch.as_tensor(rows)] @ items.T).cpu(), targets, len(items), exclude)
+
+
 def evaluate(
     projection: Projection | None,
     user_embeddings: torch.Tensor,
@@ -163,7 +175,6 @@ def evaluate(
     exclude: list[np.ndarray] | None,
     tail_items: np.ndarray | None,
 ) -> dict[str, float]:
-    """Full-ranking metrics by cosine between projected users and every projected item."""
-    users, items = unit_vectors(user_embeddings, projection), unit_vectors(item_embeddings, projection)
-    return metrics.evaluate_ranking(lambda rows: (users[torch.as_tensor(rows)] @ items.T).cpu(), targets, len(items),
-                                    exclude=exclude, tail_items=tail_items)
+    """Full-ranking metrics of ``rank``."""
+    ranking = rank(projection, user_embeddings, item_embeddings, targets, exclude)
+    return metrics.ranking_metrics(ranking, targets, len(item_embeddings), tail_items)

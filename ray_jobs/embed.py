@@ -36,8 +36,9 @@ def inputs_digest(cfg: PipelineConfig) -> str:
     else:
         teacher_files = [f for kind in ("oracle", "unguided", "item") for f in storage.list_files(artifacts.generated_path(root, kind))]
     files = [*storage.list_files(artifacts.users_path(root)), artifacts.items_path(root), *teacher_files]
-    inputs = {"encoder": ec.encoder, "max_seq_length": ec.max_seq_length, "files": [storage.sha256(f) for f in files],
-              "sources": [str(s) for s in ec.teacher_outputs or []]}
+    inputs = {"encoder": ec.encoder, "max_seq_length": ec.max_seq_length, "files": [storage.sha256(f) for f in files]}
+    if restricted := [str(s) for s in ec.teacher_outputs or [] if s.kinds or s.same_users_as]:
+        inputs["restricted_sources"] = restricted  # only then: whole-folder embeddings keep their digest
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 

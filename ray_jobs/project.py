@@ -187,10 +187,14 @@ def run(cfg: PipelineConfig) -> dict:
 
     torch.set_num_threads(pc_.cpus_per_worker)
     item_tensor = torch.from_numpy(item_vectors)
+    ranks = []
     for split in ("valid", "test"):  # the test split is scored once, on the model validation chose
         targets, exclude = split_data[split]
-        summary[split] = projection.evaluate(f, torch.from_numpy(user_vectors[split]), item_tensor, targets, exclude,
-                                             tail)
+        ranking = projection.rank(f, torch.from_numpy(user_vectors[split]), item_tensor, targets, exclude)
+        summary[split] = metrics.ranking_metrics(ranking, targets, len(item_vectors), tail)
+        ranks.append(pa.table({"user_id": users.column("user_id").take(eval_pos), "split": [split] * len(eval_pos),
+                               "rank": ranking.ranks.astype(np.int32)}, schema=artifacts.RANKS_SCHEMA))
+    storage.write_table(pa.concat_tables(ranks), artifacts.run_path(root, pc_.run_name, "ranks.parquet"))
     summary["wall_time_s"] = round(time.time() - started, 1)
     storage.write_json(summary, artifacts.run_path(root, pc_.run_name, "metrics.json"))
     return summary

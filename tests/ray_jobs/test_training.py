@@ -14,8 +14,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
+from bench import paired
 from r2end_core import artifacts, embeddings, encoders, storage
 from ray_jobs import distill, embed, project
 from tests.conftest import REPO, SLICE_USERS as USERS
@@ -89,6 +91,12 @@ def test_embed_distill_resume_project(tmp_path, embedded):
     floor = project.run(cfg)
     assert "best_epoch" not in floor and floor["test"]["users"] == USERS
     assert not storage.exists(artifacts.run_path(root, "floor", "projection.pt"))
+
+    # Every scored user's ranks are kept, so runs on the same users compare paired.
+    ranks = {run: storage.read_table(artifacts.run_path(root, run, "ranks.parquet")) for run in (continued["config"]["run_name"], "floor")}
+    difference = paired.compare(ranks)["floor"]["test"]
+    assert difference["users"] == USERS and difference["hr@10"]["difference"] == pytest.approx(
+        floor["test"]["hr@10"] - continued["test"]["hr@10"])
 
 
 def test_two_workers_zero3_bf16_save_a_plain_student(zero3_student):

@@ -1,0 +1,91 @@
+"""Paired comparison of scored runs on the same users: HR@10 / NDCG@10 differences with their
+paired standard errors, from the per-user ranks that bench.r2end_beauty commits.
+
+    python -m bench.paired r2end_beauty_qwen-1000:r2end r2end_beauty_smol-1000:r2end \
+        r2end_beauty_qwen-1000:ablation_3_no_llm_reasoning --out teachers-1000
+
+Each argument is ``<result name>:<method>`` (the ranks in bench/results/<result name>_ranks.parquet);
+every run is compared with the first. Writes bench/results/paired_<out>.json and .md.
+
+Two methods scored on the same users make correlated errors, so the paired standard error of
+their difference is smaller than the two binomial errors combined: it is the one that says
+whether a difference is noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from r2end_core import metrics
+from bench import results
+
+SPLITS = ("valid", "test")
+
+
+def ranks_path(name: str):
+    return results.FOLDER / f"{name}_ranks.parquet"
+
+
+def aligned_ranks(runs: dict[str, pa.Table], split: str) -> dict:
+    """Each run's ranks on ``split`` in one user order; runs scored on other users are an error."""
+    out, first = {}, None
+    for label, table in runs.items():
+        rows = table.filter(pc.equal(table["split"], split)).sort_by("user_id")
+        if first is None:
+            first = (label, rows["user_id"])
+        elif not rows["user_id"].equals(first[1]):
+            raise ValueError(f"{label} and {first[0]} were not scored on the same {split} users "
+                             f"({rows.num_rows} and {len(first[1])} users): a paired comparison needs the same ones")
+        out[label] = rows["rank"].to_numpy()
+    return out
+
+
+def compare(runs: dict[str, pa.Table]) -> dict:
+    """``{label: {split: paired_difference(label, first)}}`` for every run after the first."""
+    base, *others = runs
+    by_split = {split: aligned_ranks(runs, split) for split in SPLITS}
+    return {label: {split: metrics.paired_difference(by_split[split][label], by_split[split][base]) for split in SPLITS}
+            for label in others}
+
+
+def table(paired: dict, base: str) -> str:
+    lines = [f"| run | split | users | H@10 − {base} (± paired s.e.) | z | N@10 − {base} (± s.e.) | only it hits | only {base} hits |",
+             "|---|---|---|---|---|---|---|---|"]
+    for label, splits in paired.items():
+        for split, d in splits.items():
+            hr, ndcg = d["hr@10"], d["ndcg@10"]
+            lines.append(f"| {label} | {split} | {d['users']:,} | {hr['difference']:+.4f} ± {hr['se']:.4f} | {hr['z']:+.2f} | "
+                         f"{ndcg['difference']:+.4f} ± {ndcg['se']:.4f} | {d['only_a_hits']} | {d['only_b_hits']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", metavar="RESULT:METHOD")
+    parser.add_argument("--out", required=True, help="writes bench/results/paired_<out>.json and .md")
+    args = parser.parse_args()
+    if len(args.runs) < 2:
+        raise SystemExit("give at least two RESULT:METHOD runs")
+    runs = {}
+    for run in args.runs:
+        name, sep, method = run.rpartition(":")
+        if not sep or not ranks_path(name).exists():
+            raise SystemExit(f"{run}: expected <result name>:<method> with {ranks_path(name or run)} present")
+        ranks = pq.read_table(ranks_path(name))
+        runs[run] = ranks.filter(pc.equal(ranks["method"], method))
+        if not runs[run].num_rows:
+            raise SystemExit(f"{run}: no method {method!r} in {ranks_path(name)} "
+                             f"(it has {sorted(set(ranks['method'].to_pylist()))})")
+    paired = compare(runs)
+    results.write(f"paired_{args.out}", {"base": args.runs[0], "paired": paired, "command": "python -m bench.paired "
+                                         + " ".join(args.runs) + f" --out {args.out}"},
+                  f"# Paired differences against `{args.runs[0]}`\n\n{table(paired, 'base')}\n\n"
+                  f"Command: `python -m bench.paired {' '.join(args.runs)} --out {args.out}`\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -4,8 +4,9 @@ paired standard errors, from the per-user ranks that bench.r2end_beauty commits.
     python -m bench.paired r2end_beauty_qwen-1000:r2end r2end_beauty_smol-1000:r2end \
         r2end_beauty_qwen-1000:ablation_3_no_llm_reasoning --out teachers-1000
 
-Each argument is ``<result name>:<method>`` (the ranks in bench/results/<result name>_ranks.parquet);
-every run is compared with the first. Writes bench/results/paired_<out>.json and .md.
+Each argument is ``<result name>:<method>`` (the ranks in bench/results/<result name>_ranks.parquet)
+or a projection run's own ``<storage_path>/<run_name>/ranks.parquet``; every run is compared with
+the first. Writes bench/results/paired_<out>.json and .md.
 
 Two methods scored on the same users make correlated errors, so the paired standard error of
 their difference is smaller than the two binomial errors combined: it is the one that says
@@ -15,6 +16,7 @@ whether a difference is noise.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -72,6 +74,11 @@ def main() -> None:
         raise SystemExit("give at least two RESULT:METHOD runs")
     runs = {}
     for run in args.runs:
+        if run.endswith(".parquet"):
+            if not Path(run).exists():
+                raise SystemExit(f"{run} not found: a projection run writes <storage_path>/<run_name>/ranks.parquet")
+            runs[run] = pq.read_table(run)
+            continue
         name, sep, method = run.rpartition(":")
         if not sep or not ranks_path(name).exists():
             raise SystemExit(f"{run}: expected <result name>:<method> with {ranks_path(name or run)} present")

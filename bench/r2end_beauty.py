@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -280,7 +281,7 @@ def plot(out: dict, cfg: PipelineConfig, name: str) -> None:
     plt.close(fig)
 
 
-COMMAND = " ".join(["python -m bench.r2end_beauty", *sys.argv[1:]])  # as typed, before defaults join it
+COMMAND = "python -m bench.r2end_beauty " + shlex.join(sys.argv[1:])  # as typed, before defaults join it
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(add_help=False)

@@ -78,7 +78,7 @@ def rank_users(
     """Rank every item for every user (see ``evaluate_ranking`` for the arguments)."""
     n_users = len(targets)
     if n_users == 0:
-        raise ValueError("evaluate_ranking needs at least one user")
+        raise ValueError("ranking needs at least one user")
     max_k = min(max_k, n_items)
     ranks = np.empty(n_users, dtype=np.int64)
     top = np.empty((n_users, max_k), dtype=np.int64)
@@ -94,6 +94,15 @@ def rank_users(
     return Ranking(ranks, top)
 
 
+def ndcg_gains(ranks: np.ndarray, k: int) -> np.ndarray:
+    """Each user's NDCG@k with one relevant item: 1 / log2(rank + 2) inside the top k, else 0.
+
+    >>> ndcg_gains(np.array([0, 2, 10]), k=10).round(3).tolist()
+    [1.0, 0.5, 0.0]
+    """
+    return np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
+
+
 def ranking_metrics(
     ranking: Ranking,
     targets: np.ndarray,
@@ -104,19 +113,16 @@ def ranking_metrics(
     """HR, NDCG and coverage at each k (and long-tail HR/NDCG) of a ``Ranking``."""
     ranks = ranking.ranks
     metrics: dict[str, float] = {"users": len(ranks)}
-    gains = 1.0 / np.log2(ranks + 2.0)
     for k in sorted(ks):
-        hit = ranks < k
-        metrics[f"hr@{k}"] = float(hit.mean())
-        metrics[f"ndcg@{k}"] = float(np.where(hit, gains, 0.0).mean())
+        metrics[f"hr@{k}"] = float((ranks < k).mean())
+        metrics[f"ndcg@{k}"] = float(ndcg_gains(ranks, k).mean())
         metrics[f"coverage@{k}"] = len(np.unique(ranking.top[:, :k])) / n_items
     if tail_items is not None:
         in_tail = tail_items[targets]
         metrics["tail_users"] = int(in_tail.sum())
         for k in sorted(ks):
-            hit = ranks[in_tail] < k
-            metrics[f"tail_hr@{k}"] = float(hit.mean()) if in_tail.any() else 0.0
-            metrics[f"tail_ndcg@{k}"] = float(np.where(hit, gains[in_tail], 0.0).mean()) if in_tail.any() else 0.0
+            metrics[f"tail_hr@{k}"] = float((ranks[in_tail] < k).mean()) if in_tail.any() else 0.0
+            metrics[f"tail_ndcg@{k}"] = float(ndcg_gains(ranks[in_tail], k).mean()) if in_tail.any() else 0.0
     return metrics
 
 
@@ -160,12 +166,11 @@ def paired_difference(ranks_a: np.ndarray, ranks_b: np.ndarray, k: int = 10) -> 
     """
     if len(ranks_a) != len(ranks_b) or len(ranks_a) < 2:
         raise ValueError(f"paired_difference needs the same users (at least two): got {len(ranks_a)} and {len(ranks_b)}")
-    hits_a, hits_b = np.asarray(ranks_a) < k, np.asarray(ranks_b) < k
+    ranks_a, ranks_b = np.asarray(ranks_a), np.asarray(ranks_b)
+    hits_a, hits_b = ranks_a < k, ranks_b < k
     out: dict = {"users": len(ranks_a), "only_a_hits": int((hits_a & ~hits_b).sum()),
                  "only_b_hits": int((hits_b & ~hits_a).sum())}
-    for name, a, b in (("hr", hits_a, hits_b),
-                       ("ndcg", np.where(hits_a, 1 / np.log2(np.asarray(ranks_a) + 2.0), 0.0),
-                        np.where(hits_b, 1 / np.log2(np.asarray(ranks_b) + 2.0), 0.0))):
+    for name, a, b in (("hr", hits_a, hits_b), ("ndcg", ndcg_gains(ranks_a, k), ndcg_gains(ranks_b, k))):
         diff = a.astype(float) - b.astype(float)
         se = float(diff.std(ddof=1) / np.sqrt(len(diff)))
         out[f"{name}@{k}"] = {"difference": float(diff.mean()), "se": se, "z": float(diff.mean() / se) if se else 0.0}

@@ -90,6 +90,12 @@ def read_teacher_outputs(sources: list[TeacherOutputsFolder | str] | None, root:
         return {**found, "grounding": storage.read_table(grounding) if storage.exists(grounding) else None,
                 "outside_same_users": {}}
     sources = [TeacherOutputsFolder(folder=s) if isinstance(s, str) else s for s in sources]
+    for source in sources:  # a mistyped folder or kind would otherwise just leave its rows out
+        held = {kind for kind, name in FOLDER_FILES.items() if storage.exists(storage.join(source.folder, name))}
+        lacking = [k for k in source.kinds or [] if k not in held]
+        if lacking or not held - {"grounding"}:
+            raise ValueError(f"{source.folder}: no {' or '.join(lacking) + ' ' if lacking else ''}teacher outputs there "
+                             f"(a folder holds {', '.join(FOLDER_FILES.values())} as bench.teacher_outputs exports them)")
     found, outside = {}, {}
     for kind, name in FOLDER_FILES.items():
         answers_kind = "unguided" if kind == "grounding" else kind  # grounding goes with its answers

@@ -101,6 +101,10 @@ def test_teachers_compared_on_the_same_users_with_one_teachers_item_descriptions
     assert strongs["oracle"]["text"].to_pylist() == ["y", None] and strongs["outside_same_users"] == {"oracle": 0}
     assert strongs["item"]["text"].to_pylist() == ["Users who prefer x."]
 
+    with pytest.raises(ValueError, match=f"{strong}: no item teacher outputs there"):
+        embeddings.read_teacher_outputs([TeacherOutputsFolder(folder=str(strong), kinds=["item"])], str(tmp_path))
+    with pytest.raises(ValueError, match=f"{tmp_path / 'typo'}: no teacher outputs there"):
+        embeddings.read_teacher_outputs([str(small), str(tmp_path / "typo")], str(tmp_path))
     pq.write_table(outputs("unguided", [{"user_id": "u2", "text": "z", "error": None}]), strong / "unguided.parquet")
     with pytest.raises(ValueError, match=f"{small}/unguided.parquet not found: same_users_as"):
         embeddings.read_teacher_outputs([TeacherOutputsFolder(folder=str(strong), same_users_as=str(small))], str(tmp_path))

@@ -16,9 +16,10 @@ import time
 import numpy as np
 import torch
 
-from r2end_core import artifacts, encoders
-from r2end_core.bundled import BundledModelError
 from bench import results
+from r2end_core.bundled import BundledModelError
+from r2end_core.layout import Layout
+from r2end_core.text import encoders
 
 MAX_SEQ_LENGTH = 256
 
@@ -37,10 +38,12 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=300)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    users, items = artifacts.read_users(args.storage), artifacts.read_items(args.storage)
+    users, items = Layout(args.storage).read_users(), Layout(args.storage).read_items()
     rng = np.random.default_rng(22)
     texts = {
-        "history": users.column("valid_history_text").take(rng.choice(users.num_rows, args.texts, replace=False)).to_pylist(),
+        "history": users.column("valid_history_text")
+        .take(rng.choice(users.num_rows, args.texts, replace=False))
+        .to_pylist(),
         "item": items.column("metadata_text").take(rng.choice(items.num_rows, args.texts, replace=False)).to_pylist(),
     }
     names = [n for n in encoders.BUNDLED_ENCODERS if installed(n)]
@@ -55,18 +58,33 @@ def main() -> None:
     rates = {n: {kind: round(args.texts / min(seconds[(n, kind)]), 1) for kind in texts} for n in names}
     base = names[0]
     out = {
-        "texts_per_kind": args.texts, "max_seq_length": MAX_SEQ_LENGTH, "threads": 2,
+        "texts_per_kind": args.texts,
+        "max_seq_length": MAX_SEQ_LENGTH,
+        "threads": 2,
         "texts_per_second": rates,
-        "slowdown_vs_" + base: {n: {kind: round(rates[base][kind] / rates[n][kind], 2) for kind in texts} for n in names},
-        "command": "python -m bench.encoders_cpu", "machine": results.machine(),
+        "slowdown_vs_" + base: {
+            n: {kind: round(rates[base][kind] / rates[n][kind], 2) for kind in texts} for n in names
+        },
+        "command": "python -m bench.encoders_cpu",
+        "machine": results.machine(),
     }
-    lines = ["# Bundled encoders: encode speed on Beauty texts (2 threads, 256 tokens, best of 2 rounds)", "",
-             "| encoder | dim | history texts/s | item texts/s | slowdown vs " + base + " (history) |", "|---|---|---|---|---|"]
+    lines = [
+        "# Bundled encoders: encode speed on Beauty texts (2 threads, 256 tokens, best of 2 rounds)",
+        "",
+        "| encoder | dim | history texts/s | item texts/s | slowdown vs " + base + " (history) |",
+        "|---|---|---|---|---|",
+    ]
     for n in names:
-        lines.append(f"| {n} | {models[n].get_embedding_dimension()} | {rates[n]['history']} | {rates[n]['item']} | "
-                     f"{out['slowdown_vs_' + base][n]['history']}x |")
-    lines += ["", f"{args.texts} validation history texts and {args.texts} item metadata texts, the same for every "
-              "encoder. Absolute rates on this shared machine are indicative; the ratio is measured side by side.", ""]
+        lines.append(
+            f"| {n} | {models[n].get_embedding_dimension()} | {rates[n]['history']} | {rates[n]['item']} | "
+            f"{out['slowdown_vs_' + base][n]['history']}x |"
+        )
+    lines += [
+        "",
+        f"{args.texts} validation history texts and {args.texts} item metadata texts, the same for every "
+        "encoder. Absolute rates on this shared machine are indicative; the ratio is measured side by side.",
+        "",
+    ]
     results.write("encoders_cpu", out, "\n".join(lines))
 
 

@@ -16,8 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from r2end_core import artifacts, data, metrics, sasrec
-from ray_jobs.train_sasrec import load_model
+from r2end_core import models
+from r2end_core.data.splits import Split
+from r2end_core.eval import metrics
+from r2end_core.eval.evaluate import EvalSet
+from r2end_core.layout import Layout
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -29,33 +32,30 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    items = artifacts.read_items(args.storage)
-    sequences = data.index_sequences(artifacts.read_users(args.storage), items)
+    layout = Layout(args.storage)
     chosen = json.loads((RESULTS / "sasrec_beauty.json").read_text())["chosen"]
-    model = load_model(args.storage, chosen).eval()
-    inputs, targets = data.split_inputs_targets(sequences, "valid")
-    with torch.no_grad():
-        users = sasrec.user_vectors(model, [s + 1 for s in inputs], torch.device("cpu"))
-        item_vectors = model.item_emb.weight[1:]
+    model = models.load(layout, chosen)
+    scored = EvalSet.build(layout.read_users(), layout.read_items(), Split.VALID)
+    users, item_vectors = torch.from_numpy(model.user_vectors(scored.histories)), torch.from_numpy(model.item_vectors())
+    targets, items = scored.targets, scored.item_ids
 
     def score(rows):
         return users[torch.as_tensor(rows)] @ item_vectors.T
 
-    tail = metrics.long_tail_mask(np.asarray(items.column("train_popularity").to_pylist()))
     timings = []
     for _ in range(3):
         started = time.perf_counter()
-        result = metrics.evaluate_ranking(score, targets, items.num_rows, exclude=inputs, tail_items=tail,
-                                          chunk_size=args.chunk_size)
+        ranking = metrics.rank_users(score, targets, len(items), scored.exclude, chunk_size=args.chunk_size)
+        result = metrics.ranking_metrics(ranking, targets, len(items), scored.tail)
         timings.append(time.perf_counter() - started)
     out = {
         "users": len(targets),
-        "items": items.num_rows,
+        "items": len(items),
         "chunk_size": args.chunk_size,
         "threads": args.threads,
         "seconds_median_of_3": round(float(np.median(timings)), 2),
         "seconds_all": [round(t, 2) for t in timings],
-        "scores_per_second": round(len(targets) * items.num_rows / float(np.median(timings))),
+        "scores_per_second": round(len(targets) * len(items) / float(np.median(timings))),
         "valid_ndcg@10": result["ndcg@10"],
         "command": "python -m bench.eval_speed",
     }
@@ -64,8 +64,11 @@ def main() -> None:
     table = (
         "# Full-item ranking evaluation speed\n\n| users | items | chunk | threads | seconds (median of 3) |\n"
         "|---|---|---|---|---|\n"
-        f"| {out['users']:,} | {out['items']:,} | {args.chunk_size} | {args.threads} | {out['seconds_median_of_3']} |\n\nHR/NDCG@5/10/20, long-tail and coverage, history masked, "
-        "given precomputed user vectors (SASRec, validation split). Absolute times on this shared 2-core machine are indicative.\n"
+        f"| {out['users']:,} | {out['items']:,} | {args.chunk_size} | {args.threads} "
+        f"| {out['seconds_median_of_3']} |\n\n"
+        "HR/NDCG@5/10/20, long-tail and coverage, history masked, "
+        "given precomputed user vectors (SASRec, validation split). Absolute times on this shared 2-core "
+        "machine are indicative.\n"
     )
     (RESULTS / "eval_speed.md").write_text(table)
     print(table)

@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from r2end_core import metrics
 from bench import results
+from r2end_core.eval import metrics
 
 SPLITS = ("valid", "test")
 
@@ -40,8 +40,10 @@ def aligned_ranks(runs: dict[str, pa.Table], split: str) -> dict:
         if first is None:
             first = (label, rows["user_id"])
         elif not rows["user_id"].equals(first[1]):
-            raise ValueError(f"{label} and {first[0]} were not scored on the same {split} users "
-                             f"({rows.num_rows} and {len(first[1])} users): a paired comparison needs the same ones")
+            raise ValueError(
+                f"{label} and {first[0]} were not scored on the same {split} users "
+                f"({rows.num_rows} and {len(first[1])} users): a paired comparison needs the same ones"
+            )
         out[label] = rows["rank"].to_numpy()
     return out
 
@@ -50,18 +52,25 @@ def compare(runs: dict[str, pa.Table]) -> dict:
     """``{label: {split: paired_difference(label, first)}}`` for every run after the first."""
     base, *others = runs
     by_split = {split: aligned_ranks(runs, split) for split in SPLITS}
-    return {label: {split: metrics.paired_difference(by_split[split][label], by_split[split][base]) for split in SPLITS}
-            for label in others}
+    return {
+        label: {split: metrics.paired_difference(by_split[split][label], by_split[split][base]) for split in SPLITS}
+        for label in others
+    }
 
 
 def table(paired: dict, base: str) -> str:
-    lines = [f"| run | split | users | H@10 − {base} (± paired s.e.) | z | N@10 − {base} (± s.e.) | only it hits | only {base} hits |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| run | split | users | H@10 − {base} (± paired s.e.) | z | N@10 − {base} (± s.e.) | only it hits "
+        f"| only {base} hits |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for label, splits in paired.items():
         for split, d in splits.items():
             hr, ndcg = d["hr@10"], d["ndcg@10"]
-            lines.append(f"| {label} | {split} | {d['users']:,} | {hr['difference']:+.4f} ± {hr['se']:.4f} | {hr['z']:+.2f} | "
-                         f"{ndcg['difference']:+.4f} ± {ndcg['se']:.4f} | {d['only_a_hits']} | {d['only_b_hits']} |")
+            lines.append(
+                f"| {label} | {split} | {d['users']:,} | {hr['difference']:+.4f} ± {hr['se']:.4f} | {hr['z']:+.2f} | "
+                f"{ndcg['difference']:+.4f} ± {ndcg['se']:.4f} | {d['only_a_hits']} | {d['only_b_hits']} |"
+            )
     return "\n".join(lines)
 
 
@@ -85,13 +94,20 @@ def main() -> None:
         ranks = pq.read_table(ranks_path(name))
         runs[run] = ranks.filter(pc.equal(ranks["method"], method))
         if not runs[run].num_rows:
-            raise SystemExit(f"{run}: no method {method!r} in {ranks_path(name)} "
-                             f"(it has {sorted(set(ranks['method'].to_pylist()))})")
+            raise SystemExit(
+                f"{run}: no method {method!r} in {ranks_path(name)} (it has {sorted(set(ranks['method'].to_pylist()))})"
+            )
     paired = compare(runs)
-    results.write(f"paired_{args.out}", {"base": args.runs[0], "paired": paired, "command": "python -m bench.paired "
-                                         + " ".join(args.runs) + f" --out {args.out}"},
-                  f"# Paired differences against `{args.runs[0]}`\n\n{table(paired, 'base')}\n\n"
-                  f"Command: `python -m bench.paired {' '.join(args.runs)} --out {args.out}`\n")
+    results.write(
+        f"paired_{args.out}",
+        {
+            "base": args.runs[0],
+            "paired": paired,
+            "command": "python -m bench.paired " + " ".join(args.runs) + f" --out {args.out}",
+        },
+        f"# Paired differences against `{args.runs[0]}`\n\n{table(paired, 'base')}\n\n"
+        f"Command: `python -m bench.paired {' '.join(args.runs)} --out {args.out}`\n",
+    )
 
 
 if __name__ == "__main__":

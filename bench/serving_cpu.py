@@ -1,11 +1,11 @@
 """Serving on this CPU: the R2END endpoint over HTTP against its floors and the LLM it replaces.
 
-    python -m bench.serving_cpu [--config configs/beauty-teacher-cpu.yaml] [--set index.project_run=bench-r2end]
+    python -m bench.serving_cpu [--config configs/bench/serving-cpu.yaml] [--set index.model=bench-r2end]
 
 One run, one machine, the same real queries (Beauty users' test-time histories as item ids with
 timestamps), in phases:
 
-1. ``in_process``: Catalogue -> UserTower -> faiss in this process, one query at a time (the floor);
+1. ``in_process``: Catalogue -> the model's user vector -> faiss in this process, one query at a time (the floor);
 2. ``http``: the Serve app (one encoder replica, dynamic batching on) at concurrency 1, 8 and 32,
    from an aiohttp load generator on loopback, each phase bounded in time and count;
 3. ``http_unbatched``: the same at concurrency 32 with ``max_batch_size=1``;
@@ -35,12 +35,16 @@ import torch
 from ray import serve
 
 from bench import results
-from r2end_core import artifacts, index, prompts
+from r2end_core import models
 from r2end_core.config import PipelineConfig
-from r2end_core.recommender import Catalogue, UserTower
+from r2end_core.data.items import Catalogue
+from r2end_core.layout import Layout
+from r2end_core.serve import index
+from r2end_core.serve.requests import test_time_request
+from r2end_core.teacher import prompts
 from ray_jobs import index as index_stage
+from ray_jobs import serve as deploy
 from ray_jobs.runtime import run_stage
-from serve_app import deploy
 
 QUERIES, PHASE_S, PHASE_MAX_REQUESTS, LLM_REQUESTS = 1000, 20.0, 5000, 8
 ERRORS_PHASE_S, KILL_PHASE_S = 60.0, 30.0
@@ -51,29 +55,42 @@ THREADS = 2  # torch threads, in process and in the (single) encoder replica ali
 def user_queries(cfg: PipelineConfig, n: int) -> list[dict]:
     """Request bodies: n users' test-time histories (their last ``RECENT_ITEMS`` ids and timestamps, and the
     test item's time as ``at``)."""
-    users = artifacts.read_users(cfg.storage_path)
+    users = Layout(cfg.storage_path).read_users()
     rows = users.take(np.random.default_rng(0).permutation(users.num_rows)[:n]).to_pylist()
-    return [deploy.test_time_request(u, 10, RECENT_ITEMS) for u in rows]
+    return [test_time_request(u, 10, RECENT_ITEMS) for u in rows]
 
 
 def summarize(latencies_s: list[float], seconds: float, errors: int) -> dict:
     ms = np.array(latencies_s) * 1000
-    return {"requests": len(latencies_s) + errors, "errors": errors, "qps": round(len(latencies_s) / seconds, 1),
-            **{f"p{q}_ms": round(float(np.percentile(ms, q)), 1) if len(ms) else None for q in (50, 95, 99)}}
+    return {
+        "requests": len(latencies_s) + errors,
+        "errors": errors,
+        "qps": round(len(latencies_s) / seconds, 1),
+        **{f"p{q}_ms": round(float(np.percentile(ms, q)), 1) if len(ms) else None for q in (50, 95, 99)},
+    }
 
 
 def in_process(cfg: PipelineConfig, bodies: list[dict]) -> dict:
     torch.set_num_threads(THREADS)
-    faiss_index, items, manifest = index.load(cfg.storage_path, "latest")
-    catalogue, tower = Catalogue(items), UserTower.load(manifest["model"], cfg.storage_path)
-    tower([catalogue.history_text(bodies[0]["history"])])  # warm-up
+    layout = Layout(cfg.storage_path)
+    faiss_index, items, manifest = index.load(layout, "latest")
+    catalogue, model = Catalogue(items), models.load(layout, manifest.model, manifest.model_version)
+
+    def answer(body: dict) -> None:
+        history = catalogue.history(body["history"], body.get("timestamps"), body.get("at"))
+        if model.manifest.reads == "text":
+            history.texts = [
+                catalogue.history_text(body["history"], body.get("timestamps"), body.get("at"), model.manifest.history)
+            ]
+        index.search(faiss_index, model.user_vectors(history), body["k"], [catalogue.rows(body["history"])])
+
+    answer(bodies[0])  # warm-up
     latencies, started = [], time.perf_counter()
     for body in bodies:
         if time.perf_counter() - started > PHASE_S or len(latencies) >= PHASE_MAX_REQUESTS:
             break
         t = time.perf_counter()
-        text = catalogue.history_text(body["history"], body.get("timestamps"), body.get("at"))
-        index.search(faiss_index, tower([text]), body["k"], [catalogue.rows(body["history"])])
+        answer(body)
         latencies.append(time.perf_counter() - t)
     return summarize(latencies, time.perf_counter() - started, 0)
 
@@ -82,6 +99,7 @@ async def _load(url: str, bodies: list[dict], concurrency: int, seconds: float, 
     latencies, errors, statuses, next_body = [], 0, {}, itertools.count()
     deadline = time.perf_counter() + seconds
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+
         async def client():
             nonlocal errors
             while time.perf_counter() < deadline and len(latencies) + errors < PHASE_MAX_REQUESTS:
@@ -104,8 +122,11 @@ async def _load(url: str, bodies: list[dict], concurrency: int, seconds: float, 
         if beside:
             await beside()
         await asyncio.gather(*tasks)
-    return {**summarize(latencies, time.perf_counter() - started, errors), "concurrency": concurrency,
-            "statuses": {str(k): v for k, v in statuses.items()}}
+    return {
+        **summarize(latencies, time.perf_counter() - started, errors),
+        "concurrency": concurrency,
+        "statuses": {str(k): v for k, v in statuses.items()},
+    }
 
 
 def load(url: str, bodies: list[dict], concurrency: int, seconds: float = PHASE_S, beside=None) -> dict:
@@ -114,13 +135,15 @@ def load(url: str, bodies: list[dict], concurrency: int, seconds: float = PHASE_
 
 
 def encoder_replicas() -> int:
-    states = serve.status().applications[deploy.APP_NAME].deployments["UserEncoder"].replica_states
+    states = serve.status().applications[deploy.APP_NAME].deployments["UserModel"].replica_states
     return states.get("RUNNING", 0)
 
 
 def encoder_replica_actors() -> dict[str, str]:
     """Live encoder replica actors: name -> namespace."""
-    return {a["name"]: a["namespace"] for a in ray.util.list_named_actors(all_namespaces=True) if "UserEncoder" in a["name"]}
+    return {
+        a["name"]: a["namespace"] for a in ray.util.list_named_actors(all_namespaces=True) if "UserModel" in a["name"]
+    }
 
 
 def replica_killed(cfg: PipelineConfig, bodies: list[dict]) -> dict:
@@ -154,7 +177,9 @@ def llm_worker(request_file: str, result_file: str) -> None:
     tokenizer = AutoTokenizer.from_pretrained(job["model"])
     llm = LLM(model=job["model"], dtype=job["dtype"], max_model_len=job["max_model_len"], enforce_eager=True)
     params = SamplingParams(temperature=0, max_tokens=job["max_tokens"], repetition_penalty=job["repetition_penalty"])
-    chats = [prompts.render_chat(tokenizer, "unguided", prompts.unguided_prompt(t, job["max_words"])) for t in job["texts"]]
+    chats = [
+        prompts.render_chat(tokenizer, "unguided", prompts.unguided_prompt(t, job["max_words"])) for t in job["texts"]
+    ]
     llm.generate(chats[:1], params, use_tqdm=False)  # warm-up
     latencies, tokens = [], []
     for chat in chats:
@@ -169,21 +194,41 @@ def llm_in_the_loop(cfg: PipelineConfig, bodies: list[dict]) -> dict:
     from r2end_core.teacher import resolve_teacher
 
     gc = cfg.generate
-    catalogue = Catalogue(index.load_items(cfg.storage_path, "latest"))
+    catalogue = Catalogue(index.load_items(Layout(cfg.storage_path), "latest"))
     texts = [catalogue.history_text(b["history"], b.get("timestamps"), b.get("at")) for b in bodies[:LLM_REQUESTS]]
     with tempfile.TemporaryDirectory() as scratch:
         request, result = os.path.join(scratch, "request.json"), os.path.join(scratch, "result.json")
-        open(request, "w").write(json.dumps({
-            "model": resolve_teacher(gc.teacher), "dtype": gc.dtype, "max_model_len": gc.max_model_len,
-            "max_tokens": gc.token_cap, "max_words": gc.max_words, "repetition_penalty": gc.repetition_penalty,
-            "texts": texts}))
-        env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": gc.cpu_threads_bind, "VLLM_CPU_KVCACHE_SPACE": str(gc.cpu_kv_cache_gib)}
-        subprocess.run([sys.executable, "-c", f"from bench.serving_cpu import llm_worker; llm_worker({request!r}, {result!r})"],
-                       env=env, check=True)
+        open(request, "w").write(
+            json.dumps(
+                {
+                    "model": resolve_teacher(gc.teacher),
+                    "dtype": gc.dtype,
+                    "max_model_len": gc.max_model_len,
+                    "max_tokens": gc.token_cap,
+                    "max_words": gc.max_words,
+                    "repetition_penalty": gc.repetition_penalty,
+                    "texts": texts,
+                }
+            )
+        )
+        env = {
+            **os.environ,
+            "VLLM_CPU_OMP_THREADS_BIND": gc.cpu_threads_bind,
+            "VLLM_CPU_KVCACHE_SPACE": str(gc.cpu_kv_cache_gib),
+        }
+        subprocess.run(
+            [sys.executable, "-c", f"from bench.serving_cpu import llm_worker; llm_worker({request!r}, {result!r})"],
+            env=env,
+            check=True,
+        )
         out = json.loads(open(result).read())
     stats = summarize(out["latencies_s"], sum(out["latencies_s"]), 0)
-    return {**stats, "model": gc.teacher, "mean_output_tokens": round(float(np.mean(out["output_tokens"])), 1),
-            "token_cap": gc.token_cap}
+    return {
+        **stats,
+        "model": gc.teacher,
+        "mean_output_tokens": round(float(np.mean(out["output_tokens"])), 1),
+        "token_cap": gc.token_cap,
+    }
 
 
 def benchmark(cfg: PipelineConfig) -> None:
@@ -209,12 +254,23 @@ def benchmark(cfg: PipelineConfig) -> None:
         "batching_throughput_ratio": round(http["c32"]["qps"] / phases["http_unbatched"]["c32"]["qps"], 2),
         "llm_in_loop_latency_ratio": round(phases["llm_in_the_loop"]["p50_ms"] / http["c1"]["p50_ms"], 1),
         "errors": phases["autoscaling_60s"]["errors"],
-        "goals": {"p50_ratio_http_vs_inprocess": "<= 1.5", "batching_throughput_ratio": ">= 3",
-                  "llm_in_loop_latency_ratio": ">= 100", "errors": "0"},
+        "goals": {
+            "p50_ratio_http_vs_inprocess": "<= 1.5",
+            "batching_throughput_ratio": ">= 3",
+            "llm_in_loop_latency_ratio": ">= 100",
+            "errors": "0",
+        },
         "phases": phases,
-        "setup": {"index_version": built["version"], "items": built["items"], "model": built["model"],
-                  "queries": len(bodies), "phase_s": PHASE_S, "torch_threads": THREADS,
-                  "serve": cfg.serve.model_dump()},
+        "setup": {
+            "index_version": built.version,
+            "items": built.items,
+            "model": built.model,
+            "model_version": built.model_version,
+            "queries": len(bodies),
+            "phase_s": PHASE_S,
+            "torch_threads": THREADS,
+            "serve": cfg.serve.model_dump(),
+        },
         "command": "python -m " + " ".join(["bench.serving_cpu", *sys.argv[1:]]),
         "total_wall_time_s": round(time.time() - started, 1),
         "machine": results.machine(),
@@ -226,10 +282,12 @@ def report(out: dict) -> str:
     p, s = out["phases"], out["setup"]
     rows = [("in process (floor), c=1", p["in_process"])]
     rows += [(f"HTTP, batched, c={c}", p["http"][f"c{c}"]) for c in (1, 8, 32)]
-    rows += [("HTTP, unbatched, c=32", p["http_unbatched"]["c32"]),
-             ("HTTP, autoscaling 1-2 replicas, c=32, 60 s", p["autoscaling_60s"]),
-             ("HTTP, 2 replicas, one killed at 5 s, c=8", p["replica_killed"]),
-             (f"LLM in the loop ({p['llm_in_the_loop']['model']}), c=1", p["llm_in_the_loop"])]
+    rows += [
+        ("HTTP, unbatched, c=32", p["http_unbatched"]["c32"]),
+        ("HTTP, autoscaling 1-2 replicas, c=32, 60 s", p["autoscaling_60s"]),
+        ("HTTP, 2 replicas, one killed at 5 s, c=8", p["replica_killed"]),
+        (f"LLM in the loop ({p['llm_in_the_loop']['model']}), c=1", p["llm_in_the_loop"]),
+    ]
     lines = [
         "# Serving on this CPU: R2END over HTTP vs in process, batching, and the LLM it replaces",
         "",
@@ -238,8 +296,10 @@ def report(out: dict) -> str:
         "",
         "| phase | requests | errors | QPS | p50 ms | p95 ms | p99 ms |",
         "|---|---|---|---|---|---|---|",
-        *[f"| {name} | {r['requests']} | {r['errors']} | {r['qps']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} |"
-          for name, r in rows],
+        *[
+            f"| {name} | {r['requests']} | {r['errors']} | {r['qps']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} |"
+            for name, r in rows
+        ],
         "",
         "| measure | value | goal |",
         "|---|---|---|",
@@ -254,6 +314,4 @@ def report(out: dict) -> str:
 
 
 if __name__ == "__main__":
-    if "--config" not in sys.argv:
-        sys.argv += ["--config", "configs/beauty-teacher-cpu.yaml", "--set", "index.project_run=bench-r2end"]
-    run_stage(__doc__, benchmark)
+    run_stage(__doc__, benchmark, "bench-serving_cpu", default_config="configs/bench/serving-cpu.yaml")

@@ -1,7 +1,8 @@
 """Export a generation run's teacher outputs to a committed folder, with what it cost and what all
 of Beauty would cost.
 
-    python -m bench.teacher_outputs [--config configs/beauty-teacher-cpu.yaml] [--set ...] [--out teacher_outputs/beauty-cpu]
+    python -m bench.teacher_outputs [--config configs/beauty-teacher-cpu.yaml] [--set ...] \
+        [--out teacher_outputs/beauty-cpu]
 
 Writes to ``--out``: ``oracle.parquet``, ``unguided.parquet`` and ``items.parquet`` (the merged
 outputs of the kinds generated, zstd-compressed, schemas in ``r2end_core.generation``),
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -31,12 +33,30 @@ import pyarrow.parquet as pq
 import yaml
 from transformers import AutoConfig, AutoTokenizer
 
-from r2end_core import artifacts, embeddings, encoders, generation, grounding, prompts, storage
-from r2end_core.config import load_config
-from r2end_core.teacher import resolve_teacher
+from r2end_core import storage
+from r2end_core.config import PipelineConfig, load_config
+from r2end_core.layout import Layout
+from r2end_core.summaries import GenerateSummary
+from r2end_core.teacher import grounding, outputs, prompts
+from r2end_core.teacher.folders import read_teacher_outputs
+from r2end_core.teacher.kinds import KINDS
+from r2end_core.teacher.model import resolve_teacher
+from r2end_core.text import encoders
 
 GPUS = {"L4": {"bf16_tflops": 121, "memory_gb_s": 300}, "H100 SXM": {"bf16_tflops": 989, "memory_gb_s": 3350}}
 DECODE_BATCH, PREFILL_UTILISATION, MIN_STEP_S = 256, 0.4, 0.005
+
+
+def as_given(cfg: PipelineConfig) -> dict:
+    """The config with its local paths relative to this folder again, as the command gave them."""
+    tree = cfg.model_dump(mode="json")
+    relative = lambda path: path if storage.is_uri(path) else os.path.relpath(path)  # noqa: E731
+    tree["storage_path"], tree["prepare"]["dataset_path"] = (
+        relative(cfg.storage_path),
+        relative(cfg.prepare.dataset_path),
+    )
+    tree["generate"]["extends"] = [relative(folder) for folder in cfg.generate.extends]
+    return tree
 
 
 def prompt_tokens(tokenizer, kind: str, requests: list[dict]) -> list[int]:
@@ -46,8 +66,14 @@ def prompt_tokens(tokenizer, kind: str, requests: list[dict]) -> list[int]:
 
 def gpu_seconds(model_config, prompt_total: int, output_total: int, mean_context: float, gpu: dict) -> float:
     c = model_config
-    params = c.num_hidden_layers * (4 * c.hidden_size ** 2 * (1 + c.num_key_value_heads / c.num_attention_heads) / 2
-                                    + 3 * c.hidden_size * c.intermediate_size) + c.vocab_size * c.hidden_size
+    params = (
+        c.num_hidden_layers
+        * (
+            4 * c.hidden_size**2 * (1 + c.num_key_value_heads / c.num_attention_heads) / 2
+            + 3 * c.hidden_size * c.intermediate_size
+        )
+        + c.vocab_size * c.hidden_size
+    )
     prefill = 2 * params * prompt_total / (gpu["bf16_tflops"] * 1e12 * PREFILL_UTILISATION)
     kv_bytes_per_token = c.num_hidden_layers * 2 * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads) * 2
     step_bytes = 2 * params + DECODE_BATCH * mean_context * kv_bytes_per_token
@@ -59,64 +85,92 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", default="configs/beauty-teacher-cpu.yaml")
     parser.add_argument("--out", default="teacher_outputs/beauty-cpu")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                        help="the overrides the generate run was given")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="the overrides the generate run was given",
+    )
     args = parser.parse_args()
     cfg = load_config(args.config, args.set)
     overrides = "".join(f" --set {o}" for o in args.set)
-    root, gc, out = storage.absolute(cfg.storage_path), cfg.generate, Path(args.out)
+    layout, gc, out = Layout(cfg.storage_path), cfg.generate, Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if not storage.exists(artifacts.generation_summary_path(root)):
-        raise SystemExit(f"no generation run under {root}: run `python -m ray_jobs.generate --config {args.config}{overrides}` first")
-    run = storage.read_json(artifacts.generation_summary_path(root))
-    extended = embeddings.read_teacher_outputs(gc.extends, root) if gc.extends else {}
-    for kind in gc.kinds:
-        table = artifacts.read_generated(root, kind)
+    if not storage.exists(layout.generation_summary):
+        raise SystemExit(
+            f"no generation run under {layout.root}: run "
+            f"`python -m ray_jobs.generate --config {args.config}{overrides}` first"
+        )
+    run = GenerateSummary.read(layout.generation_summary, "generate").model_dump()
+    extended = read_teacher_outputs(gc.extends, layout) if gc.extends else {}
+    for kind in map(KINDS.get, gc.kinds):
+        table = outputs.read_generated(layout, kind)
         if table is None:
-            raise SystemExit(f"no {kind} outputs in {artifacts.generated_path(root, kind)}: nothing to export")
-        if extended.get(kind) is not None:  # the folders this run extends already hold these keys
-            key = generation.key_column(kind)
-            table = table.filter(pc.invert(pc.is_in(table[key], extended[kind][key])))
-        pq.write_table(table, out / f"{'items' if kind == 'item' else kind}.parquet", compression="zstd", compression_level=19)
-    (out / "config.yaml").write_text(f"# The config the run resolved: {args.config}{overrides}\n"
-                                     + yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+            raise SystemExit(f"no {kind.name} outputs in {layout.generated(kind.folder)}: nothing to export")
+        if extended.get(kind.name) is not None:  # the folders this run extends already hold these keys
+            key = kind.key_column
+            table = table.filter(pc.invert(pc.is_in(table[key], extended[kind.name][key])))
+        pq.write_table(table, out / kind.export_file, compression="zstd", compression_level=19)
+    (out / "config.yaml").write_text(
+        f"# The config the run resolved: {args.config}{overrides}\n" + yaml.safe_dump(as_given(cfg), sort_keys=False)
+    )
 
     folder = resolve_teacher(gc.teacher)
     tokenizer, model_config = AutoTokenizer.from_pretrained(folder), AutoConfig.from_pretrained(folder)
-    users, items = artifacts.read_users(root), artifacts.read_items(root)
+    users, items = layout.read_users(), layout.read_items()
     full = {}
-    for kind in gc.kinds:
-        keys = (items if kind == "item" else users).column(generation.key_column(kind)).to_pylist()
-        table = artifacts.read_generated(root, kind)
+    for kind in map(KINDS.get, gc.kinds):
+        keys = (items if kind.about == "items" else users).column(kind.key_column).to_pylist()
+        table = outputs.read_generated(layout, kind)
         ok = table.filter(table["error"].is_null()) if table is not None else None
-        mean_output = (sum(ok["output_tokens"].to_pylist()) / ok.num_rows) if ok is not None and ok.num_rows else gc.token_cap
-        counts = prompt_tokens(tokenizer, kind, generation.build_requests(kind, users, items, keys, gc.max_words))
-        full[kind] = {"rows": len(keys), "prompt_tokens": sum(counts), "output_tokens": round(mean_output * len(keys)),
-                      "mean_output_tokens_in_run": round(mean_output, 1)}
+        mean_output = (
+            (sum(ok["output_tokens"].to_pylist()) / ok.num_rows) if ok is not None and ok.num_rows else gc.token_cap
+        )
+        counts = prompt_tokens(tokenizer, kind.name, outputs.build_requests(kind, users, items, keys, gc.max_words))
+        full[kind.name] = {
+            "rows": len(keys),
+            "prompt_tokens": sum(counts),
+            "output_tokens": round(mean_output * len(keys)),
+            "mean_output_tokens_in_run": round(mean_output, 1),
+        }
     prompt_total = sum(k["prompt_tokens"] for k in full.values())
     output_total = sum(k["output_tokens"] for k in full.values())
     run_tokens = sum(k["prompt_tokens"] + k["output_tokens"] for k in run["kinds"].values())
     cpu_hours = run["seconds"] / run_tokens * (prompt_total + output_total) / 3600
     mean_context = (prompt_total + output_total / 2) / sum(k["rows"] for k in full.values())
     projection = {
-        "all_of_beauty": full, "prompt_tokens": prompt_total, "output_tokens": output_total,
+        "all_of_beauty": full,
+        "prompt_tokens": prompt_total,
+        "output_tokens": output_total,
         "this_cpu_hours": round(cpu_hours, 1),
-        "one_gpu_hours": {name: round(gpu_seconds(model_config, prompt_total, output_total, mean_context, gpu) / 3600, 2)
-                          for name, gpu in GPUS.items()},
+        "one_gpu_hours": {
+            name: round(gpu_seconds(model_config, prompt_total, output_total, mean_context, gpu) / 3600, 2)
+            for name, gpu in GPUS.items()
+        },
         "assumptions": __doc__.split("* this CPU:")[1].strip(),
     }
-    summary = {"run": run, "projection": projection,
-               "command": f"python -m ray_jobs.generate --config {args.config}{overrides}",
-               "export": f"python -m bench.teacher_outputs --config {args.config}{overrides} --out {args.out}"}
+    summary = {
+        "run": run,
+        "projection": projection,
+        "command": f"python -m ray_jobs.generate --config {args.config}{overrides}",
+        "export": f"python -m bench.teacher_outputs --config {args.config}{overrides} --out {args.out}",
+    }
     if "unguided" in gc.kinds:
         # Rejection sampling for ablation 2, with the encoder the training stage starts from.
         encoder = encoders.load_encoder("bundled:all-minilm-l6-v2")
-        grounded = grounding.ground_unguided(artifacts.read_generated(root, "unguided"), users, items,
-                                             lambda texts: encoders.encode(encoder, texts))
+        grounded = grounding.ground_unguided(
+            outputs.read_generated(layout, KINDS["unguided"]),
+            users,
+            items,
+            lambda texts: encoders.encode(encoder, texts),
+        )
         pq.write_table(grounded, out / "unguided_grounding.parquet", compression="zstd")
         summary["rejection_sampling"] = {
-            "grounded": grounded.num_rows, "accepted_top100": grounded.filter(grounded["accepted"]).num_rows,
-            "named_an_item": grounded.filter(pc.equal(grounded["grounded_on"], "named_item")).num_rows}
+            "grounded": grounded.num_rows,
+            "accepted_top100": grounded.filter(grounded["accepted"]).num_rows,
+            "named_an_item": grounded.filter(pc.equal(grounded["grounded_on"], "named_item")).num_rows,
+        }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps({k: v["rows"] for k, v in run["kinds"].items()}), "rows;", run["seconds"], "s")
     print(json.dumps({k: v for k, v in projection.items() if k != "all_of_beauty" and k != "assumptions"}))

@@ -1,39 +1,91 @@
-"""Typed stage configs, loaded from YAML and overridable from the command line.
+"""Typed configs, one section per stage, loaded from layered YAML and overridable from the command line.
 
-One YAML file holds a section per stage (see ``configs/beauty-sample.yaml``)::
+A config file holds a section per stage and may extend other files (paths relative to it); later
+files and ``--set`` overrides win, key by key::
 
+    # configs/beauty-sample.yaml
+    extends: base.yaml
     storage_path: artifacts/beauty-sample
-    prepare: {dataset_path: ../shared/data/amazon-beauty, sample_users: 2000}
-    sasrec: {max_epochs: 5}
+    prepare: {sample_users: 2000}
+    sasrec: {max_epochs: 30, model: {dropout: 0.5}}
 
-and ``--set sasrec.max_epochs=3`` overrides one field. Unknown keys are errors, so a
-misspelt setting never passes silently.
+``--set sasrec.max_epochs=3`` overrides one field. Unknown keys are errors, so a misspelt setting
+never passes silently. Model arguments (``sasrec.model``, ``project.model``) are apart from how a
+run trains and from the shared ``resources`` block: a checkpoint stores the model arguments only.
+Every local path is made absolute here, once (Ray workers run in other folders).
 """
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from r2end_core import storage
+
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class UserEncoder(StrEnum):
+    """What turns a user's history into R2END's user embedding e_u."""
+
+    STUDENT = "student"  # the distilled student on the history text (R2END)
+    ENCODER = "encoder"  # the pretrained encoder Enc on it, undistilled (a control)
+    ITEM_MEAN = "item_mean"  # the mean of the history items' embeddings (ablation 4)
+
+
+class DistillTarget(StrEnum):
+    """What the student learns to produce from a history text."""
+
+    ORACLE = "oracle"  # Enc(target metadata + oracle reasoning): R2END
+    UNGUIDED_ALL = "unguided_all"  # the unguided reasoning instead, every answer (ablation 1)
+    UNGUIDED_GROUNDED = "unguided_grounded"  # only rejection-sampled users' answers (ablation 2)
+    METADATA = "metadata"  # Enc(target metadata) alone (ablation 3)
+
+
+class IndexKind(StrEnum):
+    FLAT = "flat"  # exact
+    IVF = "ivf"  # inverted lists (nlist, nprobe)
+    HNSW = "hnsw"  # a graph (hnsw_m, ef_search)
+
+
+#: Index kind -> the settings of IndexConfig that shape it (they name the version).
+INDEX_SETTINGS = {IndexKind.FLAT: (), IndexKind.IVF: ("nlist", "nprobe"), IndexKind.HNSW: ("hnsw_m", "ef_search")}
+
+#: The kinds of teacher output (see r2end_core.teacher.kinds for what each one is).
+TeacherOutputKind = Literal["oracle", "unguided", "item"]
+
+
 class RayConfig(StrictModel):
     address: str | None = Field(
         None,
-        description="Ray cluster to join. None: the RAY_ADDRESS environment variable if set, "
-        "else start a local cluster.",
+        description="Ray cluster to join. None: the RAY_ADDRESS environment variable if set, else start a local one.",
     )
     num_cpus: int | None = Field(
         None,
         ge=1,
-        description="Logical CPUs for a local cluster (ignored when joining one). "
-        "None: Ray's default (the machine's cores).",
+        description="Logical CPUs for a local cluster (ignored when joining one). None: the machine's cores.",
+    )
+
+
+class Resources(StrictModel):
+    """What every Ray worker of the training and encoding stages gets (one block for the whole pipeline)."""
+
+    cpus_per_worker: int = Field(2, ge=1, description="CPUs per Ray Train worker or encoder actor; its torch threads.")
+    use_gpu: bool = Field(False, description="One GPU per worker (training, encoding and the served encoder).")
+
+
+class HistoryRule(StrictModel):
+    """Which earlier purchases make a user's history (paper, Appendix E.1). Serving reproduces it."""
+
+    max_items: int = Field(8, ge=1, description="Most recent items in a history (paper: 8).")
+    window_days: float = Field(
+        60, gt=0, description="Window before the prediction time that history items come from (paper: 60)."
     )
 
 
@@ -41,50 +93,48 @@ class PrepareConfig(StrictModel):
     dataset_path: str = Field(
         description="Folder (local path or pyarrow URI) with interactions.parquet and items.parquet."
     )
-    sample_users: int | None = Field(
-        None, ge=1, description="Keep a random sample of this many users (None: all users)."
-    )
+    sample_users: int | None = Field(None, ge=1, description="Keep a random sample of this many users (None: all).")
     sample_seed: int = Field(22, description="Seed of the user sample.")
     min_interactions: int = Field(
-        3,
-        ge=3,
-        description="Users need a training target, a validation and a test item, so at least 3.",
+        3, ge=3, description="Users need a training target, a validation and a test item, so at least 3."
     )
     short_users: Literal["drop", "error"] = Field(
-        "drop",
-        description="Users below min_interactions: drop them (counted in the report) or fail.",
+        "drop", description="Users below min_interactions: drop them (counted in the report) or fail."
     )
-    history_max_items: int = Field(8, ge=1, description="Most recent items in a history (paper: 8).")
-    history_window_days: float = Field(
-        60, gt=0, description="Window before the prediction time that history items come from (paper: 60)."
-    )
+    history: HistoryRule = HistoryRule()
     buyer_context_max_items: int = Field(
         10, ge=0, description="Most frequent preceding items kept as an item's buyer context."
     )
 
 
-class SasrecConfig(StrictModel):
-    run_name: str = Field(
-        "sasrec", pattern=r"^[A-Za-z0-9_.-]+$", description="Folder under storage_path for this model's artifacts."
-    )
+class SasrecArgs(StrictModel):
+    """SASRec's model arguments: what its checkpoint stores and what rebuilds it."""
+
     hidden_size: int = Field(64, ge=1)
     num_layers: int = Field(2, ge=1)
     num_heads: int = Field(2, ge=1)
     inner_size: int = Field(256, ge=1, description="Width of the feed-forward layer.")
     dropout: float = Field(0.5, ge=0, lt=1, description="Dropout on embeddings, attention and feed-forward.")
     max_len: int = Field(50, ge=2, description="Most recent items the model reads.")
-    batch_size: int = Field(256, ge=1)
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self):
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        return self
+
+
+class SasrecConfig(StrictModel):
+    run_name: str = Field("sasrec", pattern=r"^[A-Za-z0-9_.-]+$", description="The model's name under models/.")
+    model: SasrecArgs = SasrecArgs()
+    batch_size: int = Field(256, ge=1, description="Users per optimizer step (split across workers).")
     learning_rate: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     max_epochs: int = Field(200, ge=1)
-    patience: int = Field(
-        10, ge=1, description="Stop after this many validations without a better validation NDCG@10."
-    )
+    patience: int = Field(10, ge=1, description="Stop after this many validations without a better validation NDCG@10.")
     eval_every: int = Field(1, ge=1, description="Validate every this many epochs.")
     seed: int = 22
     num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP when more than one).")
-    cpus_per_worker: int = Field(2, ge=1, description="CPUs per worker; also its torch thread count.")
-    use_gpu: bool = False
     mask_history: bool = Field(
         True, description="Exclude a user's earlier items from the ranking (the target itself never is)."
     )
@@ -92,23 +142,27 @@ class SasrecConfig(StrictModel):
     @model_validator(mode="after")
     def _validates_at_least_once(self):
         if self.max_epochs < self.eval_every:
-            raise ValueError(f"max_epochs ({self.max_epochs}) < eval_every ({self.eval_every}): no validation would run")
+            raise ValueError(
+                f"max_epochs ({self.max_epochs}) < eval_every ({self.eval_every}): no validation would run"
+            )
         return self
 
 
 class GenerateConfig(StrictModel):
     teacher: str = Field(
         "bundled:smollm2-135m-instruct",
-        description="bundled:<name> (see r2end_core.teacher.BUNDLED), a local HF or GGUF folder, a storage URI, "
-        "or a Hugging Face id.",
+        description="bundled:<name> (see r2end_core.teacher.model.BUNDLED), a local HF or GGUF folder, a storage "
+        "URI, or a Hugging Face id.",
     )
-    kinds: list[Literal["oracle", "unguided", "item"]] = Field(
+    kinds: list[TeacherOutputKind] = Field(
         ["oracle", "unguided", "item"], description="What to generate: per-user reasoning kinds and item descriptions."
     )
     max_users: int | None = Field(None, ge=1, description="A fixed random sample of this many users (None: all).")
     max_items: int | None = Field(None, ge=1, description="A fixed random sample of this many items (None: all).")
     sample_seed: int = Field(22, description="Seed of the user and item samples.")
-    max_words: int = Field(512, ge=1, description="Word limit stated in the prompt and applied to the output (paper: 512).")
+    max_words: int = Field(
+        512, ge=1, description="Word limit stated in the prompt and applied to the output (paper: 512)."
+    )
     max_tokens: int | None = Field(
         None, ge=1, description="Generation cap in tokens. None: 2 tokens per allowed word, so the word limit binds."
     )
@@ -123,42 +177,78 @@ class GenerateConfig(StrictModel):
     max_num_seqs: int = Field(32, ge=1, description="Sequences a vLLM engine batches at once.")
     cpu_kv_cache_gib: int = Field(2, ge=1, description="VLLM_CPU_KVCACHE_SPACE for CPU engines.")
     cpu_threads_bind: str = Field(
-        "auto", description="VLLM_CPU_OMP_THREADS_BIND for CPU engines: 'auto' keeps one core for vLLM's scheduler; "
-        "'0-1' puts the model on both cores of a 2-core machine."
+        "auto",
+        description="VLLM_CPU_OMP_THREADS_BIND for CPU engines: 'auto' keeps one core for vLLM's scheduler; "
+        "'0-1' puts the model on both cores of a 2-core machine.",
     )
     repetition_penalty: float = Field(
-        1.0, ge=1.0, description="Greedy decoding over logits with repeated tokens damped (1.0: plain greedy). "
-        "Still deterministic; small teachers loop without it."
+        1.0,
+        ge=1.0,
+        description="Greedy decoding over logits with repeated tokens damped (1.0: plain greedy). "
+        "Still deterministic; small teachers loop without it.",
     )
     write_every: int = Field(16, ge=1, description="Rows per committed output file (the unit a killed job can lose).")
     time_budget_s: float | None = Field(
-        None, gt=0, description="Stop taking new outputs after this many seconds, keep what is committed and report "
-        "what is left (a re-run continues). Users' reasoning comes before item descriptions. None: no limit."
+        None,
+        gt=0,
+        description="Stop taking new outputs after this many seconds, keep what is committed and report what is "
+        "left (a re-run continues). Users' reasoning comes before item descriptions. None: no limit.",
     )
     extends: list[str] = Field(
-        [], description="Committed teacher-output folders this run adds to (e.g. teacher_outputs/beauty-cpu): every key "
+        [],
+        description="Committed teacher-output folders this run adds to (e.g. teacher_outputs/beauty-cpu): every key "
         "they hold (failures included, as a key lives in one folder) counts as done, so a bigger sample generates "
         "only its new keys, and generated/ then holds just those. Their rows must come from this run's teacher "
-        "and prompt versions (else an error)."
+        "and prompt versions (else an error).",
     )
 
     @property
     def token_cap(self) -> int:
         return self.max_tokens or 2 * self.max_words
 
+    @property
+    def on_gpu(self) -> bool:
+        return self.accelerator_type is not None
+
+    @property
+    def engine_kwargs(self) -> dict:
+        """vLLM engine settings: CPU and GPU engines differ only here (and in ``cpu_env``)."""
+        return {
+            "dtype": self.dtype,
+            "max_model_len": self.max_model_len,
+            "max_num_seqs": self.max_num_seqs,
+            "tensor_parallel_size": self.tensor_parallel_size,
+            "enforce_eager": not self.on_gpu,
+        }
+
+    @property
+    def cpu_env(self) -> dict[str, str]:
+        """What vLLM's CPU backend reads from the environment."""
+        return {
+            "VLLM_CPU_OMP_THREADS_BIND": self.cpu_threads_bind,
+            "VLLM_CPU_KVCACHE_SPACE": str(self.cpu_kv_cache_gib),
+        }
+
+    @property
+    def sampling(self) -> dict:
+        """Greedy decoding, capped, with repeated tokens damped as configured."""
+        return {"temperature": 0.0, "max_tokens": self.token_cap, "repetition_penalty": self.repetition_penalty}
+
 
 class TeacherOutputsFolder(StrictModel):
     """One exported teacher-outputs folder, or part of it (a plain string in YAML means all of it)."""
 
     folder: str = Field(description="The folder, e.g. teacher_outputs/beauty-cpu.")
-    kinds: list[Literal["oracle", "unguided", "item"]] | None = Field(
-        None, description="Read only these kinds from it (None: all it holds), e.g. [item] to take item "
-        "descriptions from one teacher and reasoning from another."
+    kinds: list[TeacherOutputKind] | None = Field(
+        None,
+        description="Read only these kinds from it (None: all it holds), e.g. [item] to take item descriptions "
+        "from one teacher and reasoning from another.",
     )
     same_users_as: str | None = Field(
-        None, description="Another teacher-outputs folder: keep only the reasoning (oracle, unguided) of users "
-        "whose answer of the same kind has text there too, e.g. to compare two teachers on the same users. "
-        "Item descriptions are not filtered."
+        None,
+        description="Another teacher-outputs folder: keep only the reasoning (oracle, unguided) of users whose "
+        "answer of the same kind has text there too, e.g. to compare two teachers on the same users. Item "
+        "descriptions are not filtered.",
     )
 
     def __str__(self) -> str:
@@ -167,15 +257,18 @@ class TeacherOutputsFolder(StrictModel):
         >>> str(TeacherOutputsFolder(folder="to/qwen", same_users_as="to/smol"))
         'to/qwen [users of to/smol]'
         """
-        limits = [*filter(None, [self.kinds and "+".join(self.kinds),
-                                 self.same_users_as and f"users of {self.same_users_as}"])]
+        limits = [
+            *filter(
+                None, [self.kinds and "+".join(self.kinds), self.same_users_as and f"users of {self.same_users_as}"]
+            )
+        ]
         return self.folder + (f" [{'; '.join(limits)}]" if limits else "")
 
 
 class EmbedConfig(StrictModel):
     encoder: str = Field(
         "bundled:all-minilm-l6-v2",
-        description="The pretrained text encoder Enc: bundled:<name> (see r2end_core.encoders) or a "
+        description="The pretrained text encoder Enc: bundled:<name> (see r2end_core.text.encoders) or a "
         "sentence-transformers folder. It embeds targets and items, and initialises the student.",
     )
     teacher_outputs: list[TeacherOutputsFolder] | None = Field(
@@ -188,8 +281,6 @@ class EmbedConfig(StrictModel):
     max_seq_length: int = Field(256, ge=8, description="Tokens the encoder reads per text (longer texts are cut).")
     batch_size: int = Field(64, ge=1, description="Texts per encoder call.")
     actors: int = Field(1, ge=1, description="Ray Data encoder replicas.")
-    cpus_per_actor: int = Field(2, ge=1, description="CPUs per encoder replica; also its torch thread count.")
-    use_gpu: bool = False
 
     @field_validator("teacher_outputs", mode="before")
     @classmethod
@@ -199,16 +290,14 @@ class EmbedConfig(StrictModel):
 
 
 class DistillConfig(StrictModel):
-    run_name: str = Field("student", pattern=r"^[A-Za-z0-9_.-]+$", description="Folder under storage_path.")
-    target: Literal["oracle", "unguided_all", "unguided_grounded", "metadata"] = Field(
-        "oracle",
-        description="What the student learns to produce from history text: Enc(oracle reasoning + target "
-        "metadata) (R2END); the unguided reasoning instead, all of it (ablation 1) or only rejection-sampled "
-        "users' (ablation 2); or Enc(target metadata) alone (ablation 3).",
-    )
+    run_name: str = Field("student", pattern=r"^[A-Za-z0-9_.-]+$", description="The student's name under students/.")
+    target: DistillTarget = Field(DistillTarget.ORACLE, description="What the student learns (see DistillTarget).")
     holdout_fraction: float = Field(
-        0.1, ge=0, lt=1, description="Users kept out of distillation to measure how close the student gets "
-        "to unseen targets (the before/after distances)."
+        0.1,
+        ge=0,
+        lt=1,
+        description="Users kept out of distillation to measure how close the student gets to unseen targets "
+        "(the before/after distances).",
     )
     epochs: int = Field(1, ge=1)
     batch_size: int = Field(16, ge=1, description="Global batch (split across workers).")
@@ -217,23 +306,23 @@ class DistillConfig(StrictModel):
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="bfloat16 or float32 (fp16 fails on CPU).")
     checkpoint_every: int = Field(50, ge=1, description="Optimizer steps between checkpoints (the unit a kill loses).")
     num_workers: int = Field(1, ge=1, description="Ray Train workers (DeepSpeed data parallel).")
-    cpus_per_worker: int = Field(2, ge=1, description="CPUs per worker; also its torch thread count.")
-    use_gpu: bool = False
     seed: int = 22
 
 
-class ProjectConfig(StrictModel):
-    run_name: str = Field("r2end", pattern=r"^[A-Za-z0-9_.-]+$", description="Folder under storage_path.")
-    user_encoder: Literal["student", "encoder", "item_mean"] = Field(
-        "student", description="User embedding e_u: the distilled student on history text (R2END); the "
-        "pretrained encoder Enc on it, undistilled (a control); or the mean of the history items' embeddings "
-        "(ablation 4)."
-    )
-    student_run: str = Field("student", description="distill.run_name of the student to use.")
+class R2endArgs(StrictModel):
+    """R2END's model arguments: how users and items become vectors (ablations switch them)."""
+
+    user_encoder: UserEncoder = Field(UserEncoder.STUDENT, description="See UserEncoder.")
     use_projection: bool = Field(
         True, description="Train the shared projection f; False ranks by cos(e_u, e_i) directly (ablation 5)."
     )
     dim: int = Field(512, ge=1, description="Output dimension of f.")
+
+
+class ProjectConfig(StrictModel):
+    run_name: str = Field("r2end", pattern=r"^[A-Za-z0-9_.-]+$", description="The model's name under models/.")
+    model: R2endArgs = R2endArgs()
+    student_run: str = Field("student", description="distill.run_name of the student to use.")
     negatives: int = Field(99, ge=1, description="Sampled negative items per user.")
     temperature: float = Field(0.07, gt=0)
     reg_weight: float = Field(0.5, ge=0, description="lambda of the L2 term (0: none, ablation 6).")
@@ -248,33 +337,29 @@ class ProjectConfig(StrictModel):
     )
     sample_seed: int = 22
     mask_history: bool = Field(True, description="Exclude a user's earlier items from the ranking.")
-    cpus_per_worker: int = Field(2, ge=1)
-    use_gpu: bool = False
     seed: int = 22
 
 
 class IndexConfig(StrictModel):
-    project_run: str | None = Field(
-        None, description="project.run_name whose projection f (and student) the index serves. None: project.run_name."
-    )
-    kind: Literal["flat", "ivf", "hnsw"] = Field(
-        "flat", description="faiss index over unit vectors, by inner product: exact (flat), or approximate "
-        "(ivf: inverted lists; hnsw: a graph), whose recall against exact is measured and reported."
+    model: str | None = Field(None, description="The model (its name under models/) the index serves. None: r2end's.")
+    kind: IndexKind = Field(
+        IndexKind.FLAT,
+        description="faiss index by inner product: exact (flat), or approximate (ivf, hnsw), whose recall against "
+        "exact search is measured and reported.",
     )
     nlist: int = Field(64, ge=1, description="ivf: number of clusters.")
     nprobe: int = Field(8, ge=1, description="ivf: clusters searched per query.")
     hnsw_m: int = Field(32, ge=2, description="hnsw: neighbours per node.")
     ef_search: int = Field(64, ge=1, description="hnsw: candidates kept while searching.")
     recall_k: int = Field(10, ge=1, description="Recall@k of an approximate index against exact search.")
-    recall_queries: int = Field(1000, ge=1, description="Validation users whose history queries measure recall.")
+    recall_queries: int = Field(1000, ge=1, description="Validation users whose histories query the recall.")
     new_items: str | None = Field(
-        None, description="Parquet of items to add without retraining: item_id and the catalogue's metadata "
-        "columns (title, brand, categories, price, optional description). They go through Enc and f and "
-        "join the index as a new version."
+        None,
+        description="Parquet of items to add without retraining: item_id and the catalogue's metadata columns "
+        "(title, brand, categories, price, optional description). They go through the model's item encoder and "
+        "join the index as a new version (text models only).",
     )
-    base_version: str | None = Field(
-        None, description="With new_items: the index version to extend. None: the latest."
-    )
+    base_version: str | None = Field(None, description="With new_items: the index version to extend. None: the latest.")
 
 
 class ServeConfig(StrictModel):
@@ -287,14 +372,17 @@ class ServeConfig(StrictModel):
     max_body_bytes: int = Field(65_536, ge=256, description="Larger request bodies get 413.")
     max_batch_size: int = Field(32, ge=1, description="Encoder dynamic batching (1 turns it off).")
     batch_wait_timeout_s: float = Field(
-        0.0, ge=0, description="How long a batch waits to fill. 0: take what is queued (requests that came "
-        "in during the previous batch), so a lone request never waits."
+        0.0,
+        ge=0,
+        description="How long a batch waits to fill. 0: take what is queued (requests that came in during the "
+        "previous batch), so a lone request never waits.",
     )
     min_replicas: int = Field(1, ge=0, description="Encoder replicas, at least (autoscaling).")
     max_replicas: int = Field(2, ge=1, description="Encoder replicas, at most (autoscaling).")
     target_ongoing_requests: float = Field(16, gt=0, description="Autoscaling target per encoder replica.")
-    cpus_per_replica: float = Field(1, gt=0, description="CPUs reserved per encoder replica; torch uses as many threads (at least 1).")
-    use_gpu: bool = False
+    cpus_per_replica: float = Field(
+        1, gt=0, description="CPUs reserved per encoder replica; torch uses as many threads (at least 1)."
+    )
     keep_serving: bool = Field(
         True, description="Pipeline only: after the first answered query, keep the endpoint up until Ctrl-C."
     )
@@ -303,9 +391,10 @@ class ServeConfig(StrictModel):
 class PipelineConfig(StrictModel):
     storage_path: str = Field(
         description="Where every stage reads and writes artifacts: a local folder or a pyarrow URI "
-        "(s3://bucket/prefix, gs://...). Use an absolute path with `ray job submit`."
+        "(s3://bucket/prefix, gs://...)."
     )
     ray: RayConfig = RayConfig()
+    resources: Resources = Resources()
     prepare: PrepareConfig
     sasrec: SasrecConfig = SasrecConfig()
     generate: GenerateConfig = GenerateConfig()
@@ -314,6 +403,18 @@ class PipelineConfig(StrictModel):
     project: ProjectConfig = ProjectConfig()
     index: IndexConfig = IndexConfig()
     serve: ServeConfig = ServeConfig()
+
+    def with_section(self, section: str, **changes) -> PipelineConfig:
+        """A copy with some fields of one section changed and checked (the config itself is left as it is).
+
+        >>> cfg = PipelineConfig(storage_path="/s", prepare={"dataset_path": "/d"})
+        >>> cfg.with_section("distill", run_name="x").distill.run_name, cfg.distill.run_name
+        ('x', 'student')
+        """
+        copy = self.model_copy(deep=True)
+        current = getattr(copy, section)
+        setattr(copy, section, type(current).model_validate({**current.model_dump(), **changes}))
+        return copy
 
 
 class ConfigError(ValueError):
@@ -331,26 +432,65 @@ def _set_dotted(tree: dict, dotted_key: str, raw_value: str) -> None:
     node[leaf] = yaml.safe_load(raw_value)
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
-    """Read a pipeline config from YAML and apply ``section.field=value`` overrides.
+def _merge(base: dict, overlay: dict) -> dict:
+    """``overlay`` over ``base``, section by section (a mapping merges; anything else replaces)."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        merged[key] = (
+            _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        )
+    return merged
 
-    >>> cfg = load_config("configs/beauty-sample.yaml", ["sasrec.max_epochs=3"])
-    >>> cfg.sasrec.max_epochs
-    3
-    """
-    path = Path(path)
+
+def _read_layers(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A config file with the files it ``extends`` under it."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: extends itself (through {' -> '.join(map(str, seen))})")
     try:
         tree = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    parents = tree.pop("extends", [])
+    merged: dict = {}
+    for parent in [parents] if isinstance(parents, str) else parents:
+        merged = _merge(merged, _read_layers(path.parent / parent, (*seen, path)))
+    return _merge(merged, tree)
+
+
+def absolute_paths(cfg: PipelineConfig) -> PipelineConfig:
+    """Every local path of the config made absolute (URIs stay as they are): Ray workers run elsewhere."""
+    cfg.storage_path = storage.absolute(cfg.storage_path)
+    cfg.prepare.dataset_path = storage.absolute(cfg.prepare.dataset_path)
+    for source in cfg.embed.teacher_outputs or []:
+        source.folder = storage.absolute(source.folder)
+        source.same_users_as = source.same_users_as and storage.absolute(source.same_users_as)
+    cfg.generate.extends = [storage.absolute(folder) for folder in cfg.generate.extends]
+    cfg.index.new_items = cfg.index.new_items and storage.absolute(cfg.index.new_items)
+    return cfg
+
+
+def load_config(paths: str | Path | list[str | Path], overrides: list[str] | None = None) -> PipelineConfig:
+    """Read a pipeline config from one or more YAML files (later ones win) and apply ``section.field=value``
+    overrides; local paths come back absolute.
+
+    >>> cfg = load_config("configs/beauty-sample.yaml", ["sasrec.max_epochs=3"])
+    >>> cfg.sasrec.max_epochs, cfg.prepare.sample_users, cfg.storage_path.startswith("/")
+    (3, 2000, True)
+    """
+    paths = [paths] if isinstance(paths, str | Path) else paths
+    tree: dict = {}
+    for path in paths:
+        tree = _merge(tree, _read_layers(Path(path)))
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override '{item}' must look like section.field=value")
         _set_dotted(tree, key.strip(), value)
     try:
-        return PipelineConfig.model_validate(tree)
+        cfg = PipelineConfig.model_validate(tree)
     except ValidationError as err:
-        raise ConfigError(f"{path}: {err}") from None
+        raise ConfigError(f"{', '.join(map(str, paths))}: {err}") from None
+    return absolute_paths(cfg)

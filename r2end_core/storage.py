@@ -67,7 +67,9 @@ def list_files(folder: str, suffix: str = ".parquet") -> list[str]:
     if fs.get_file_info(inner).type == pafs.FileType.NotFound:
         return []
     infos = fs.get_file_info(pafs.FileSelector(inner, recursive=False))
-    names = sorted(i.base_name for i in infos if i.is_file and i.base_name.endswith(suffix) and not i.base_name.startswith("."))
+    names = sorted(
+        i.base_name for i in infos if i.is_file and i.base_name.endswith(suffix) and not i.base_name.startswith(".")
+    )
     return [join(folder, name) for name in names]
 
 
@@ -97,9 +99,24 @@ def sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+def digest(value: Any, length: int = 10) -> str:
+    """A short, stable name for a JSON-able value (settings, inputs): the same value gives the same digest.
+
+    >>> digest({"b": 1, "a": [2, 3]}) == digest({"a": [2, 3], "b": 1})
+    True
+    """
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
 def write_json(obj: Any, path: str) -> None:
-    with open_output(path) as out:
+    """Written to a hidden temporary name, then moved into place: a reader never sees half a file."""
+    fs, inner = filesystem(path)
+    folder, name = inner.rsplit("/", 1)
+    fs.create_dir(folder, recursive=True)
+    staging = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
+    with fs.open_output_stream(staging) as out:
         out.write(json.dumps(obj, indent=2, sort_keys=True).encode())
+    fs.move(staging, inner)
 
 
 def read_json(path: str) -> Any:

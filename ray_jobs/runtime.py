@@ -1,47 +1,55 @@
-"""What every stage entrypoint shares: command-line parsing and joining a Ray cluster."""
+"""What every stage entrypoint shares: the command line (layered configs), joining a Ray cluster, and
+where output goes (the console shows stage banners, progress and results; everything else is logged
+to ``<storage_path>/logs/``)."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
-from typing import Callable
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
 
 import ray
 
+from r2end_core import storage
 from r2end_core.config import PipelineConfig, RayConfig, load_config
-from r2end_core.storage import absolute
+from r2end_core.layout import Layout
 
-
-def parse_config(description: str) -> PipelineConfig:
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--config", required=True, help="pipeline YAML, e.g. configs/beauty-sample.yaml")
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override one config field"
-    )
-    args = parser.parse_args()
-    cfg = load_config(args.config, args.set)
-    # Ray workers run in other folders: make local paths absolute once, here.
-    cfg.storage_path = absolute(cfg.storage_path)
-    cfg.prepare.dataset_path = absolute(cfg.prepare.dataset_path)
-    for source in cfg.embed.teacher_outputs or []:
-        source.folder = absolute(source.folder)
-        source.same_users_as = source.same_users_as and absolute(source.same_users_as)
-    cfg.generate.extends = [absolute(folder) for folder in cfg.generate.extends]
-    return cfg
-
-
-def run_stage(description: str, stage: Callable[[PipelineConfig], object]) -> object:
-    """A stage entrypoint: parse ``--config``/``--set``, join or start Ray, run the stage."""
-    cfg = parse_config(description)
-    connect(cfg.ray)
-    return stage(cfg)
-
+log = logging.getLogger("r2end")
 
 # Ray Serve's throughput mode (Ray >= 2.55): the ingress replica takes HTTP itself (no proxy hop),
 # replicas talk over gRPC, user code runs on the replica's own event loop. On 2 cores it cuts the
 # endpoint's latency over in-process by about a third (bench/serving_cpu.py). Every process of the
 # cluster reads it at start, so it is set before a local cluster starts (on a cluster: its env).
 SERVE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+RAY_LOGS = "/tmp/ray/session_latest/logs"  # a local cluster's logs (Ray's default temp dir)
+
+
+def parse_args(
+    description: str, default_config: str | None = None, add_arguments: Callable | None = None
+) -> tuple[PipelineConfig, argparse.Namespace]:
+    """``--config`` (repeatable: later files win; ``default_config`` when none is given) and ``--set``
+    overrides, plus whatever ``add_arguments(parser)`` adds."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--config",
+        action="append",
+        metavar="YAML",
+        required=default_config is None,
+        help=f"pipeline config, e.g. configs/beauty-sample.yaml (default: {default_config})",
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override one config field"
+    )
+    if add_arguments:
+        add_arguments(parser)
+    args = parser.parse_args()
+    return load_config(args.config or [default_config], args.set), args
 
 
 def start_local(num_cpus: int | None, **init_options) -> None:
@@ -51,12 +59,92 @@ def start_local(num_cpus: int | None, **init_options) -> None:
     ray.init(address="local", num_cpus=num_cpus, **init_options)
 
 
-def connect(cfg: RayConfig) -> None:
-    """Join the configured cluster (or RAY_ADDRESS), else start a fresh local one."""
+def connect(cfg: RayConfig) -> bool:
+    """Join the configured cluster (or RAY_ADDRESS), else start a fresh local one; True if it started one.
+    Workers' output stays in Ray's logs (and the dashboard), not on this console."""
     if ray.is_initialized():
-        return
+        return False
     address = cfg.address or os.environ.get("RAY_ADDRESS")
+    options = {"log_to_driver": False, "logging_level": logging.WARNING}
     if address:
-        ray.init(address=address)
-    else:
-        start_local(cfg.num_cpus)
+        ray.init(address=address, **options)
+        return False
+    start_local(cfg.num_cpus, **options)
+    return True
+
+
+def quiet_console() -> None:
+    """Libraries' own console handlers (Ray Data, Serve, ...) show warnings only; their INFO goes to the log."""
+    loggers = [
+        logging.getLogger(),
+        *[lg for lg in logging.root.manager.loggerDict.values() if isinstance(lg, logging.Logger)],
+    ]
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    for logger in loggers:
+        if logger.name == "r2end":
+            continue
+        for handler in logger.handlers:
+            if type(handler) is not logging.FileHandler and isinstance(handler, logging.StreamHandler):
+                handler.setLevel(max(handler.level, logging.WARNING))
+        if not logger.propagate:
+            logger.handlers += [h for h in files if h not in logger.handlers]
+
+
+@contextmanager
+def logged(layout: Layout, name: str):
+    """Console: ``log`` (r2end's logger) and warnings. ``<storage_path>/logs/<name>.log``: everything the
+    process logs; ``logs/ray/``: the local cluster's logs, copied at the end."""
+    local = not storage.is_uri(layout.root)
+    path = layout.logs(f"{name}.log") if local else os.path.join(tempfile.mkdtemp(), f"{name}.log")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    file = logging.FileHandler(path)
+    file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    file.setLevel(logging.INFO)
+    root = logging.getLogger()
+    root.addHandler(file)
+    root.setLevel(min(root.level, logging.INFO))
+    logging.captureWarnings(True)
+    if not log.handlers:
+        console = logging.StreamHandler(sys.stdout)
+        console.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(console)
+    log.setLevel(logging.INFO)
+    quiet_console()
+    try:
+        yield path
+    finally:
+        if not local:
+            storage.upload_folder(os.path.dirname(path), layout.logs())
+        root.removeHandler(file)
+        file.close()
+
+
+def copy_ray_logs(layout: Layout) -> None:
+    """The local cluster's logs (workers, vLLM, Ray Train, Serve) into ``logs/ray/``."""
+    if os.path.isdir(RAY_LOGS):
+        if storage.is_uri(layout.root):
+            storage.upload_folder(RAY_LOGS, layout.logs("ray"))
+        else:
+            shutil.copytree(RAY_LOGS, layout.logs("ray"), dirs_exist_ok=True, ignore_dangling_symlinks=True)
+
+
+def banner(step: str, text: str) -> float:
+    """A stage's first line on the console; returns its start time."""
+    log.info(f"\n== {step}: {text}")
+    return time.time()
+
+
+def run_stage(description: str, stage: Callable, name: str, **parse) -> object:
+    """A stage entrypoint: parse the command line, log to the storage path, join or start Ray, run the stage
+    (``stage(cfg)``, or ``stage(cfg, args)`` when ``parse`` adds arguments)."""
+    cfg, args = parse_args(description, **parse)
+    layout = Layout(cfg.storage_path)
+    with logged(layout, name) as path:
+        started_cluster = connect(cfg.ray)
+        quiet_console()
+        try:
+            return stage(cfg, args) if parse.get("add_arguments") else stage(cfg)
+        finally:
+            if started_cluster:
+                copy_ray_logs(layout)
+            log.info(f"Full log: {path}")

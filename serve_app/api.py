@@ -15,14 +15,15 @@ class RecommendRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     history: list[str] | None = Field(
-        None, description="Item ids the user bought, oldest first. Up to the 8 most recent (within 60 days of "
-        "`at` when timestamps are given) make the history text, as in training."
+        None,
+        description="Item ids the user bought, oldest first. A text model reads them as training did (its "
+        "history rule: the 8 most recent within 60 days of `at` by default); a sequence model reads the latest ones.",
     )
     timestamps: list[int] | None = Field(
         None, description="Unix seconds, one per history item (optional; the items are ordered by them)."
     )
     at: int | None = Field(None, description="Prediction time, unix seconds (default: the last timestamp).")
-    history_text: str | None = Field(None, description="The history as text, instead of item ids.")
+    history_text: str | None = Field(None, description="The history as text, instead of item ids (text models).")
     k: int = Field(10, description="How many items to return (1 to the server's max_k).")
     exclude_history: bool = Field(True, description="Leave the history's own items out of the results.")
 
@@ -38,25 +39,30 @@ class RecommendRequest(BaseModel):
             if self.history is None:
                 raise ValueError("'timestamps' go with 'history' (item ids)")
             if len(self.timestamps) != len(self.history):
-                raise ValueError(f"'timestamps' has {len(self.timestamps)} values for {len(self.history)} history items")
+                raise ValueError(
+                    f"'timestamps' has {len(self.timestamps)} values for {len(self.history)} history items"
+                )
         if self.at is not None:
             if self.timestamps is None:
                 raise ValueError("'at' needs 'timestamps'")
             if self.timestamps and self.at < max(self.timestamps):
-                raise ValueError(f"'at' ({self.at}) is before the latest history timestamp ({max(self.timestamps)}): "
-                                 "the history must come before the prediction time")
+                raise ValueError(
+                    f"'at' ({self.at}) is before the latest history timestamp ({max(self.timestamps)}): "
+                    "the history must come before the prediction time"
+                )
         return self
 
 
 class RecommendedItem(BaseModel):
     item_id: str
     title: str | None
-    score: float = Field(description="Cosine similarity of the user and item vectors.")
+    score: float = Field(description="Inner product of the user and item vectors (cosine for a text model).")
 
 
 class RecommendResponse(BaseModel):
     items: list[RecommendedItem]
-    history_text: str = Field(description="The text the user encoder read.")
+    history_text: str | None = Field(description="The text a text model read (null for a sequence model).")
+    model: str = Field(description="The model that answered (its name under models/).")
     model_version: str
     index_version: str
 
@@ -69,6 +75,7 @@ class Item(BaseModel):
 
 class Health(BaseModel):
     status: str
+    model: str
     model_version: str
     index_version: str
     items: int

@@ -1,13 +1,14 @@
-"""The R2END Serve application: history -> student encoder + f (batched) -> faiss top-k. No LLM.
+"""The Serve application: any trained model behind HTTP. History -> the model's user vector (batched) ->
+faiss top-k over its item vectors. No LLM.
 
     serve run serve_app/serve_config.yaml                       # local, http://127.0.0.1:8000
     serve deploy serve_app/serve_config.yaml                    # a running cluster (absolute or URI storage_path)
     curl -s localhost:8000/recommend -H 'content-type: application/json' -d '{"history": ["B004Z40048"], "k": 5}'
 
-Three deployments, all loading one index version (which pins the model version):
-``Recommender`` (the FastAPI ingress: validation, history text), ``UserEncoder`` (the student and
-f, with ``@serve.batch`` dynamic batching and autoscaling) and ``ItemIndex`` (faiss and the item
-map). A new version rolls out by redeploying with another ``index_version`` (Serve's rolling update).
+Three deployments, all loading one index version (which pins the model and its version): ``Recommender``
+(the FastAPI ingress: validation, and the history as the model reads it), ``UserModel`` (the model, with
+``@serve.batch`` dynamic batching and autoscaling) and ``ItemIndex`` (faiss and the item map). A new
+version rolls out by redeploying with another ``index_version`` (Serve's rolling update).
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from r2end_core import index, storage
+from r2end_core import models, storage
 from r2end_core.config import ServeConfig
-from r2end_core.recommender import Catalogue, UnknownItemsError, UserTower
+from r2end_core.data.histories import Histories
+from r2end_core.data.items import Catalogue, UnknownItemsError
+from r2end_core.layout import Layout
+from r2end_core.serve import index
 from serve_app.api import Health, Item, RecommendRequest, RecommendResponse
 
 # A replica that dies mid-request (killed, node lost) is replaced by Serve; requests are pure reads,
@@ -33,36 +37,43 @@ RETRIES_ON_REPLICA_LOSS = 3
 
 
 class AppArgs(ServeConfig):
-    """What ``build_app`` takes: the storage path plus the ``serve`` config section."""
+    """What ``build_app`` takes: the storage path, the ``serve`` config section, and the device."""
 
     storage_path: str
+    use_gpu: bool = False
 
 
 @serve.deployment(max_ongoing_requests=64, health_check_period_s=5)
-class UserEncoder:
-    """History texts -> unit query vectors, batched across concurrent requests."""
+class UserModel:
+    """Histories -> user vectors, batched across concurrent requests."""
 
-    def __init__(self, storage_path: str, version: str, max_batch_size: int, batch_wait_timeout_s: float,
-                 threads: int, use_gpu: bool):
+    def __init__(
+        self,
+        storage_path: str,
+        version: str,
+        max_batch_size: int,
+        batch_wait_timeout_s: float,
+        threads: int,
+        use_gpu: bool,
+    ):
         torch.set_num_threads(threads)
-        manifest = index.load_manifest(storage_path, version)
-        self.tower = UserTower.load(manifest["model"], storage_path, "cuda" if use_gpu else "cpu")
-        self.model_version = index.model_version(manifest["model"])
+        layout = Layout(storage_path)
+        built = index.load_manifest(layout, version)
+        self.model = models.load(layout, built.model, built.model_version, "cuda" if use_gpu else "cpu")
         self.batched = max_batch_size > 1
-        self.encode_batch.set_max_batch_size(max_batch_size)
-        self.encode_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self.user_vectors_batch.set_max_batch_size(max_batch_size)
+        self.user_vectors_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)  # both set from the config in __init__
-    async def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
-        return list(self.tower(texts))
+    async def user_vectors_batch(self, histories: list[Histories]) -> list[np.ndarray]:
+        return list(self.model.user_vectors(Histories.concat(histories)))
 
-    async def encode(self, text: str) -> tuple[np.ndarray, str]:
-        vector = await self.encode_batch(text) if self.batched else self.tower([text])[0]
-        return vector, self.model_version
+    async def user_vector(self, history: Histories) -> np.ndarray:
+        return await self.user_vectors_batch(history) if self.batched else self.model.user_vectors(history)[0]
 
     def check_health(self) -> None:
-        if self.tower is None or self.tower.encoder is None:
-            raise RuntimeError("user encoder not loaded")
+        if getattr(self, "model", None) is None:
+            raise RuntimeError("model not loaded")
 
 
 @serve.deployment(max_ongoing_requests=128, health_check_period_s=5)
@@ -70,27 +81,26 @@ class ItemIndex:
     """The faiss index and its item map: top-k item ids, titles and scores for a query vector."""
 
     def __init__(self, storage_path: str, version: str):
-        self.faiss_index, items, manifest = index.load(storage_path, version)
+        self.faiss_index, items, _ = index.load(Layout(storage_path), version)
         self.catalogue = Catalogue(items)
-        self.version = manifest["version"]
 
-    def search(self, vector: np.ndarray, k: int, exclude_ids: list[str]) -> tuple[list[dict], str]:
+    def search(self, vector: np.ndarray, k: int, exclude_ids: list[str]) -> list[dict]:
         exclude = {self.catalogue.row[i] for i in exclude_ids if i in self.catalogue.row}
         rows, scores = index.search(self.faiss_index, vector[None, :], k, [exclude])
-        found = [(r, s) for r, s in zip(rows[0], scores[0]) if r >= 0]
-        return [{"item_id": self.catalogue.ids[r], "title": self.catalogue.titles[r], "score": float(s)}
-                for r, s in found], self.version
-
-    def size(self) -> tuple[int, str]:
-        return self.faiss_index.ntotal, self.version
+        return [
+            {"item_id": self.catalogue.ids[r], "title": self.catalogue.titles[r], "score": float(s)}
+            for r, s in zip(rows[0], scores[0])
+            if r >= 0
+        ]
 
     def check_health(self) -> None:
-        if self.faiss_index is None or self.faiss_index.ntotal == 0:
+        if getattr(self, "faiss_index", None) is None or self.faiss_index.ntotal == 0:
             raise RuntimeError("item index not loaded or empty")
 
 
-api = FastAPI(title="r2end", description="Recommendations from a distilled text encoder and a faiss item index; "
-              "no LLM at request time.")
+api = FastAPI(
+    title="r2end", description="Recommendations from a trained model and a faiss item index; no LLM at request time."
+)
 
 
 @api.exception_handler(RequestValidationError)
@@ -99,7 +109,9 @@ async def _invalid_request(request: Request, err: RequestValidationError) -> JSO
     problems = []
     for e in err.errors():
         if e["type"] == "json_invalid":
-            return JSONResponse(status_code=400, content={"error": f"malformed JSON: {e.get('ctx', {}).get('error', e['msg'])}"})
+            return JSONResponse(
+                status_code=400, content={"error": f"malformed JSON: {e.get('ctx', {}).get('error', e['msg'])}"}
+            )
         where = ".".join(str(p) for p in e["loc"] if p != "body")
         message = e["msg"].removeprefix("Value error, ")
         problems.append(f"{where}: {message}" if where else message)
@@ -125,7 +137,9 @@ class BodyLimit:
         if scope["type"] == "http":
             size = dict(scope["headers"]).get(b"content-length", b"0").decode()
             if not size.isdigit() or int(size) > self.max_bytes:
-                response = JSONResponse(status_code=413, content={"error": f"request body of {size} bytes; at most {self.max_bytes}"})
+                response = JSONResponse(
+                    status_code=413, content={"error": f"request body of {size} bytes; at most {self.max_bytes}"}
+                )
                 return await response(scope, receive, send)
         await self.app(scope, receive, send)
 
@@ -136,12 +150,16 @@ api.add_middleware(BodyLimit)
 @serve.deployment(max_ongoing_requests=256, health_check_period_s=5)
 @serve.ingress(api)
 class Recommender:
-    def __init__(self, encoder: DeploymentHandle, item_index: DeploymentHandle, storage_path: str, version: str,
-                 cfg: dict):
-        self.encoder, self.item_index = encoder, item_index
+    def __init__(
+        self, user_model: DeploymentHandle, item_index: DeploymentHandle, storage_path: str, version: str, cfg: dict
+    ):
+        self.user_model, self.item_index = user_model, item_index
         self.cfg = ServeConfig(**cfg)
         BodyLimit.max_bytes = self.cfg.max_body_bytes
-        self.catalogue = Catalogue(index.load_items(storage_path, version))
+        layout = Layout(storage_path)
+        self.index = index.load_manifest(layout, version)
+        self.model = models.read_manifest(layout, self.index.model, self.index.model_version)
+        self.catalogue = Catalogue(index.load_items(layout, version))
 
     async def _call(self, method, *args):
         for attempt in range(RETRIES_ON_REPLICA_LOSS + 1):
@@ -151,25 +169,46 @@ class Recommender:
                 if attempt == RETRIES_ON_REPLICA_LOSS:
                     raise HTTPException(503, "a serving replica was lost; retry") from None
 
+    def history(self, body: RecommendRequest) -> Histories:
+        """The request's history as the model reads it: text written by the model's history rule, or ids."""
+        if body.history_text is not None:
+            if self.model.reads != "text":
+                raise HTTPException(422, f"model {self.model.name} ({self.model.kind}) reads item ids: send 'history'")
+            return Histories([[]], texts=[body.history_text])
+        try:
+            history = self.catalogue.history(body.history, body.timestamps, body.at)
+            if self.model.reads == "text":
+                history.texts = [
+                    self.catalogue.history_text(body.history, body.timestamps, body.at, self.model.history)
+                ]
+        except UnknownItemsError as err:
+            shown = ", ".join(err.ids[:10]) + (f" and {len(err.ids) - 10} more" if len(err.ids) > 10 else "")
+            raise HTTPException(422, f"unknown item ids in history: {shown}") from None
+        return history
+
     @api.post("/recommend", response_model=RecommendResponse)
     async def recommend(self, body: RecommendRequest) -> RecommendResponse:
-        """Top-k items for a history of item ids (or history text)."""
+        """Top-k items for a history of item ids (or history text, for a model that reads text)."""
         cfg = self.cfg
         if not 1 <= body.k <= cfg.max_k:
             raise HTTPException(422, f"k={body.k} is out of range: 1 to {cfg.max_k}")
         if body.history is not None and len(body.history) > cfg.max_history:
             raise HTTPException(422, f"history has {len(body.history)} items; at most {cfg.max_history}")
         if body.history_text is not None and len(body.history_text) > cfg.max_text_chars:
-            raise HTTPException(422, f"history_text has {len(body.history_text)} characters; at most {cfg.max_text_chars}")
-        try:
-            text = body.history_text or self.catalogue.history_text(body.history, body.timestamps, body.at)
-        except UnknownItemsError as err:
-            shown = ", ".join(err.ids[:10]) + (f" and {len(err.ids) - 10} more" if len(err.ids) > 10 else "")
-            raise HTTPException(422, f"unknown item ids in history: {shown}") from None
-        vector, model_version = await self._call(self.encoder.encode, text)
+            raise HTTPException(
+                422, f"history_text has {len(body.history_text)} characters; at most {cfg.max_text_chars}"
+            )
+        history = self.history(body)
+        vector = await self._call(self.user_model.user_vector, history)
         exclude = body.history if body.exclude_history and body.history else []
-        found, index_version = await self._call(self.item_index.search, vector, body.k, exclude)
-        return RecommendResponse(items=found, history_text=text, model_version=model_version, index_version=index_version)
+        found = await self._call(self.item_index.search, vector, body.k, exclude)
+        return RecommendResponse(
+            items=found,
+            history_text=history.texts[0] if history.texts else None,
+            model=self.model.name,
+            model_version=self.model.version,
+            index_version=self.index.version,
+        )
 
     @api.get("/items/{item_id}", response_model=Item)
     async def item(self, item_id: str) -> Item:
@@ -182,25 +221,32 @@ class Recommender:
 
     @api.get("/healthz", response_model=Health)
     async def healthz(self) -> Health:
-        """200 when the encoder and the index answer; 503 otherwise."""
-        try:
-            _, model_version = await self.encoder.encode.remote("(health check)")
-            items, index_version = await self.item_index.size.remote()
-        except Exception as err:  # any failure below the ingress means not ready
-            raise HTTPException(503, f"not ready: {type(err).__name__}: {err}") from None
-        return Health(status="ok", model_version=model_version, index_version=index_version, items=items)
+        """What this replica serves (its replicas' own health is Serve's check_health)."""
+        return Health(
+            status="ok",
+            model=self.model.name,
+            model_version=self.model.version,
+            index_version=self.index.version,
+            items=self.index.items,
+        )
 
 
 def build_app(args: dict) -> serve.Application:
     """The application for ``serve run`` / ``serve deploy`` (``args``: ``AppArgs`` fields) or ``serve.run``."""
     cfg = AppArgs(**args)
     root = storage.absolute(cfg.storage_path)
-    version = index.resolve_version(root, cfg.index_version)  # "latest" pinned now: every replica loads the same
-    encoder = UserEncoder.options(
-        autoscaling_config={"min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
-                            "target_ongoing_requests": cfg.target_ongoing_requests},
+    version = index.resolve_version(
+        Layout(root), cfg.index_version
+    )  # "latest" pinned now: every replica loads the same
+    user_model = UserModel.options(
+        autoscaling_config={
+            "min_replicas": cfg.min_replicas,
+            "max_replicas": cfg.max_replicas,
+            "target_ongoing_requests": cfg.target_ongoing_requests,
+        },
         ray_actor_options={"num_cpus": cfg.cpus_per_replica, "num_gpus": 1 if cfg.use_gpu else 0},
     ).bind(root, version, cfg.max_batch_size, cfg.batch_wait_timeout_s, max(1, int(cfg.cpus_per_replica)), cfg.use_gpu)
     item_index = ItemIndex.options(ray_actor_options={"num_cpus": 0}).bind(root, version)
     return Recommender.options(ray_actor_options={"num_cpus": 0}).bind(
-        encoder, item_index, root, version, cfg.model_dump(exclude={"storage_path"}))
+        user_model, item_index, root, version, cfg.model_dump(exclude={"storage_path", "use_gpu"})
+    )

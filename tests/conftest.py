@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from r2end_core import embeddings
 from r2end_core.config import load_config
+from r2end_core.teacher.outputs import succeeded
 
 REPO = Path(__file__).resolve().parents[1]
 TEACHER_OUTPUTS = REPO / "teacher_outputs/beauty-cpu"
@@ -61,21 +61,31 @@ def ray_cluster():
     ray.shutdown()
 
 
+def prepare_tables(path: str, **overrides):
+    """(prepared data, users, items) as the prepare stage builds them (schemas.USERS, ITEMS), without Ray."""
+    from r2end_core.config import PrepareConfig
+    from r2end_core.data import contract, histories, items
+
+    cfg = PrepareConfig(dataset_path=path, **overrides)
+    prepared = contract.load_and_validate(path, cfg)
+    texts = items.metadata_texts(prepared.items)
+    users = histories.build_user_rows(contract.sequences_table(prepared), texts, cfg.history)
+    catalogue = items.build_item_table(
+        prepared.sequences["sequence"], prepared.items, texts, cfg.buyer_context_max_items
+    )
+    return prepared, users, catalogue
+
+
 @pytest.fixture
 def prepared_tables(beauty_dir):
-    """(users, items) as the prepare stage builds them (USERS_SCHEMA, ITEMS_SCHEMA), without Ray."""
-    from r2end_core import data
-    from r2end_core.config import PrepareConfig
-
-    prepared = data.load_and_validate(beauty_dir, PrepareConfig(dataset_path=beauty_dir))
-    texts = data.metadata_texts(prepared)
-    return data.build_user_rows(data.sequences_table(prepared), texts, 8, 60), data.build_item_table(prepared, texts, 10)
+    """(users, items) of the 300-user slice, as the prepare stage builds them."""
+    return prepare_tables(beauty_dir)[1:]
 
 
 @pytest.fixture(scope="session")
 def minilm_encode():
     """The bundled all-MiniLM-L6-v2, loaded once: texts -> unit vectors."""
-    from r2end_core import encoders
+    from r2end_core.text import encoders
 
     model = encoders.load_encoder("bundled:all-minilm-l6-v2")
     return lambda texts: encoders.encode(model, texts)
@@ -95,7 +105,7 @@ def slice_folders(tmp_path_factory) -> tuple[str, list[str]]:
     descriptions and rejection sampling, the second half with their reasoning alone."""
     root = tmp_path_factory.mktemp("slice")
     oracle = pq.read_table(TEACHER_OUTPUTS / "oracle.parquet")
-    users = sorted(embeddings.succeeded(oracle).column("user_id").to_pylist())[:SLICE_USERS]
+    users = sorted(succeeded(oracle).column("user_id").to_pylist())[:SLICE_USERS]
     inter = pq.read_table(BEAUTY / "interactions.parquet")
     inter = inter.filter(pc.is_in(inter["user_id"], pa.array(users)))
     items = pq.read_table(BEAUTY / "items.parquet")
@@ -103,10 +113,16 @@ def slice_folders(tmp_path_factory) -> tuple[str, list[str]]:
     dataset = write_dataset(root / "beauty", inter, items)
     half = SLICE_USERS // 2
     parts = {
-        root / "teacher_outputs": (("oracle", "user_id", users[:half]), ("unguided", "user_id", users[:half]),
-                                   ("unguided_grounding", "user_id", users[:half]),
-                                   ("items", "item_id", items["item_id"])),
-        root / "teacher_outputs_extension": (("oracle", "user_id", users[half:]), ("unguided", "user_id", users[half:])),
+        root / "teacher_outputs": (
+            ("oracle", "user_id", users[:half]),
+            ("unguided", "user_id", users[:half]),
+            ("unguided_grounding", "user_id", users[:half]),
+            ("items", "item_id", items["item_id"]),
+        ),
+        root / "teacher_outputs_extension": (
+            ("oracle", "user_id", users[half:]),
+            ("unguided", "user_id", users[half:]),
+        ),
     }
     for folder, tables in parts.items():
         folder.mkdir()
@@ -117,14 +133,25 @@ def slice_folders(tmp_path_factory) -> tuple[str, list[str]]:
 
 
 def stage_config(tmp_path, dataset: str, outputs: list[str], *overrides: str):
-    cfg = load_config(REPO / "configs/beauty-sample.yaml", [
-        f"storage_path={tmp_path / 'artifacts'}", f"prepare.dataset_path={dataset}", "prepare.sample_users=null",
-        f"embed.teacher_outputs={json.dumps(outputs)}", "embed.max_seq_length=128",
-        "distill.batch_size=2", "distill.checkpoint_every=3", "distill.holdout_fraction=0.25",
-        "project.epochs=2", "project.batch_size=8", "project.negatives=9", *overrides,
-    ])
+    cfg = load_config(
+        REPO / "configs/beauty-sample.yaml",
+        [
+            f"storage_path={tmp_path / 'artifacts'}",
+            f"prepare.dataset_path={dataset}",
+            "prepare.sample_users=null",
+            f"embed.teacher_outputs={json.dumps(outputs)}",
+            "embed.max_seq_length=128",
+            "distill.batch_size=2",
+            "distill.checkpoint_every=3",
+            "distill.holdout_fraction=0.25",
+            "project.epochs=2",
+            "project.batch_size=8",
+            "project.negatives=9",
+            *overrides,
+        ],
+    )
     path = tmp_path / "config.yaml"  # for the stage run as its own process
-    path.write_text(yaml.safe_dump(cfg.model_dump()))
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     return cfg, path
 
 
@@ -142,12 +169,23 @@ def embedded(tmp_path_factory, ray_cluster, slice_folders):
 @pytest.fixture(scope="session")
 def zero3_student(embedded):
     """(config, distill summary): a student distilled once on the slice, to its ablation-3 target
-    (Enc(target metadata)), by two Ray Train workers with DeepSpeed ZeRO-3 in bf16. The ZeRO-3
-    test checks it; the serving tests serve it (which target it learned does not matter there)."""
+    (Enc(target metadata)), by two Ray Train workers with DeepSpeed ZeRO-3 in bf16, on 29 users in
+    batches of 4: the epoch's last batch has one row for two workers. The ZeRO-3 test checks it; the
+    serving tests serve it (which target it learned does not matter there)."""
     from ray_jobs import distill
 
-    cfg = embedded[0].model_copy(deep=True)
-    cfg.distill = cfg.distill.model_copy(update={"num_workers": 2, "cpus_per_worker": 1, "zero_stage": 3,
-                                                 "dtype": "bfloat16", "batch_size": 4, "target": "metadata",
-                                                 "run_name": "student-z3"})
+    cfg = (
+        embedded[0]
+        .with_section("resources", cpus_per_worker=1)
+        .with_section(
+            "distill",
+            num_workers=2,
+            zero_stage=3,
+            dtype="bfloat16",
+            batch_size=4,
+            target="metadata",
+            holdout_fraction=0.275,
+            run_name="student-z3",
+        )
+    )
     return cfg, distill.run(cfg)

@@ -7,8 +7,9 @@ from bench import paired
 
 
 def ranks(users: list[str], test: list[int]) -> pa.Table:
-    return pa.table({"user_id": users * 2, "split": ["valid"] * len(users) + ["test"] * len(users),
-                     "rank": [0] * len(users) + test})
+    return pa.table(
+        {"user_id": users * 2, "split": ["valid"] * len(users) + ["test"] * len(users), "rank": [0] * len(users) + test}
+    )
 
 
 def test_runs_are_paired_by_user_not_by_row_order():

@@ -5,7 +5,6 @@ committed folder skips its keys."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -16,7 +15,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from r2end_core import artifacts, generation, storage
+from r2end_core import storage
+from r2end_core.layout import Layout
+from r2end_core.summaries import GenerateSummary
+from r2end_core.teacher.kinds import KINDS
+from r2end_core.teacher.outputs import read_generated
 from ray_jobs import generate, prepare
 from tests.ray_jobs.test_stages import sample_config
 
@@ -25,25 +28,35 @@ USERS, ITEMS = 6, 4
 
 
 SETTINGS = (
-    f"generate.max_users={USERS}", f"generate.max_items={ITEMS}", "generate.max_words=24",
+    f"generate.max_users={USERS}",
+    f"generate.max_items={ITEMS}",
+    "generate.max_words=24",
     # Two sequences at a time, so commits come seconds apart and the kill lands between them.
-    "generate.batch_size=2", "generate.write_every=2", "generate.max_num_seqs=2",
+    "generate.batch_size=2",
+    "generate.write_every=2",
+    "generate.max_num_seqs=2",
 )
 
 
 def generate_command(storage_path: Path) -> list[str]:
     """The stage as its own process, which starts (and, SIGKILLed, takes down) its own Ray cluster."""
     settings = [f"storage_path={storage_path}", *SETTINGS]
-    return [sys.executable, "-m", "ray_jobs.generate", "--config", "configs/beauty-sample.yaml",
-            *[arg for s in settings for arg in ("--set", s)]]
+    return [
+        sys.executable,
+        "-m",
+        "ray_jobs.generate",
+        "--config",
+        "configs/beauty-sample.yaml",
+        *[arg for s in settings for arg in ("--set", s)],
+    ]
 
 
 def committed_rows(root: str) -> dict[tuple[str, str], dict]:
     rows = {}
-    for kind in ("oracle", "unguided", "item"):
-        for path in storage.list_files(artifacts.generated_path(root, kind)):
+    for kind in KINDS.values():
+        for path in storage.list_files(Layout(root).generated(kind.folder)):
             for r in storage.read_table(path).to_pylist():
-                rows[(kind, r.get("user_id") or r["item_id"])] = r
+                rows[(kind.name, r[kind.key_column])] = r
     return rows
 
 
@@ -55,8 +68,14 @@ def test_killed_generation_resumes_exactly_once(tmp_path, ray_cluster):
 
     log = tmp_path / "killed-job.log"
     with open(log, "w") as out:
-        job = subprocess.Popen(generate_command(Path(root)), cwd=REPO, env=env, start_new_session=True,
-                               stdout=out, stderr=subprocess.STDOUT)
+        job = subprocess.Popen(
+            generate_command(Path(root)),
+            cwd=REPO,
+            env=env,
+            start_new_session=True,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     deadline = time.time() + 420
     while not committed_rows(root):
         assert job.poll() is None, "the job ended before committing anything:\n" + log.read_text()[-4000:]
@@ -70,38 +89,42 @@ def test_killed_generation_resumes_exactly_once(tmp_path, ray_cluster):
     # The re-runs go through the session's cluster (sparing a Ray start each): the first, with a time
     # budget, stops after its first commit, keeps it, and says what is left; the second finishes.
     summary = generate.run(sample_config(tmp_path, *SETTINGS, "generate.time_budget_s=0.1"))
-    assert summary["stopped_by_time_budget"]
-    assert json.loads(Path(artifacts.generation_summary_path(root)).read_text()) == summary
-    assert 0 < sum(k["not_generated"] for k in summary["kinds"].values()) < 2 * USERS + ITEMS - len(before)
+    assert summary.stopped_by_time_budget
+    assert GenerateSummary.read(Layout(root).generation_summary, "generate") == summary
+    assert 0 < sum(k.not_generated for k in summary.kinds.values()) < 2 * USERS + ITEMS - len(before)
     before = committed_rows(root)
 
     summary = generate.run(sample_config(tmp_path, *SETTINGS))
-    assert not summary["stopped_by_time_budget"] and all(k["not_generated"] == 0 for k in summary["kinds"].values())
-    assert sum(k["skipped_done"] for k in summary["kinds"].values()) == sum(r["error"] is None for r in before.values())
-    for kind, expected in (("oracle", USERS), ("unguided", USERS), ("item", ITEMS)):
-        table = artifacts.read_generated(root, kind)
-        key = generation.key_column(kind)
-        assert table.num_rows == expected == len(set(table.column(key).to_pylist()))
-        assert table.schema.equals(generation.output_schema(kind))
-        assert len(storage.list_files(artifacts.generated_path(root, kind))) == 1  # merged
+    assert not summary.stopped_by_time_budget and all(k.not_generated == 0 for k in summary.kinds.values())
+    assert sum(k.skipped_done for k in summary.kinds.values()) == sum(r["error"] is None for r in before.values())
+    for name, expected in (("oracle", USERS), ("unguided", USERS), ("item", ITEMS)):
+        kind = KINDS[name]
+        table = read_generated(Layout(root), kind)
+        assert table.num_rows == expected == len(set(table.column(kind.key_column).to_pylist()))
+        assert table.schema.equals(kind.schema)
+        assert len(storage.list_files(Layout(root).generated(kind.folder))) == 1  # merged
         for r in table.to_pylist():
             assert r["error"] is None and r["text"]
-            earlier = before.get((kind, r[key]))
+            earlier = before.get((name, r[kind.key_column]))
             if earlier is not None and earlier["error"] is None:
                 assert (r["text"], r["generated_at"]) == (earlier["text"], earlier["generated_at"])  # not redone
 
     # A run that extends a committed folder holding every sampled key has nothing left to generate.
     committed = tmp_path / "committed"
     committed.mkdir()
-    for kind, name in (("oracle", "oracle"), ("unguided", "unguided"), ("item", "items")):
-        pq.write_table(artifacts.read_generated(root, kind), committed / f"{name}.parquet")
+    for kind in KINDS.values():
+        pq.write_table(read_generated(Layout(root), kind), committed / kind.export_file)
     extended = sample_config(tmp_path, *SETTINGS, f"generate.extends=[{committed}]")
     summary = generate.run(extended)
-    assert summary["extends"] == [str(committed)] and summary["output_tokens"] == 0
-    assert {kind: (k["in_extended_folders"], k["requested"]) for kind, k in summary["kinds"].items()} == \
-        {"oracle": (USERS, 0), "unguided": (USERS, 0), "item": (ITEMS, 0)}
+    assert summary.extends == [str(committed)] and summary.output_tokens == 0
+    assert {kind: (k.in_extended_folders, k.requested) for kind, k in summary.kinds.items()} == {
+        "oracle": (USERS, 0),
+        "unguided": (USERS, 0),
+        "item": (ITEMS, 0),
+    }
     # Another teacher may not extend them: its answers would be joined with theirs as one run's.
-    other_teacher = sample_config(tmp_path, *SETTINGS, f"generate.extends=[{committed}]",
-                                  "generate.teacher=bundled:qwen2.5-coder-0.5b-instruct")
+    other_teacher = sample_config(
+        tmp_path, *SETTINGS, f"generate.extends=[{committed}]", "generate.teacher=bundled:qwen2.5-coder-0.5b-instruct"
+    )
     with pytest.raises(ValueError, match=r"generate.extends .*oracle: 6 rows were made .* by bundled:smollm2"):
         generate.run(other_teacher)

@@ -7,14 +7,15 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
-import sys
 from pathlib import Path
 
 import pytest
 
-from r2end_core import artifacts, storage
+from r2end_core.layout import Layout
+from r2end_core.summaries import PrepareReport
 from tests.conftest import BEAUTY
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,12 +51,28 @@ def head_node():
     # Its own ports throughout: another cluster on this machine (the test session's) holds the defaults.
     ports = free_ports(6)
     head = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus=4", f"--port={ports[0]}",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={DASHBOARD_PORT}", "--include-dashboard=true",
-         f"--dashboard-agent-listen-port={ports[1]}", f"--dashboard-agent-grpc-port={ports[2]}",
-         f"--metrics-export-port={ports[3]}", f"--runtime-env-agent-port={ports[4]}",
-         f"--ray-client-server-port={ports[5]}", f"--temp-dir={temp_dir}"],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--num-cpus=4",
+            f"--port={ports[0]}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={DASHBOARD_PORT}",
+            "--include-dashboard=true",
+            f"--dashboard-agent-listen-port={ports[1]}",
+            f"--dashboard-agent-grpc-port={ports[2]}",
+            f"--metrics-export-port={ports[3]}",
+            f"--runtime-env-agent-port={ports[4]}",
+            f"--ray-client-server-port={ports[5]}",
+            f"--temp-dir={temp_dir}",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         deadline = time.time() + 120
@@ -78,9 +95,22 @@ def head_node():
 def test_prepare_as_a_submitted_job(tmp_path, head_node):
     out = tmp_path / "artifacts"
     command = [
-        "job", "submit", f"--address={ADDRESS}", "--working-dir=.", "--",
-        "python", "-m", "ray_jobs.prepare", "--config", "configs/beauty-sample.yaml",
-        "--set", f"storage_path={out}", "--set", f"prepare.dataset_path={BEAUTY}", "--set", "prepare.sample_users=100",
+        "job",
+        "submit",
+        f"--address={ADDRESS}",
+        "--working-dir=.",
+        "--",
+        "python",
+        "-m",
+        "ray_jobs.prepare",
+        "--config",
+        "configs/beauty-sample.yaml",
+        "--set",
+        f"storage_path={out}",
+        "--set",
+        f"prepare.dataset_path={BEAUTY}",
+        "--set",
+        "prepare.sample_users=100",
     ]
     for _ in range(10):  # the job agent comes up a little after the dashboard answers
         submitted = ray_cli(*command, env=head_node)
@@ -89,5 +119,7 @@ def test_prepare_as_a_submitted_job(tmp_path, head_node):
         time.sleep(3)
     assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
     assert "succeeded" in submitted.stdout
-    assert artifacts.read_users(str(out)).num_rows == 100
-    assert storage.read_json(artifacts.prepare_report_path(str(out)))["users"] == 100
+    layout = Layout(str(out))
+    assert layout.read_users().num_rows == 100
+    assert PrepareReport.read(layout.prepare_report, "prepare").users == 100
+    assert (out / "logs" / "prepare.log").read_text()  # what the job logged, under its storage path

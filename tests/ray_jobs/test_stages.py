@@ -1,60 +1,78 @@
-"""The stages on a real local Ray cluster: Ray Data writes the tables, Ray Train trains SASRec."""
+"""The stages on a real local Ray cluster: Ray Data writes the tables, Ray Train trains SASRec (one
+worker, and two with DDP on a user count that splits unevenly), and the model is indexed."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import torch
+import numpy as np
 
-from r2end_core import artifacts, data, sasrec
-from r2end_core.config import SasrecConfig, load_config
-from ray_jobs import prepare, train_sasrec
+from r2end_core import models, schemas
+from r2end_core.config import load_config
+from r2end_core.data.histories import Histories
+from r2end_core.layout import Layout
+from ray_jobs import index, prepare, train_sasrec
 from tests.conftest import BEAUTY
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def sample_config(tmp_path, *overrides):
-    cfg = load_config(
+    return load_config(
         REPO / "configs/beauty-sample.yaml",
         [
             f"storage_path={tmp_path / 'artifacts'}",
             f"prepare.dataset_path={BEAUTY}",
             "prepare.sample_users=300",
             "sasrec.max_epochs=2",
-            "sasrec.hidden_size=32",
+            "sasrec.model.hidden_size=32",
             *overrides,
         ],
     )
-    return cfg
 
 
-def test_prepare_then_sasrec(tmp_path, ray_cluster):
+def test_prepare_then_sasrec_then_its_index(tmp_path, ray_cluster):
     cfg = sample_config(tmp_path)
+    layout = Layout(cfg.storage_path)
     report = prepare.run(cfg)
-    assert report["users"] == 300 and report["dropped_short_users"] == 0
+    assert report.users == 300 and report.dropped_short_users == 0
     prepare.run(cfg)  # a re-run replaces the tables instead of appending to them
-    users = artifacts.read_users(cfg.storage_path)
-    items = artifacts.read_items(cfg.storage_path)
-    assert users.num_rows == 300 and items.num_rows == report["items"]
-    assert users.schema.equals(data.USERS_SCHEMA) and items.schema.equals(data.ITEMS_SCHEMA)
+    users, items = layout.read_users(), layout.read_items()
+    assert users.num_rows == 300 and items.num_rows == report.items
+    assert users.schema.equals(schemas.USERS) and items.schema.equals(schemas.ITEMS)
 
     summary = train_sasrec.run(cfg)
-    assert summary["best_epoch"] in (1, 2) and summary["epochs_trained"] == 2
-    assert summary["mask_history"] is True
-    for split in ("valid", "test"):
-        assert summary[split]["users"] == 300
-        assert 0.0 <= summary[split]["ndcg@10"] <= summary[split]["hr@10"] <= 1.0
-    saved = json.loads(Path(artifacts.sasrec_metrics_path(cfg.storage_path)).read_text())
-    assert saved["test"] == summary["test"]
-    state = torch.load(artifacts.sasrec_model_path(cfg.storage_path), weights_only=False)
-    model = sasrec.SASRec(state["n_items"], SasrecConfig(**state["config"]))
-    model.load_state_dict(state["model"])
+    assert summary.best_epoch in (1, 2) and summary.epochs_trained == 2 and summary.mask_history
+    for metrics in (summary.valid, summary.test):
+        assert metrics["users"] == 300 and 0.0 <= metrics["ndcg@10"] <= metrics["hr@10"] <= 1.0
+    # The saved model loads by name and answers through the recommender interface.
+    model = models.load(layout, "sasrec")
+    assert model.manifest.kind == "sasrec" and model.manifest.version == summary.version
+    assert (
+        model.manifest.args == cfg.sasrec.model.model_dump() and model.item_ids == items.column("item_id").to_pylist()
+    )
+    history = users.slice(0, 2).column("sequence").to_pylist()
+    vectors = model.user_vectors(Histories(item_ids=history))
+    assert vectors.shape == (2, 32) and model.item_vectors().shape == (items.num_rows, 32)
+
+    # Any model can be indexed: SASRec's items, searched by inner product.
+    built = index.run(cfg.with_section("index", model="sasrec", kind="hnsw", recall_queries=20))
+    assert built.model == "sasrec" and built.similarity == "dot" and built.items == items.num_rows
+    assert built.quality["queries"] == 20 and 0 < built.quality["recall@10"] <= 1
 
 
-def test_two_workers_train_with_ddp(tmp_path, ray_cluster):
-    cfg = sample_config(tmp_path, "sasrec.num_workers=2", "sasrec.cpus_per_worker=1", "sasrec.max_epochs=1")
+def test_two_workers_train_with_ddp_on_uneven_batches(tmp_path, ray_cluster):
+    # 257 users in batches of 128: the last global batch has one user for two workers. Each worker must
+    # run the same number of steps, or DDP waits for ever.
+    cfg = sample_config(
+        tmp_path,
+        "prepare.sample_users=257",
+        "sasrec.num_workers=2",
+        "sasrec.batch_size=128",
+        "resources.cpus_per_worker=1",
+        "sasrec.max_epochs=1",
+    )
     prepare.run(cfg)
     summary = train_sasrec.run(cfg)
-    assert summary["epochs_trained"] == 1 and summary["test"]["users"] == 300
+    assert summary.epochs_trained == 1 and summary.test["users"] == 257
+    assert np.isfinite(summary.valid["ndcg@10"])

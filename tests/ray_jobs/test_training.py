@@ -1,11 +1,10 @@
 """The training stages for real on a small slice: 40 Beauty users with their committed teacher
 outputs. Embed on Ray Data, distill on Ray Train + DeepSpeed (SIGKILLed part-way, then resumed from
-its checkpoint; and ZeRO-3 in bf16 over two workers), project on Ray Train (then continued to more
-epochs), evaluate."""
+its checkpoint; and ZeRO-3 in bf16 over two workers on a batch that splits unevenly), project on Ray
+Train (then continued to more epochs), evaluate through the recommender interface."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -18,102 +17,137 @@ import pytest
 import torch
 
 from bench import paired
-from r2end_core import artifacts, embeddings, encoders, storage
+from r2end_core import models, schemas, storage
+from r2end_core.layout import Layout
+from r2end_core.models.r2end import distill as distillation
+from r2end_core.models.r2end import projection
+from r2end_core.models.r2end.targets import inputs_digest as targets_digest
+from r2end_core.summaries import DistillSummary
+from r2end_core.text import encoders
 from ray_jobs import distill, embed, project
-from tests.conftest import REPO, SLICE_USERS as USERS
-
+from tests.conftest import REPO
+from tests.conftest import SLICE_USERS as USERS
 
 
 def distill_job(config_path: Path, log: Path) -> subprocess.Popen:
     """The stage as its own process, which starts (and, SIGKILLed, takes down) its own Ray cluster."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     with open(log, "w") as out:
-        return subprocess.Popen([sys.executable, "-m", "ray_jobs.distill", "--config", str(config_path)], cwd=REPO,
-                                env=env, start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "ray_jobs.distill", "--config", str(config_path)],
+            cwd=REPO,
+            env=env,
+            start_new_session=True,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
-def checkpoints(root: str) -> list[Path]:
+def checkpoints(layout: Layout) -> list[Path]:
     """Checkpoints Ray Train has registered (the snapshot is written once a checkpoint is complete)."""
-    return list(Path(artifacts.ray_train_path(root)).glob("distill-*/checkpoint_manager_snapshot.json"))
+    return list(Path(layout.ray_train).glob("distill-*/checkpoint_manager_snapshot.json"))
 
 
 def test_embed_distill_resume_project(tmp_path, embedded):
     cfg, config_path, report = embedded
-    cfg = cfg.model_copy(deep=True)
-    root = cfg.storage_path
-    assert report["targets"] == {"oracle": USERS, "unguided": USERS, "metadata": USERS}
-    assert report["items"] == report["items_with_description"] + report["items_metadata_only"]
+    layout = Layout(cfg.storage_path)
+    assert report.targets == {"oracle": USERS, "unguided": USERS, "metadata": USERS}
+    assert report.items == report.items_with_description + report.items_metadata_only
     # Two teacher-output folders joined; the second one's unguided answers were grounded here.
-    assert report["teacher_outputs"].count(" + ") == 1
-    assert storage.read_table(artifacts.grounding_path(root)).num_rows == USERS
-    targets = storage.read_table(artifacts.embeddings_path(root, "targets.parquet"))
-    assert targets.schema.equals(embeddings.TARGET_EMBEDDING_SCHEMA)
-    vectors = embeddings.to_matrix(targets["embedding"])
+    assert report.teacher_outputs.count(" + ") == 1
+    assert storage.read_table(layout.embeddings("unguided_grounding.parquet")).num_rows == USERS
+    targets = storage.read_table(layout.embeddings("targets.parquet"))
+    assert targets.schema.equals(schemas.TARGET_EMBEDDINGS)
+    vectors = schemas.to_matrix(targets["embedding"])
     assert vectors.shape == (3 * USERS, 384) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)
     # Same inputs: the written embeddings are reused; another encoder setting would encode again.
-    assert embed.run(cfg) == {**report, "reused": True}
-    assert embed.inputs_digest(cfg.model_copy(update={"embed": cfg.embed.model_copy(update={"max_seq_length": 64})})) \
-        != report["inputs_digest"]
+    assert embed.run(cfg) == report.model_copy(update={"reused": True})
+    assert targets_digest(cfg.embed.model_copy(update={"max_seq_length": 64}), layout) != report.inputs_digest
 
     # Distillation SIGKILLed after its first checkpoint; the re-run resumes from it.
     killed = distill_job(config_path, tmp_path / "killed.log")
     deadline = time.time() + 400
-    while not checkpoints(root):
-        assert killed.poll() is None, "distill ended before its first checkpoint:\n" + (tmp_path / "killed.log").read_text()[-4000:]
+    while not checkpoints(layout):
+        assert killed.poll() is None, (
+            "distill ended before its first checkpoint:\n" + (tmp_path / "killed.log").read_text()[-4000:]
+        )
         assert time.time() < deadline, "no checkpoint in time"
         time.sleep(0.5)
     os.killpg(killed.pid, signal.SIGKILL)
     killed.wait()
-    assert not storage.exists(artifacts.run_path(root, "student", "metrics.json"))
+    assert not storage.exists(layout.student("student", "metrics.json"))
 
     distill.run(cfg)  # the re-run, through the session's cluster (sparing a Ray start)
-    student = json.loads(Path(artifacts.run_path(root, "student", "metrics.json")).read_text())
-    assert student["users_distilled"] == USERS - 10 and student["steps"] == 15
-    assert student["resumed_from_step"] >= 3 and len(student["losses"]) == 15 and student["train_seconds"] > 0
-    held = student["distances_held_out"]
-    assert held["l2_after"]["mean"] < held["l2_before"]["mean"] and held["cos_after"]["mean"] > held["cos_before"]["mean"]
+    student = DistillSummary.read(layout.student("student", "metrics.json"), "distill")
+    assert student.users_distilled == USERS - 10 and student.steps == 15
+    assert student.resumed_from_step >= 3 and len(student.losses) == 15 and student.train_seconds > 0
+    held = student.distances_held_out
+    assert held["l2_after"].mean < held["l2_before"].mean and held["cos_after"].mean > held["cos_before"].mean
     # The saved student is a plain sentence-transformers folder.
-    model = encoders.load_encoder(artifacts.run_path(root, "student", "model"))
+    model = encoders.load_encoder(layout.student("student", "model"))
     assert encoders.encode(model, ["1. 2014-01-01: Lip Balm"]).shape == (1, 384)
 
     summary = project.run(cfg)
-    assert summary["epochs_trained"] == 2 and summary["resumed_from_epoch"] == 0
-    for split in ("valid", "test"):
-        assert summary[split]["users"] == USERS and 0 <= summary[split]["ndcg@10"] <= summary[split]["hr@10"] <= 1
+    assert summary.epochs_trained == 2 and summary.resumed_from_epoch == 0
+    for metrics in (summary.valid, summary.test):
+        assert metrics["users"] == USERS and 0 <= metrics["ndcg@10"] <= metrics["hr@10"] <= 1
+    # The model in its folder scores as the stage recorded, through the recommender interface; the best
+    # epoch's validation score during training is the one recorded.
+    r2end = models.load(layout, "r2end")
+    assert r2end.manifest.version == summary.version and r2end.manifest.text_encoder == "students/student/model"
+    assert summary.history[summary.best_epoch - 1]["valid"]["ndcg@10"] == pytest.approx(
+        summary.valid["ndcg@10"], abs=1e-6
+    )
     # Asking for more epochs continues the same run from its last checkpoint.
-    cfg.project.epochs = 3
-    continued = project.run(cfg)
-    assert continued["resumed_from_epoch"] == 2 and continued["epochs_trained"] == 3
-    assert [h["epoch"] for h in continued["history"]] == [1, 2, 3]
+    continued = project.run(cfg.with_section("project", epochs=3))
+    assert continued.resumed_from_epoch == 2 and continued.epochs_trained == 3
+    assert [h["epoch"] for h in continued.history] == [1, 2, 3]
 
     # Ablation switches of the same job: no text encoder, no projection.
-    cfg.project.user_encoder, cfg.project.use_projection, cfg.project.run_name = "item_mean", False, "floor"
-    floor = project.run(cfg)
-    assert "best_epoch" not in floor and floor["test"]["users"] == USERS
-    assert not storage.exists(artifacts.run_path(root, "floor", "projection.pt"))
+    floor = project.run(
+        cfg.with_section("project", model={"user_encoder": "item_mean", "use_projection": False}, run_name="floor")
+    )
+    assert floor.best_epoch is None and floor.test["users"] == USERS
+    assert models.load(layout, "floor").projection is None
 
     # Every scored user's ranks are kept, so runs on the same users compare paired.
-    ranks = {run: storage.read_table(artifacts.run_path(root, run, "ranks.parquet")) for run in (continued["config"]["run_name"], "floor")}
+    ranks = {
+        name: storage.read_table(layout.model_version(name, s.version, "ranks.parquet"))
+        for name, s in (("r2end", continued), ("floor", floor))
+    }
     difference = paired.compare(ranks)["floor"]["test"]
     assert difference["users"] == USERS and difference["hr@10"]["difference"] == pytest.approx(
-        floor["test"]["hr@10"] - continued["test"]["hr@10"])
+        floor.test["hr@10"] - continued.test["hr@10"]
+    )
 
 
 def test_two_workers_zero3_bf16_save_a_plain_student(zero3_student):
     cfg, summary = zero3_student
-    assert summary["target"] == "metadata" and summary["steps"] == 8 and summary["config"]["zero_stage"] == 3
+    # 29 users in batches of 4 over two workers: 7 steps, the last one of 5 rows (the lone 29th row
+    # joined the batch before it, so no worker ever had nothing to train on).
+    assert summary.users_distilled == 29 and summary.target == "metadata" and summary.steps == 7
+    assert summary.config["zero_stage"] == 3
     # ZeRO-3 partitions the weights across the two workers; the saved folder holds them whole, in fp32.
-    model = encoders.load_encoder(artifacts.run_path(cfg.storage_path, "student-z3", "model"))
+    model = encoders.load_encoder(Layout(cfg.storage_path).student("student-z3", "model"))
     weights = dict(model.named_parameters())
     assert all(p.dtype == torch.float32 and p.numel() > 0 for p in weights.values())
     base = dict(encoders.load_encoder("bundled:all-minilm-l6-v2").named_parameters())
     assert weights.keys() == base.keys() and any(not torch.equal(weights[k], base[k]) for k in base)
 
 
-def test_new_embeddings_start_new_training_runs(tmp_path, embedded):
-    cfg = embedded[0].model_copy(update={"storage_path": str(tmp_path)})
-    names = {}
-    for digest in ("a", "b"):
-        storage.write_json({"inputs_digest": digest}, artifacts.embeddings_path(str(tmp_path), "report.json"))
-        names[digest] = (distill.run_name(cfg), project.run_name(cfg, "item_mean"))
+def test_new_embeddings_start_new_training_runs(embedded):
+    cfg = embedded[0]
+    names = {
+        digest: (
+            distillation.run_name(cfg.distill, digest, cfg.storage_path),
+            projection.run_name(cfg.project, {"embeddings": digest}, cfg.storage_path),
+        )
+        for digest in "ab"
+    }
     assert names["a"][0] != names["b"][0] and names["a"][1] != names["b"][1]
+    # Raising epochs continues a run rather than starting another.
+    more = cfg.with_section("distill", epochs=3).with_section("project", epochs=20)
+    assert (
+        distillation.run_name(more.distill, "a", cfg.storage_path),
+        projection.run_name(more.project, {"embeddings": "a"}, cfg.storage_path),
+    ) == names["a"]

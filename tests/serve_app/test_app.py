@@ -1,5 +1,6 @@
 """The Serve application for real: the ZeRO-3 student distilled on the 40-user slice with a projection
-trained on it, indexed, served by Ray Serve on the local cluster, and asked over HTTP on loopback."""
+trained on it, indexed, served by Ray Serve on the local cluster, and asked over HTTP on loopback; then
+a SASRec trained on the same slice rolled out behind the same endpoint."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
-from r2end_core import artifacts
-from ray_jobs import index, project
-from serve_app import deploy
-from serve_app.app import ItemIndex, UserEncoder
+from r2end_core.layout import Layout
+from ray_jobs import index, project, train_sasrec
+from ray_jobs import serve as deploy
+from serve_app.app import ItemIndex, UserModel
 from tests.conftest import BEAUTY
 
 
@@ -29,12 +30,10 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def served(zero3_student):
     """(config, base URL, the index version served, a real user's request body, an HNSW version's summary)."""
-    cfg = zero3_student[0].model_copy(deep=True)
-    cfg.project = cfg.project.model_copy(update={"run_name": "r2end-serve", "student_run": "student-z3", "epochs": 1})
-    cfg.serve = cfg.serve.model_copy(update={"port": free_port(), "keep_serving": False, "max_replicas": 1})
+    cfg = zero3_student[0].with_section("project", run_name="r2end-serve", student_run="student-z3", epochs=1)
+    cfg = cfg.with_section("serve", port=free_port(), keep_serving=False, max_replicas=1)
     project.run(cfg)
-    approximate = index.run(cfg.model_copy(update={"index": cfg.index.model_copy(update={
-        "kind": "hnsw", "hnsw_m": 4, "ef_search": 4, "recall_queries": 20})}))
+    approximate = index.run(cfg.with_section("index", kind="hnsw", hnsw_m=4, ef_search=4, recall_queries=20))
     built = index.run(cfg)  # exact, and the latest
     url = deploy.start(cfg)
     yield cfg, url, built, deploy.example_request(cfg, k=10), approximate
@@ -44,11 +43,12 @@ def served(zero3_student):
 
 def test_index_versions_name_their_model_and_quality(served):
     cfg, _, built, _, approximate = served
-    assert built["quality"] == {"exact": True} and built["settings"] == {"kind": "flat"}
-    assert approximate["settings"] == {"kind": "hnsw", "hnsw_m": 4, "ef_search": 4}
-    assert approximate["quality"]["queries"] == 20 and 0 < approximate["quality"]["recall@10"] <= 1
-    assert built["model"] == approximate["model"] and built["model"]["user_model"] == "student-z3/model"
-    assert built["version"] != approximate["version"] and built["items"] == approximate["items"]
+    assert built.quality == {"exact": True} and built.settings == {"kind": "flat"}
+    assert approximate.settings == {"kind": "hnsw", "hnsw_m": 4, "ef_search": 4}
+    assert approximate.quality["queries"] == 20 and 0 < approximate.quality["recall@10"] <= 1
+    assert (built.model, built.model_version) == (approximate.model, approximate.model_version)
+    assert built.model == "r2end-serve" and built.similarity == "cosine"
+    assert built.version != approximate.version and built.items == approximate.items
 
 
 def test_recommend_items_and_health_over_http(served):
@@ -56,11 +56,11 @@ def test_recommend_items_and_health_over_http(served):
     answer = requests.post(f"{url}/recommend", json=body, timeout=30)
     assert answer.status_code == 200, answer.text
     got = answer.json()
-    assert got["index_version"] == built["version"] and len(got["items"]) == 10
+    assert got["index_version"] == built.version and got["model"] == "r2end-serve" and len(got["items"]) == 10
     assert not {i["item_id"] for i in got["items"]} & set(body["history"])  # the history is excluded
     scores = [i["score"] for i in got["items"]]
     assert scores == sorted(scores, reverse=True) and all(-1 <= s <= 1 for s in scores)
-    users = artifacts.read_users(cfg.storage_path)
+    users = Layout(cfg.storage_path).read_users()
     assert got["history_text"] == users.column("test_history_text")[0].as_py()  # as training wrote it
 
     kept = requests.post(f"{url}/recommend", json={**body, "exclude_history": False, "k": 3}, timeout=30).json()
@@ -70,29 +70,45 @@ def test_recommend_items_and_health_over_http(served):
     item = requests.get(f"{url}/items/{got['items'][0]['item_id']}", timeout=30).json()
     assert item["title"] == got["items"][0]["title"] and item["metadata_text"]
     health = requests.get(f"{url}/healthz", timeout=30).json()
-    assert health == {"status": "ok", "model_version": got["model_version"], "index_version": built["version"],
-                      "items": built["items"]}
+    assert health == {
+        "status": "ok",
+        "model": "r2end-serve",
+        "model_version": got["model_version"],
+        "index_version": built.version,
+        "items": built.items,
+    }
     assert "/recommend" in requests.get(f"{url}/openapi.json", timeout=30).json()["paths"]
     assert requests.get(f"{url}/docs", timeout=30).status_code == 200
 
 
-@pytest.mark.parametrize("raw, status, says", [
-    (b"{not json", 400, "malformed JSON"),
-    (b"[1, 2]", 422, "valid dictionary"),
-    (json.dumps({"history": []}), 422, "'history' is empty"),
-    (json.dumps({"history": ["NOT-AN-ITEM", "ALSO-NOT"]}), 422, "unknown item ids in history: NOT-AN-ITEM, ALSO-NOT"),
-    (json.dumps({"history": "B000052WYN"}), 422, "history: Input should be a valid list"),
-    (json.dumps({"k": 5}), 422, "exactly one of 'history'"),
-    (json.dumps({"history": ["x"], "history_text": "y"}), 422, "exactly one of 'history'"),
-    (json.dumps({"history_text": "  "}), 422, "'history_text' is empty"),
-    (json.dumps({"history": ["x"], "timestamps": [1, 2]}), 422, "'timestamps' has 2 values for 1"),
-    (json.dumps({"history": ["x"], "timestamps": [5], "at": 4}), 422, "'at' (4) is before the latest history timestamp"),
-    (json.dumps({"history_text": "lip balm", "k": 0}), 422, "k=0 is out of range: 1 to 100"),
-    (json.dumps({"history_text": "lip balm", "k": 101}), 422, "k=101 is out of range: 1 to 100"),
-    (json.dumps({"history_text": "lip balm", "user": "u1"}), 422, "user: Extra inputs are not permitted"),
-    (json.dumps({"history": ["x"] * 201}), 422, "history has 201 items; at most 200"),
-    (json.dumps({"history_text": "x" * 70_000}), 413, "at most 65536"),
-])
+@pytest.mark.parametrize(
+    "raw, status, says",
+    [
+        (b"{not json", 400, "malformed JSON"),
+        (b"[1, 2]", 422, "valid dictionary"),
+        (json.dumps({"history": []}), 422, "'history' is empty"),
+        (
+            json.dumps({"history": ["NOT-AN-ITEM", "ALSO-NOT"]}),
+            422,
+            "unknown item ids in history: NOT-AN-ITEM, ALSO-NOT",
+        ),
+        (json.dumps({"history": "B000052WYN"}), 422, "history: Input should be a valid list"),
+        (json.dumps({"k": 5}), 422, "exactly one of 'history'"),
+        (json.dumps({"history": ["x"], "history_text": "y"}), 422, "exactly one of 'history'"),
+        (json.dumps({"history_text": "  "}), 422, "'history_text' is empty"),
+        (json.dumps({"history": ["x"], "timestamps": [1, 2]}), 422, "'timestamps' has 2 values for 1"),
+        (
+            json.dumps({"history": ["x"], "timestamps": [5], "at": 4}),
+            422,
+            "'at' (4) is before the latest history timestamp",
+        ),
+        (json.dumps({"history_text": "lip balm", "k": 0}), 422, "k=0 is out of range: 1 to 100"),
+        (json.dumps({"history_text": "lip balm", "k": 101}), 422, "k=101 is out of range: 1 to 100"),
+        (json.dumps({"history_text": "lip balm", "user": "u1"}), 422, "user: Extra inputs are not permitted"),
+        (json.dumps({"history": ["x"] * 201}), 422, "history has 201 items; at most 200"),
+        (json.dumps({"history_text": "x" * 70_000}), 413, "at most 65536"),
+    ],
+)
 def test_bad_requests_get_a_4xx_that_names_the_problem(served, raw, status, says):
     url = served[1]
     answer = requests.post(f"{url}/recommend", data=raw, headers={"content-type": "application/json"}, timeout=30)
@@ -113,8 +129,8 @@ def test_new_item_rolls_out_without_dropping_requests(served, tmp_path):
     row = items.filter(pc.equal(items["item_id"], twin)).drop_columns(["item_id"])
     new_items = tmp_path / "new_items.parquet"
     pq.write_table(row.add_column(0, "item_id", pa.array(["R2END-NEW-1"])), new_items)
-    added = index.run(cfg.model_copy(update={"index": cfg.index.model_copy(update={"new_items": str(new_items)})}))
-    assert added["items"] == built["items"] + 1 and added["base_version"] == built["version"]
+    added = index.run(cfg.with_section("index", new_items=str(new_items)))
+    assert added.items == built.items + 1 and added.base_version == built.version
 
     # Light load while the new version rolls out: every request answered, old version then new.
     answers, stop = [], threading.Event()
@@ -122,29 +138,47 @@ def test_new_item_rolls_out_without_dropping_requests(served, tmp_path):
     def load():
         while not stop.is_set():
             response = requests.post(f"{url}/recommend", json=body, timeout=60)
-            answers.append((response.status_code, response.json().get("index_version") if response.ok else response.text))
+            answers.append(
+                (response.status_code, response.json().get("index_version") if response.ok else response.text)
+            )
 
     sender = threading.Thread(target=load)
     sender.start()
     try:
-        deploy.start(cfg, index_version=added["version"])
+        deploy.start(cfg, index_version=added.version)
     finally:
         stop.set()
         sender.join()
     assert answers and all(status == 200 for status, _ in answers), answers
-    assert answers[0][1] == built["version"]
+    assert answers[0][1] == built.version
     after = requests.post(f"{url}/recommend", json=body, timeout=30).json()
-    assert after["index_version"] == added["version"]
+    assert after["index_version"] == added.version
     assert "R2END-NEW-1" in [i["item_id"] for i in after["items"]]
     assert requests.get(f"{url}/items/R2END-NEW-1", timeout=30).json()["title"] == before["items"][0]["title"]
 
 
+def test_a_sequence_model_is_served_behind_the_same_endpoint(served, tmp_path):
+    """SASRec trained on the slice, indexed and rolled out: it reads item ids, so text is refused."""
+    cfg, url, _, body, _ = served
+    train_sasrec.run(cfg.with_section("sasrec", max_epochs=2, run_name="sasrec-serve"))
+    built = index.run(cfg.with_section("index", model="sasrec-serve"))
+    deploy.start(cfg, index_version=built.version)
+    answer = requests.post(f"{url}/recommend", json=body, timeout=30)
+    assert answer.status_code == 200, answer.text
+    got = answer.json()
+    assert got["model"] == "sasrec-serve" and got["history_text"] is None and len(got["items"]) == body["k"]
+    assert not {i["item_id"] for i in got["items"]} & set(body["history"])
+    text = requests.post(f"{url}/recommend", json={"history_text": "1. Lip balm", "k": 3}, timeout=30)
+    assert text.status_code == 422 and "reads item ids" in text.json()["error"]
+    pq.write_table(pa.table({"item_id": ["R2END-NEW-2"], "title": ["Rose lip balm"]}), tmp_path / "new.parquet")
+    with pytest.raises(ValueError, match="new items need a model trained with them"):
+        index.run(cfg.with_section("index", new_items=str(tmp_path / "new.parquet")))
+
+
 def test_health_checks_fail_when_nothing_is_loaded():
-    encoder = object.__new__(UserEncoder.func_or_class)
-    encoder.tower = None
-    with pytest.raises(RuntimeError, match="user encoder not loaded"):
-        encoder.check_health()
+    model = object.__new__(UserModel.func_or_class)
+    with pytest.raises(RuntimeError, match="model not loaded"):
+        model.check_health()
     item_index = object.__new__(ItemIndex.func_or_class)
-    item_index.faiss_index = None
     with pytest.raises(RuntimeError, match="item index not loaded"):
         item_index.check_health()

@@ -1,0 +1,1 @@
+"""Evaluation: full-item ranking metrics, and scoring any recommender on a split of the prepared users."""

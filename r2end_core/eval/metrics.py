@@ -1,0 +1,195 @@
+"""Full-item ranking metrics: HR@K, NDCG@K, long-tail HR/NDCG and catalogue coverage.
+
+Every user is ranked against the whole catalogue (no sampled candidates). Scores are computed
+in chunks of users, so memory stays at ``chunk_size x n_items`` floats whatever the user count.
+
+Ties are counted against the target (pessimistic rank): a model that scores everything equal
+gets no credit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+DEFAULT_KS = (5, 10, 20)
+
+ScoreFn = Callable[[np.ndarray], torch.Tensor]
+"""Maps an array of user positions (rows of the evaluation set) to a [len, n_items] score tensor."""
+
+
+def long_tail_mask(popularity: np.ndarray, head_fraction: float = 0.2) -> np.ndarray:
+    """True for the least popular ``1 - head_fraction`` of items (ties broken by item index).
+
+    >>> long_tail_mask(np.array([5, 0, 9, 1, 3]), head_fraction=0.2).tolist()
+    [True, True, False, True, True]
+    """
+    n_items = len(popularity)
+    n_head = int(round(head_fraction * n_items))
+    order = np.lexsort((np.arange(n_items), -np.asarray(popularity)))  # most popular first
+    tail = np.ones(n_items, dtype=bool)
+    tail[order[:n_head]] = False
+    return tail
+
+
+def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """0-based rank of each row's target among all items; ties count against the target.
+
+    >>> target_ranks(torch.tensor([[0.1, 0.9, 0.5], [1.0, 1.0, 0.0]]), torch.tensor([2, 0])).tolist()
+    [1, 1]
+    """
+    target_scores = scores[torch.arange(scores.shape[0]), targets]
+    return (scores >= target_scores[:, None]).sum(1) - 1
+
+
+def mask_excluded(scores: torch.Tensor, targets: torch.Tensor, exclude: Sequence[np.ndarray]) -> torch.Tensor:
+    """Set each row's excluded items to -inf in place, except the row's target.
+
+    >>> s = mask_excluded(torch.zeros(2, 3), torch.tensor([0, 1]), [np.array([0, 2]), np.array([], dtype=int)])
+    >>> s.tolist()
+    [[0.0, 0.0, -inf], [0.0, 0.0, 0.0]]
+    """
+    lengths = [len(items) for items in exclude]
+    if sum(lengths):
+        rows = torch.as_tensor(np.repeat(np.arange(len(exclude)), lengths))
+        cols = torch.as_tensor(np.concatenate([np.asarray(i, dtype=np.int64) for i in exclude]))
+        keep = cols != targets[rows]
+        scores[rows[keep], cols[keep]] = float("-inf")
+    return scores
+
+
+class Ranking(NamedTuple):
+    """Every user's full ranking, reduced to what the metrics need."""
+
+    ranks: np.ndarray  #: [n_users] 0-based rank of the user's target
+    top: np.ndarray  #: [n_users, max_k] the top-ranked item indices, best first
+
+
+def rank_users(
+    score_fn: ScoreFn,
+    targets: np.ndarray,
+    n_items: int,
+    exclude: Sequence[np.ndarray] | None = None,
+    max_k: int = max(DEFAULT_KS),
+    chunk_size: int = 1024,
+) -> Ranking:
+    """Rank every item for every user.
+
+    Args:
+        score_fn: user positions -> [len, n_items] scores (higher is better).
+        targets: [n_users] item index of each user's held-out item.
+        exclude: per user, item indices removed from the ranking (None: nothing masked).
+        max_k: how many top items to keep per user (for coverage).
+
+    >>> scores = torch.tensor([[0.9, 0.1, 0.5], [0.2, 0.3, 0.1]])
+    >>> ranking = rank_users(lambda rows: scores[torch.as_tensor(rows)], np.array([2, 1]), 3)
+    >>> ranking.ranks.tolist(), ranking.top[:, 0].tolist()
+    ([1, 0], [0, 1])
+    """
+    n_users = len(targets)
+    if n_users == 0:
+        raise ValueError("ranking needs at least one user")
+    max_k = min(max_k, n_items)
+    ranks = np.empty(n_users, dtype=np.int64)
+    top = np.empty((n_users, max_k), dtype=np.int64)
+    for start in range(0, n_users, chunk_size):
+        rows = np.arange(start, min(start + chunk_size, n_users))
+        with torch.no_grad():
+            scores = score_fn(rows).float()
+        chunk_targets = torch.as_tensor(targets[rows], dtype=torch.long)
+        if exclude is not None:
+            mask_excluded(scores, chunk_targets, exclude[start : start + len(rows)])
+        ranks[rows] = target_ranks(scores, chunk_targets).numpy()
+        top[rows] = torch.topk(scores, max_k, dim=1).indices.numpy()
+    return Ranking(ranks, top)
+
+
+def ndcg_gains(ranks: np.ndarray, k: int) -> np.ndarray:
+    """Each user's NDCG@k with one relevant item: 1 / log2(rank + 2) inside the top k, else 0.
+
+    >>> ndcg_gains(np.array([0, 2, 10]), k=10).round(3).tolist()
+    [1.0, 0.5, 0.0]
+    """
+    return np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
+
+
+def ranking_metrics(
+    ranking: Ranking,
+    targets: np.ndarray,
+    n_items: int,
+    tail_items: np.ndarray | None = None,
+    ks: Sequence[int] = DEFAULT_KS,
+) -> dict[str, float]:
+    """HR, NDCG and coverage at each k of a ``Ranking``, and with ``tail_items`` ([n_items] bool, the
+    long-tail items) ``tail_hr@k`` / ``tail_ndcg@k`` over the users whose target is a tail item.
+
+    Returns a dict like ``{"hr@10": 0.09, "ndcg@10": 0.05, "coverage@10": 0.41, "users": 22363, ...}``.
+
+    >>> scores = torch.tensor([[0.9, 0.1, 0.5], [0.2, 0.3, 0.1]])
+    >>> ranking = rank_users(lambda rows: scores[torch.as_tensor(rows)], np.array([2, 1]), 3, max_k=1)
+    >>> m = ranking_metrics(ranking, np.array([2, 1]), 3, ks=(1,))
+    >>> m["hr@1"], round(m["ndcg@1"], 3)
+    (0.5, 0.5)
+    """
+    ranks = ranking.ranks
+    metrics: dict[str, float] = {"users": len(ranks)}
+    for k in sorted(ks):
+        metrics[f"hr@{k}"] = float((ranks < k).mean())
+        metrics[f"ndcg@{k}"] = float(ndcg_gains(ranks, k).mean())
+        metrics[f"coverage@{k}"] = len(np.unique(ranking.top[:, :k])) / n_items
+    if tail_items is not None:
+        in_tail = tail_items[targets]
+        metrics["tail_users"] = int(in_tail.sum())
+        for k in sorted(ks):
+            metrics[f"tail_hr@{k}"] = float((ranks[in_tail] < k).mean()) if in_tail.any() else 0.0
+            metrics[f"tail_ndcg@{k}"] = float(ndcg_gains(ranks[in_tail], k).mean()) if in_tail.any() else 0.0
+    return metrics
+
+
+def paired_difference(ranks_a: np.ndarray, ranks_b: np.ndarray, k: int = 10) -> dict:
+    """Method A minus method B on the same users (same order): HR@k and NDCG@k with the paired
+    standard error, and how many users only one of them hits.
+
+    >>> d = paired_difference(np.array([0, 20, 3, 50]), np.array([30, 1, 40, 60]))
+    >>> d["hr@10"]["difference"], round(d["hr@10"]["se"], 3), d["only_a_hits"], d["only_b_hits"]
+    (0.25, 0.479, 2, 1)
+    """
+    if len(ranks_a) != len(ranks_b) or len(ranks_a) < 2:
+        raise ValueError(
+            f"paired_difference needs the same users (at least two): got {len(ranks_a)} and {len(ranks_b)}"
+        )
+    ranks_a, ranks_b = np.asarray(ranks_a), np.asarray(ranks_b)
+    hits_a, hits_b = ranks_a < k, ranks_b < k
+    out: dict = {
+        "users": len(ranks_a),
+        "only_a_hits": int((hits_a & ~hits_b).sum()),
+        "only_b_hits": int((hits_b & ~hits_a).sum()),
+    }
+    for name, a, b in (("hr", hits_a, hits_b), ("ndcg", ndcg_gains(ranks_a, k), ndcg_gains(ranks_b, k))):
+        diff = a.astype(float) - b.astype(float)
+        se = float(diff.std(ddof=1) / np.sqrt(len(diff)))
+        out[f"{name}@{k}"] = {"difference": float(diff.mean()), "se": se, "z": float(diff.mean() / se) if se else 0.0}
+    return out
+
+
+def format_table(results: dict[str, dict], ks: Sequence[int] = DEFAULT_KS) -> str:
+    """A Markdown table of HR/NDCG per method and split.
+
+    ``results`` maps a method name to ``{"valid": metrics, "test": metrics}``.
+
+    >>> print(format_table({"m": {"test": {"hr@5": 0.1, "ndcg@5": 0.05}}}, ks=(5,)))
+    | method | split | HR@5 | NDCG@5 |
+    |---|---|---|---|
+    | m | test | 0.1000 | 0.0500 |
+    """
+    header = ["method", "split"] + [f"{name}@{k}" for k in ks for name in ("HR", "NDCG")]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method, splits in results.items():
+        for split in ("valid", "test"):
+            if split in splits:
+                values = [f"{splits[split][f'{name}@{k}']:.4f}" for k in ks for name in ("hr", "ndcg")]
+                lines.append("| " + " | ".join([method, split, *values]) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,129 @@
+"""Where every artifact lives under the storage path (a local folder or a pyarrow URI). Table schemas:
+``r2end_core.schemas``; the JSON summaries: ``r2end_core.summaries``.
+
+    <storage_path>/
+      prepared/users/*.parquet          schemas.USERS, one row per user (written by Ray Data)
+      prepared/items.parquet            schemas.ITEMS, one row per catalogue item
+      prepared/report.json              summaries.PrepareReport
+      generated/<kind folder>/          teacher outputs (schemas.USER_OUTPUTS / ITEM_OUTPUTS), one folder per
+                                        kind (teacher.kinds), merged to one row per key at the end of a run
+      generated/summary.json            summaries.GenerateSummary of the last generation run
+      embeddings/items.parquet          schemas.ITEM_EMBEDDINGS: Enc(M_i + D_i) per item
+      embeddings/targets.parquet        schemas.TARGET_EMBEDDINGS: distillation targets per user and kind
+      embeddings/unguided_grounding.parquet   schemas.GROUNDING, when computed here
+      embeddings/report.json            summaries.EmbedReport (with the inputs digest later stages key on)
+      students/<run>/model/             a distilled student (a sentence-transformers folder)
+      students/<run>/metrics.json       summaries.DistillSummary
+      students/<run>/examples.parquet   schemas.DISTILL_EXAMPLES; distances.parquet: schemas.DISTANCES
+      models/<name>/<version>/          a trained recommender (r2end_core.models): manifest.json, its weights,
+                                        items.parquet, metrics.json (summaries.TrainSummary), ranks.parquet
+      models/<name>/latest.json         {"version": the version trained last}
+      index/<version>/                  index.faiss, items.parquet (schemas.INDEX_ITEMS), manifest.json
+      index/latest.json                 {"version": the version built last}
+      caches/text_vectors/<encoder>/    schemas.TEXT_VECTORS: an encoder's embeddings of history texts
+      ray_train/<run>/                  Ray Train runs (checkpoints, progress.json)
+      logs/<stage>.log                  everything a stage printed; logs/ray/: its Ray workers' logs
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from r2end_core import storage
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The paths of one storage path.
+
+    >>> Layout("/a").model_version("sasrec", "v1", "metrics.json")
+    '/a/models/sasrec/v1/metrics.json'
+    """
+
+    root: str
+
+    def path(self, *parts: str) -> str:
+        return storage.join(self.root, *[p for p in parts if p])
+
+    # prepare
+    @property
+    def users(self) -> str:
+        return self.path("prepared", "users")
+
+    @property
+    def items(self) -> str:
+        return self.path("prepared", "items.parquet")
+
+    @property
+    def prepare_report(self) -> str:
+        return self.path("prepared", "report.json")
+
+    # generate
+    def generated(self, kind_folder: str) -> str:
+        return self.path("generated", kind_folder)
+
+    @property
+    def generation_summary(self) -> str:
+        return self.path("generated", "summary.json")
+
+    # embed
+    def embeddings(self, name: str) -> str:
+        """``items.parquet``, ``targets.parquet``, ``unguided_grounding.parquet`` or ``report.json``."""
+        return self.path("embeddings", name)
+
+    # distill
+    def student(self, run: str, name: str = "") -> str:
+        return self.path("students", run, name)
+
+    # trained recommenders
+    def model(self, name: str) -> str:
+        return self.path("models", name)
+
+    def model_version(self, name: str, version: str, file: str = "") -> str:
+        return self.path("models", name, version, file)
+
+    def model_latest(self, name: str) -> str:
+        return self.path("models", name, "latest.json")
+
+    # index
+    def index(self, version: str, file: str = "") -> str:
+        return self.path("index", version, file)
+
+    @property
+    def index_latest(self) -> str:
+        return self.path("index", "latest.json")
+
+    # caches, runs, logs
+    def text_vectors(self, encoder_id: str) -> str:
+        return self.path("caches", "text_vectors", encoder_id)
+
+    @property
+    def ray_train(self) -> str:
+        return self.path("ray_train")
+
+    def logs(self, name: str = "") -> str:
+        return self.path("logs", name)
+
+    def prepared_digest(self) -> str:
+        """Names the content of the prepared tables (what a model trained on them was trained on)."""
+        require(self.items, "prepare")
+        return storage.digest([storage.sha256(f) for f in [*storage.list_files(self.users), self.items]])
+
+    # the prepared tables, which every later stage reads
+    def read_users(self) -> pa.Table:
+        """Users sorted by user_id, so every reader sees the same order whatever Ray wrote."""
+        return require(self.users, "prepare") and storage.read_table(self.users).sort_by("user_id")
+
+    def read_items(self) -> pa.Table:
+        return require(self.items, "prepare") and storage.read_table(self.items).sort_by("item_index")
+
+
+def require(path: str, stage: str) -> bool:
+    """True if ``path`` exists, else an error saying which stage writes it."""
+    if not storage.exists(path):
+        raise FileNotFoundError(
+            f"{path} not found: run the {stage} stage (ray_jobs.{stage}) on this storage path first"
+        )
+    return True

@@ -1,0 +1,229 @@
+"""Reasoning distillation (paper §3.2): the student learns history text -> the teacher's target embedding.
+
+    e_u   = Enc_S(H_u)                  the student on the user's raw history text
+    e_u^R = Enc(M_target ⊕ R_u)         the target (see models.r2end.targets)
+    L     = mean_u |e_u - e_u^R|^2
+
+``train_student`` is the training loop (DeepSpeed); ``ray_jobs/distill.py`` runs it on Ray Train workers.
+The student trains in train mode (dropout on), as any fine-tuning does: transformers loads models
+in eval mode.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from r2end_core import schemas, storage
+from r2end_core.config import DistillConfig, DistillTarget, EmbedConfig
+from r2end_core.schemas import to_matrix
+from r2end_core.summaries import Distances
+from r2end_core.text import encoders
+from r2end_core.train import sharding
+
+#: distill.target -> (row kind in the targets table, rejection-sampled users only)
+TARGET_ROWS = {
+    DistillTarget.ORACLE: ("oracle", False),
+    DistillTarget.UNGUIDED_ALL: ("unguided", False),
+    DistillTarget.UNGUIDED_GROUNDED: ("unguided", True),
+    DistillTarget.METADATA: ("metadata", False),
+}
+
+
+def select_targets(targets: pa.Table, target: DistillTarget) -> tuple[list[str], np.ndarray]:
+    """(user ids, ``[users, dim]`` target embeddings) for one ``distill.target`` setting."""
+    kind, accepted_only = TARGET_ROWS[target]
+    rows = targets.filter(pc.equal(targets["target"], kind))
+    if accepted_only:
+        rows = rows.filter(pc.fill_null(rows["accepted"], False))
+    if rows.num_rows == 0:
+        raise ValueError(
+            f"distill.target={target}: the targets table has no '{kind}' rows"
+            + (" accepted by rejection sampling" if accepted_only else "")
+            + "; run the embed stage"
+        )
+    return rows.column("user_id").to_pylist(), to_matrix(rows["embedding"])
+
+
+def split_holdout(user_ids: list[str], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the users that train the student and of those held out to measure it. Which
+    users are held out depends on the set of ids, not on their order, so runs on the same users
+    (say, two teachers' answers) train and measure on the same ones.
+
+    >>> train, held = split_holdout(list("abcdefghij"), 0.2, 0)
+    >>> len(train), len(held), sorted(set(train) | set(held)) == list(range(10))
+    (8, 2, True)
+    >>> reverse = list("jihgfedcba")
+    >>> [list("abcdefghij")[i] for i in held] == sorted(reverse[i] for i in split_holdout(reverse, 0.2, 0)[1])
+    True
+    """
+    order = np.argsort(user_ids, kind="stable")[np.random.default_rng(seed).permutation(len(user_ids))]
+    n_held = int(round(fraction * len(user_ids)))
+    if n_held >= len(user_ids):
+        raise ValueError(f"holdout_fraction={fraction} leaves no user to distill from ({len(user_ids)} users)")
+    return np.sort(order[n_held:]), np.sort(order[:n_held])
+
+
+def batch_rows(n_rows: int, batch_size: int, epoch: int, seed: int, world: int = 1) -> list[np.ndarray]:
+    """The global batches of one epoch: a permutation fixed by (seed, epoch), so a resumed run sees the
+    same batches from the step it stopped at, and every rank the same ones (``train.sharding``).
+
+    >>> [b.tolist() for b in batch_rows(5, 2, 0, 0)] == [b.tolist() for b in batch_rows(5, 2, 0, 0)]
+    True
+    >>> [len(b) for b in batch_rows(5, 2, 0, 0)], [len(b) for b in batch_rows(5, 2, 0, 0, world=2)]
+    ([2, 2, 1], [2, 3])
+    """
+    return sharding.cut(np.random.default_rng([seed, epoch]).permutation(n_rows), batch_size, world)
+
+
+def load_student(encoder: str, device: str, max_seq_length: int):
+    """The student before training: Enc itself, reading the end of long history texts (the latest
+    purchases), in train mode. transformers loads weights in eval mode, which would leave dropout off."""
+    return encoders.load_encoder(encoder, device, max_seq_length, keep="end").train()
+
+
+CHECKPOINT_TAG = "student"  # DeepSpeed's folder name inside a checkpoint ("latest" is its own pointer file)
+
+
+def train_student(
+    cfg: DistillConfig,
+    ec: EmbedConfig,
+    examples: pa.Table,
+    model_path: str,
+    device: torch.device,
+    rank: int = 0,
+    world: int = 1,
+    restored: str | None = None,
+) -> Iterator[tuple[dict, Callable[[str], None]]]:
+    """The student's training loop with DeepSpeed, one data-parallel rank of ``world``. Yields every
+    ``cfg.checkpoint_every`` steps (and at the end) a report and a function that saves a checkpoint into
+    a folder (``restored``: such a folder to go on from). Ends with the student saved whole, in fp32, as a
+    sentence-transformers folder at ``model_path`` (by rank 0)."""
+    import deepspeed  # only where it trains: importing it logs accelerator warnings
+
+    torch.manual_seed(cfg.seed)
+    model = load_student(ec.encoder, str(device), ec.max_seq_length)
+    texts, targets = examples.column("history_text").to_pylist(), torch.from_numpy(to_matrix(examples["target"]))
+    per_epoch = len(batch_rows(len(texts), cfg.batch_size, 0, cfg.seed, world))
+    total = cfg.epochs * per_epoch
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(cfg, world))
+    state = {"step": 0, "resumed_from_step": 0, "losses": [], "train_seconds": 0.0}
+    if restored:
+        saved = engine.load_checkpoint(restored, tag=CHECKPOINT_TAG)[1]  # with DeepSpeed's own keys
+        state.update({key: saved[key] for key in state})
+    state["resumed_from_step"] = state["step"]
+    started = time.time() - state["train_seconds"]  # training time summed over every attempt
+    while state["step"] < total:
+        epoch, index = divmod(state["step"], per_epoch)
+        batch = batch_rows(len(texts), cfg.batch_size, epoch, cfg.seed, world)[index]
+        rows = sharding.share(batch, rank, world)
+        features = model.preprocess([texts[i] for i in rows])
+        features = {k: v.to(device) if torch.is_tensor(v) else v for k, v in features.items()}
+        loss = distillation_loss(engine(features)["sentence_embedding"], targets[rows].to(device))
+        engine.backward(loss * sharding.loss_scale(len(rows), len(batch), world))
+        engine.step()
+        state["losses"].append(round(loss.item(), 6))
+        state["step"] += 1
+        if state["step"] % cfg.checkpoint_every == 0 or state["step"] == total:
+            state["train_seconds"] = round(time.time() - started, 1)
+            report = {"total_steps": total, "loss": state["losses"][-1], **state}
+            if state["step"] < total:  # the whole list of losses comes with the last report only
+                report.pop("losses")
+            yield report, lambda folder: engine.save_checkpoint(folder, tag=CHECKPOINT_TAG, client_state=state)
+    # ZeRO-3 splits the weights across workers: gather them, and save a plain fp32 copy on rank 0.
+    with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+        weights = {k: v.detach().float().clone() for k, v in model.state_dict().items()} if rank == 0 else None
+    if rank == 0:
+        student = encoders.load_encoder(ec.encoder, "cpu", ec.max_seq_length, keep="end")
+        student.load_state_dict(weights)
+        with tempfile.TemporaryDirectory() as folder:
+            student.save(folder)
+            storage.upload_folder(folder, model_path)
+
+
+def distillation_loss(student: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Eq. 3: squared L2 distance per user, averaged over users.
+
+    >>> distillation_loss(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])).item()
+    2.0
+    """
+    return (student.float() - target.float()).pow(2).sum(-1).mean()
+
+
+def distances(student: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: L2 distance and cosine similarity between student and target embeddings.
+
+    >>> l2, cos = distances(np.array([[1.0, 0.0]]), np.array([[0.0, 2.0]]))
+    >>> round(float(l2[0]), 4), float(cos[0])
+    (2.2361, 0.0)
+    """
+    l2 = np.linalg.norm(student - target, axis=1)
+    cos = (student * target).sum(1) / (np.linalg.norm(student, axis=1) * np.linalg.norm(target, axis=1))
+    return l2, cos
+
+
+def deepspeed_config(cfg: DistillConfig, world_size: int) -> dict:
+    """DeepSpeed settings for one run: the global batch split evenly across workers, no fp16 (CPU
+    has none); the optimizer is a torch one passed in, so no DeepSpeed op needs compiling."""
+    if cfg.batch_size % world_size:
+        raise ValueError(f"distill.batch_size={cfg.batch_size} does not split over {world_size} workers")
+    return {
+        "train_batch_size": cfg.batch_size,
+        "train_micro_batch_size_per_gpu": cfg.batch_size // world_size,
+        "gradient_accumulation_steps": 1,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "bf16": {"enabled": cfg.dtype == "bfloat16"},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+    }
+
+
+def examples(users: pa.Table, targets: pa.Table, cfg: DistillConfig) -> tuple[pa.Table, pa.Table]:
+    """(training examples, held-out examples), schemas.DISTILL_EXAMPLES: each user's training history text
+    and the target embedding ``cfg.target`` selects."""
+    history = dict(zip(users.column("user_id").to_pylist(), users.column("train_history_text").to_pylist()))
+    user_ids, vectors = select_targets(targets, cfg.target)
+    train, held = split_holdout(user_ids, cfg.holdout_fraction, cfg.seed)
+
+    def table(rows: np.ndarray) -> pa.Table:
+        ids = [user_ids[i] for i in rows]
+        return pa.table(
+            {"user_id": ids, "history_text": [history[u] for u in ids], "target": schemas.vector_column(vectors[rows])},
+            schema=schemas.DISTILL_EXAMPLES,
+        )
+
+    return table(train), table(held)
+
+
+def run_name(cfg: DistillConfig, embeddings_digest: str, storage_path: str) -> str:
+    """The Ray Train run of a student: the same settings and embeddings give the same name, so a re-run
+    resumes its run. ``epochs`` is left out, so raising it continues a finished run, and so is
+    ``checkpoint_every``, which does not change the weights."""
+    settings = {
+        "distill": cfg.model_dump(mode="json", exclude={"epochs", "checkpoint_every"}),
+        "embeddings": embeddings_digest,
+        "storage_path": storage_path,
+        "holdout": "by-user-id",  # runs that split by row order held out other users: never resume them
+    }
+    return f"distill-{cfg.run_name}-{storage.digest(settings)}"
+
+
+def distance_table(
+    user_ids: list[str], targets: np.ndarray, before: np.ndarray, after: np.ndarray
+) -> tuple[pa.Table, dict]:
+    """Per held-out user (schemas.DISTANCES) and summarised: L2 and cosine between the target and Enc's
+    embedding of the history (before) and the student's (after)."""
+    (l2_before, cos_before), (l2_after, cos_after) = distances(before, targets), distances(after, targets)
+    columns = {"l2_before": l2_before, "l2_after": l2_after, "cos_before": cos_before, "cos_after": cos_after}
+    summary = {
+        name: Distances(mean=round(float(v.mean()), 4), median=round(float(np.median(v)), 4))
+        for name, v in columns.items()
+    }
+    return pa.table({"user_id": user_ids, **columns}, schema=schemas.DISTANCES), summary

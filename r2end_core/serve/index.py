@@ -1,0 +1,188 @@
+"""The item index (paper §3.5): a model's item vectors in faiss, with the item-id map and the model they
+came from, saved as a version that serving loads whole.
+
+    <storage_path>/index/<version>/index.faiss     faiss index over the model's item vectors
+    <storage_path>/index/<version>/items.parquet   schemas.INDEX_ITEMS, in the index's row order
+    <storage_path>/index/<version>/manifest.json   summaries.IndexSummary: the model (name and version),
+                                                   index kind and settings, recall (or exact)
+    <storage_path>/index/latest.json               {"version": the version built last}
+
+Scores are inner products: cosine similarities for a model whose vectors are unit length (R2END),
+plain dot products otherwise (SASRec). ``flat`` is exact; ``ivf`` and ``hnsw`` are approximate, and the
+index stage reports their recall against exact search.
+"""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pyarrow as pa
+
+from r2end_core import schemas, storage
+from r2end_core.config import INDEX_SETTINGS, IndexConfig, IndexKind
+from r2end_core.data.histories import Histories
+from r2end_core.layout import Layout
+from r2end_core.models.base import Recommender
+from r2end_core.summaries import IndexSummary
+
+
+def resolve_version(layout: Layout, version: str) -> str:
+    """``"latest"`` -> the version built last; any other name must exist."""
+    if version == "latest":
+        if not storage.exists(layout.index_latest):
+            raise FileNotFoundError(
+                f"no index under {layout.path('index')}: run the index stage (ray_jobs.index) on this storage "
+                "path first"
+            )
+        version = storage.read_json(layout.index_latest)["version"]
+    if not storage.exists(layout.index(version, "manifest.json")):
+        raise FileNotFoundError(f"index version '{version}' not found under {layout.path('index')}")
+    return version
+
+
+def version_name(kind: str, *parts: object) -> str:
+    """A version named by what went into it, so the same inputs give the same version.
+
+    >>> version_name("flat", {"model": 1}, ["a", "b"])
+    'flat-449988b201'
+    """
+    return f"{kind}-{storage.digest(parts)}"
+
+
+def build(vectors: np.ndarray, cfg: IndexConfig) -> faiss.Index:
+    """A faiss index over ``vectors``, searched by inner product.
+
+    >>> vectors = np.eye(4, dtype=np.float32)
+    >>> build(vectors, IndexConfig(kind="hnsw")).ntotal
+    4
+    """
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    dim = vectors.shape[1]
+    if cfg.kind == IndexKind.FLAT:
+        index = faiss.IndexFlatIP(dim)
+    elif cfg.kind == IndexKind.IVF:
+        # faiss wants about 39 training points per cluster; fewer clusters on a small catalogue.
+        nlist = max(1, min(cfg.nlist, len(vectors) // 39))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(vectors)
+        index.nprobe = min(cfg.nprobe, nlist)
+    else:
+        index = faiss.IndexHNSWFlat(dim, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = cfg.ef_search
+    index.add(vectors)
+    return index
+
+
+def search(
+    index: faiss.Index, queries: np.ndarray, k: int, exclude: list[set[int]] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` rows and scores per query, best first, never a row in that query's ``exclude``.
+
+    Rows are -1 (score -inf) where the index has fewer than ``k`` items left.
+
+    >>> index = build(np.eye(3, dtype=np.float32), IndexConfig())
+    >>> rows, scores = search(index, np.array([[1, 0.5, 0]], dtype=np.float32), 2, exclude=[{0}])
+    >>> rows.tolist(), scores.round(2).tolist()
+    ([[1, 2]], [[0.5, 0.0]])
+    """
+    exclude = exclude or [set()] * len(queries)
+    fetch = min(index.ntotal, k + max(len(e) for e in exclude))
+    scores, rows = index.search(np.ascontiguousarray(queries, dtype=np.float32), fetch)
+    out_rows = np.full((len(queries), k), -1, dtype=np.int64)
+    out_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    for q in range(len(queries)):
+        kept = [(r, s) for r, s in zip(rows[q], scores[q]) if r >= 0 and r not in exclude[q]][:k]
+        out_rows[q, : len(kept)] = [r for r, _ in kept]
+        out_scores[q, : len(kept)] = [s for _, s in kept]
+    return out_rows, out_scores
+
+
+def recall(index: faiss.Index, exact: faiss.Index, queries: np.ndarray, k: int) -> float:
+    """Mean share of exact search's top-``k`` that ``index`` also returns."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    _, approx_rows = index.search(queries, k)
+    _, exact_rows = exact.search(queries, k)
+    return float(np.mean([len(set(a) & set(e)) / k for a, e in zip(approx_rows, exact_rows)]))
+
+
+def save(layout: Layout, index: faiss.Index, items: pa.Table, manifest: IndexSummary) -> None:
+    """Write one version; ``latest.json`` moves last, so a reader never sees half a version."""
+    if items.num_rows != index.ntotal:
+        raise ValueError(f"{items.num_rows} items for an index of {index.ntotal} vectors")
+    with storage.open_output(layout.index(manifest.version, "index.faiss")) as out:
+        out.write(faiss.serialize_index(index).tobytes())
+    storage.write_table(items.cast(schemas.INDEX_ITEMS), layout.index(manifest.version, "items.parquet"))
+    manifest.write(layout.index(manifest.version, "manifest.json"))
+    storage.write_json({"version": manifest.version}, layout.index_latest)
+
+
+def load(layout: Layout, version: str) -> tuple[faiss.Index, pa.Table, IndexSummary]:
+    """(index, items, manifest) of one version (``"latest"`` allowed)."""
+    version = resolve_version(layout, version)
+    with storage.open_input(layout.index(version, "index.faiss")) as f:
+        index = faiss.deserialize_index(np.frombuffer(f.read(), dtype=np.uint8))
+    return index, load_items(layout, version), load_manifest(layout, version)
+
+
+def load_items(layout: Layout, version: str) -> pa.Table:
+    """A version's items (schemas.INDEX_ITEMS, in row order), without its index."""
+    return storage.read_table(layout.index(resolve_version(layout, version), "items.parquet"))
+
+
+def load_manifest(layout: Layout, version: str) -> IndexSummary:
+    return IndexSummary.read(layout.index(resolve_version(layout, version), "manifest.json"), "index")
+
+
+def build_version(
+    layout: Layout, model: Recommender, items: pa.Table, ic: IndexConfig, queries: Histories
+) -> IndexSummary:
+    """A new version over every item of ``model`` (``items``: the prepared catalogue, for titles and
+    metadata text). An approximate kind's recall against exact search is measured with ``queries``."""
+    if model.item_ids != items.column("item_id").to_pylist():
+        raise ValueError(f"model {model.manifest.name} was trained on another catalogue than the prepared items")
+    vectors = model.item_vectors()
+    index = build(vectors, ic)
+    quality = {"exact": True}
+    if ic.kind != IndexKind.FLAT:
+        exact = build(vectors, ic.model_copy(update={"kind": IndexKind.FLAT}))
+        quality = {
+            "exact": False,
+            f"recall@{ic.recall_k}": recall(index, exact, model.user_vectors(queries), ic.recall_k),
+            "queries": len(queries),
+        }
+    settings = ic.model_dump(mode="json", include={"kind", *INDEX_SETTINGS[ic.kind]})
+    catalogue = items.select(["item_id", "title", "metadata_text"])
+    manifest = IndexSummary(
+        version=version_name(ic.kind, model.manifest.model_dump(mode="json"), settings, model.item_ids),
+        items=index.ntotal,
+        model=model.manifest.name,
+        model_version=model.manifest.version,
+        similarity=model.manifest.similarity,
+        settings=settings,
+        quality=quality,
+        base_version=None,
+        added_items=0,
+    )
+    save(layout, index, catalogue, manifest)
+    return manifest
+
+
+def add_items(layout: Layout, model: Recommender, base_version: str, new_items: pa.Table) -> IndexSummary:
+    """A new version: a built one (whose model is ``model``) plus ``new_items`` (``item_id``, ``title``,
+    ``metadata_text``: ``contract.read_new_items``), embedded by the model from their metadata text."""
+    index, catalogue, manifest = load(layout, base_version)
+    texts = new_items.column("metadata_text").to_pylist()
+    index.add(np.ascontiguousarray(model.new_item_vectors(texts), dtype=np.float32))
+    catalogue = pa.concat_tables([catalogue, new_items.cast(schemas.INDEX_ITEMS)])
+    manifest = manifest.model_copy(
+        update={
+            "version": version_name(
+                manifest.settings["kind"], manifest.version, new_items.column("item_id").to_pylist(), texts
+            ),
+            "items": index.ntotal,
+            "base_version": manifest.version,
+            "added_items": manifest.added_items + new_items.num_rows,
+        }
+    )
+    save(layout, index, catalogue, manifest)
+    return manifest

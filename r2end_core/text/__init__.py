@@ -1,0 +1,1 @@
+"""Text encoders (sentence-transformers, bundled or from a folder) and a cache of their embeddings."""

@@ -1,0 +1,54 @@
+"""Batch text encoding on Ray Data: a pool of sentence-transformers actors, results in input order."""
+
+from __future__ import annotations
+
+import numpy as np
+import ray
+import torch
+
+from r2end_core.config import EmbedConfig, Resources
+from r2end_core.text import encoders
+
+
+class _Encoder:
+    def __init__(self, source: str, max_seq_length: int, keep: str, threads: int, device: str):
+        torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS=1 in actors
+        self.model = encoders.load_encoder(source, device, max_seq_length, keep)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"position": batch["position"], "embedding": encoders.encode(self.model, list(batch["text"]))}
+
+
+def encode_texts(
+    texts: list[str], source: str, ec: EmbedConfig, resources: Resources, keep: str = "start"
+) -> np.ndarray:
+    """``[len(texts), dim]`` unit-length float32 embeddings of ``texts`` by the encoder at ``source``.
+
+    ``keep``: see ``encoders.load_encoder`` ("end" for history texts).
+    """
+    if not texts:
+        raise ValueError("encode_texts got no texts")
+    # Similar lengths in one batch pad less: feed the texts sorted by length, restore order after.
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    dataset = ray.data.from_items([{"position": int(i), "text": texts[i]} for i in order])
+    encoded = dataset.map_batches(
+        _Encoder,
+        fn_constructor_kwargs={
+            "source": source,
+            "max_seq_length": ec.max_seq_length,
+            "keep": keep,
+            "threads": resources.cpus_per_worker,
+            "device": "cuda" if resources.use_gpu else "cpu",
+        },
+        compute=ray.data.ActorPoolStrategy(size=ec.actors),
+        batch_size=ec.batch_size * 4,
+        num_cpus=resources.cpus_per_worker,
+        num_gpus=1 if resources.use_gpu else 0,
+    )
+    positions, vectors = [], []
+    for batch in encoded.iter_batches(batch_format="numpy", batch_size=None):
+        positions.append(batch["position"])
+        vectors.append(batch["embedding"])
+    out = np.empty((len(texts), vectors[0].shape[1]), dtype=np.float32)
+    out[np.concatenate(positions)] = np.concatenate(vectors)
+    return out

@@ -1,0 +1,108 @@
+"""Distillation pieces, and one real training step of MiniLM toward real targets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from r2end_core import schemas
+from r2end_core.config import DistillConfig
+from r2end_core.models.r2end import distill
+from r2end_core.text import encoders
+
+
+def targets_table() -> pa.Table:
+    rows = [
+        ("a", "oracle", None),
+        ("b", "oracle", None),
+        ("a", "unguided", True),
+        ("b", "unguided", False),
+        ("a", "metadata", None),
+    ]
+    return pa.table(
+        {
+            "user_id": [r[0] for r in rows],
+            "target": [r[1] for r in rows],
+            "accepted": [r[2] for r in rows],
+            "embedding": schemas.vector_column(np.eye(5, 3, dtype=np.float32)),
+        },
+        schema=schemas.TARGET_EMBEDDINGS,
+    )
+
+
+def test_select_targets_per_setting():
+    table = targets_table()
+    assert distill.select_targets(table, "oracle")[0] == ["a", "b"]
+    assert distill.select_targets(table, "unguided_all")[0] == ["a", "b"]
+    ids, vectors = distill.select_targets(table, "unguided_grounded")
+    assert ids == ["a"] and vectors.tolist() == [[0.0, 0.0, 1.0]]
+    with pytest.raises(ValueError, match="no 'unguided' rows accepted by rejection sampling"):
+        distill.select_targets(table.filter(pa.compute.equal(table["accepted"], False)), "unguided_grounded")
+
+
+def test_resumed_batches_are_the_same_batches():
+    first = distill.batch_rows(10, 3, epoch=1, seed=22)
+    assert [b.tolist() for b in first] == [b.tolist() for b in distill.batch_rows(10, 3, epoch=1, seed=22)]
+    assert sorted(np.concatenate(first).tolist()) == list(range(10))
+    assert [b.tolist() for b in first] != [b.tolist() for b in distill.batch_rows(10, 3, epoch=2, seed=22)]
+
+
+def test_deepspeed_config_splits_the_batch():
+    cfg = DistillConfig(batch_size=16, zero_stage=3, dtype="bfloat16")
+    ds = distill.deepspeed_config(cfg, 2)
+    assert ds["train_micro_batch_size_per_gpu"] == 8 and ds["zero_optimization"]["stage"] == 3 and ds["bf16"]["enabled"]
+    with pytest.raises(ValueError, match="does not split over 3 workers"):
+        distill.deepspeed_config(cfg, 3)
+
+
+def test_a_training_step_moves_the_student_toward_its_targets(prepared_tables):
+    users, items = prepared_tables
+    torch.manual_seed(0)
+    model = distill.load_student("bundled:all-minilm-l6-v2", "cpu", max_seq_length=128)
+    histories = users.column("train_history_text").to_pylist()[:8]
+    targets = torch.from_numpy(encoders.encode(model, items.column("metadata_text").to_pylist()[:8]))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    losses = []
+    for _ in range(3):
+        loss = distill.distillation_loss(model(model.preprocess(histories))["sentence_embedding"], targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+def test_the_student_trains_with_dropout_on():
+    """transformers loads MiniLM in eval mode; the student the distill loop trains is in train mode."""
+    dropouts = lambda model: [m.training for m in model.modules() if isinstance(m, torch.nn.Dropout)]  # noqa: E731
+    assert not any(dropouts(encoders.load_encoder("bundled:all-minilm-l6-v2")))
+    student = distill.load_student("bundled:all-minilm-l6-v2", "cpu", 128)
+    assert dropouts(student) and all(dropouts(student))
+    features = student.preprocess(["1. 2014-01-01: Rose lip balm"])
+    assert not torch.equal(student(dict(features))["sentence_embedding"], student(dict(features))["sentence_embedding"])
+
+
+def test_examples_hold_out_users_by_id(prepared_tables):
+    users, _ = prepared_tables
+    ids = users.column("user_id").to_pylist()[:20]
+    targets = pa.table(
+        {
+            "user_id": ids,
+            "target": ["oracle"] * 20,
+            "accepted": [None] * 20,
+            "embedding": schemas.vector_column(np.eye(20, 4, dtype=np.float32)),
+        },
+        schema=schemas.TARGET_EMBEDDINGS,
+    )
+    train, held = distill.examples(users, targets, DistillConfig(holdout_fraction=0.25))
+    assert (
+        train.num_rows == 15
+        and held.num_rows == 5
+        and not set(train["user_id"].to_pylist()) & set(held["user_id"].to_pylist())
+    )
+    history = dict(zip(users.column("user_id").to_pylist(), users.column("train_history_text").to_pylist()))
+    assert train.schema.equals(schemas.DISTILL_EXAMPLES) and all(
+        history[u] == t for u, t in zip(train["user_id"].to_pylist(), train["history_text"].to_pylist())
+    )

@@ -1,0 +1,129 @@
+"""SASRec on real Beauty sequences: batches (one rank and several), causality, training, its recommender."""
+
+import copy
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from r2end_core import models
+from r2end_core.config import HistoryRule, SasrecArgs, SasrecConfig
+from r2end_core.data.histories import Histories
+from r2end_core.data.items import UnknownItemsError
+from r2end_core.data.splits import Split, index_sequences, training_part
+from r2end_core.eval.evaluate import EvalSet, evaluate
+from r2end_core.layout import Layout
+from r2end_core.models import sasrec
+
+SMALL = SasrecArgs(hidden_size=32, num_heads=2, inner_size=64, max_len=20, dropout=0.2)
+
+
+def recommender(module: sasrec.SASRec, items) -> sasrec.SasrecRecommender:
+    manifest = sasrec.manifest("sasrec-test", SMALL, items.num_rows, HistoryRule(), {})
+    return sasrec.SasrecRecommender(module, items.column("item_id").to_pylist(), manifest)
+
+
+def test_batches_cover_every_training_position_once(prepared_tables):
+    users, items = prepared_tables
+    train = [training_part(s) + 1 for s in index_sequences(users, items)]
+    seen = []
+    for inputs, targets, positions in sasrec.training_batches(train, 32, 20, np.random.default_rng(0), pool_batches=3):
+        real = targets > 0
+        assert torch.equal(inputs[:, 1:][real[:, 1:]], targets[:, :-1][real[:, 1:]])  # targets are inputs shifted
+        assert positions == int(real.sum())  # one rank: its batch is the global batch
+        seen.append(int(real.sum()))
+    assert sum(seen) == sum(min(len(s), 21) - 1 for s in train)
+
+
+@pytest.mark.parametrize("users, world", [(257, 2), (130, 3)])
+def test_every_rank_runs_the_same_steps_and_together_they_cover_each_batch(prepared_tables, users, world):
+    """257 users in batches of 128 over 2 ranks: the last global batch has one user. Each rank takes its
+    share of the same global batches, so they step together and none is ever empty."""
+    seqs, items = prepared_tables[0], prepared_tables[1]
+    train = [training_part(s) + 1 for s in index_sequences(seqs, items)][:users]
+    per_rank = [
+        list(sasrec.training_batches(train, 128, 20, np.random.default_rng(0), rank, world)) for rank in range(world)
+    ]
+    assert len({len(batches) for batches in per_rank}) == 1
+    for step in zip(*per_rank):
+        assert all(int((targets > 0).sum()) > 0 for _, targets, _ in step)
+        assert sum(int((targets > 0).sum()) for _, targets, _ in step) == step[0][2]  # the shares make the batch
+
+
+def test_attention_is_causal():
+    torch.manual_seed(0)
+    model = sasrec.SASRec(50, SMALL).eval()
+    a = torch.tensor([[3, 9, 4, 7]])
+    b = torch.tensor([[3, 9, 4, 12]])
+    assert torch.allclose(model(a)[0, :3], model(b)[0, :3])
+    assert not torch.allclose(model(a)[0, 3], model(b)[0, 3])
+
+
+def test_batched_user_vectors_match_one_at_a_time(prepared_tables):
+    users, items = prepared_tables
+    torch.manual_seed(0)
+    model = sasrec.SASRec(items.num_rows, SMALL).eval()
+    tokens = [s[:-1] + 1 for s in index_sequences(users, items)[:40]]
+    batched = sasrec.user_vectors(model, tokens, torch.device("cpu"), batch_size=16)
+    with torch.no_grad():
+        single = torch.stack([model(torch.as_tensor(t[-SMALL.max_len :])[None])[0, -1] for t in tokens])
+    assert torch.allclose(batched, single, atol=1e-5)
+
+
+def test_training_lowers_loss_and_beats_untrained(prepared_tables):
+    users, items = prepared_tables
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    module = sasrec.SASRec(items.num_rows, SMALL)
+    valid = EvalSet.build(users, items, Split.VALID)
+    before = evaluate(recommender(module, items), valid).metrics
+    optimizer = torch.optim.Adam(module.parameters(), lr=5e-3)
+    train = [training_part(s) + 1 for s in index_sequences(users, items)]
+    losses = [
+        sasrec.train_one_epoch(module, optimizer, sasrec.training_batches(train, 64, 20, rng), torch.device("cpu"))
+        for _ in range(8)
+    ]
+    after = evaluate(recommender(module, items), valid).metrics
+    assert losses[-1] < losses[0] - 0.5
+    assert after["ndcg@20"] > before["ndcg@20"]
+    assert {"hr@10", "ndcg@10", "coverage@10", "tail_hr@10"} <= set(after)
+
+
+def test_the_saved_model_loads_and_scores_the_same(tmp_path, prepared_tables):
+    users, items = prepared_tables
+    torch.manual_seed(0)
+    model = recommender(sasrec.SASRec(items.num_rows, SMALL), items)
+    layout = Layout(str(tmp_path))
+    model.manifest = models.save(layout, model.manifest, model.write_files)
+    loaded = models.load(layout, "sasrec-test")
+    assert (
+        loaded.manifest == model.manifest and models.save(layout, model.manifest, model.write_files) == model.manifest
+    )
+    valid = EvalSet.build(users, items, Split.VALID)
+    assert evaluate(loaded, valid).metrics == evaluate(model, valid).metrics
+    with pytest.raises(UnknownItemsError):
+        loaded.user_vectors(Histories([["NOT-AN-ITEM"]]))
+    with pytest.raises(ValueError, match="new items need a model trained with them"):
+        loaded.new_item_vectors(["Rose lip balm"])
+
+
+def test_the_training_loop_selects_on_validation_and_resumes_where_it_stopped(prepared_tables):
+    """The loop the Ray Train workers run, here in one process: each epoch yields a state to checkpoint; a
+    run restarted from one goes on from the next epoch, exactly as the uninterrupted run did."""
+    users, items = prepared_tables
+    cfg = SasrecConfig(model=SMALL, batch_size=64, max_epochs=3, seed=3)
+    run = lambda restored=None: sasrec.train(users, items, cfg, HistoryRule(), torch.device("cpu"), restored=restored)  # noqa: E731
+    states = [copy.deepcopy(state) for state, _ in run()]
+    assert [s["epoch"] for s in states] == [1, 2, 3] and states[-1]["resumed_from_epoch"] == 0
+    best = max(states[-1]["history"], key=lambda record: record["valid"]["ndcg@10"])
+    assert states[-1]["best"]["epoch"] == best["epoch"]
+    # Resumed after epoch 1 (its checkpoint through torch.save and a weights-only load), the loop trains
+    # epochs 2 and 3 exactly as the run that was never stopped.
+    buffer = io.BytesIO()
+    torch.save(states[0], buffer)
+    resumed = [copy.deepcopy(state) for state, _ in run(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True))]
+    assert [s["epoch"] for s in resumed] == [2, 3] and resumed[-1]["resumed_from_epoch"] == 1
+    assert (
+        resumed[-1]["history"] == states[-1]["history"] and resumed[-1]["best"]["epoch"] == states[-1]["best"]["epoch"]
+    )

@@ -1,0 +1,101 @@
+"""The faiss item index and new-item files (no Ray)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from r2end_core.config import IndexConfig
+from r2end_core.data.contract import DataValidationError, read_new_items
+from r2end_core.layout import Layout
+from r2end_core.serve import index
+from r2end_core.summaries import IndexSummary
+
+
+def unit_rows(n: int, dim: int = 32, seed: int = 0) -> np.ndarray:
+    vectors = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_every_kind_finds_the_nearest_item_and_survives_a_save(tmp_path, kind):
+    items = unit_rows(2000)
+    built = index.build(items, IndexConfig(kind=kind, nlist=16, nprobe=16))
+    queries = items[:50] + 0.01 * unit_rows(50, seed=1)  # each query sits next to one item
+    rows, scores = index.search(built, queries, 5)
+    assert (rows[:, 0] == np.arange(50)).mean() >= 0.95 and np.all(np.diff(scores, axis=1) <= 1e-6)
+    catalogue = pa.table(
+        {
+            "item_id": [f"I{i}" for i in range(2000)],
+            "title": [None] * 2000,
+            "metadata_text": [f"item {i}" for i in range(2000)],
+        }
+    )
+    layout = Layout(str(tmp_path))
+    manifest = IndexSummary(
+        version=f"{kind}-v1",
+        items=2000,
+        model="m",
+        model_version="v",
+        similarity="cosine",
+        settings={"kind": kind},
+        quality={},
+        base_version=None,
+        added_items=0,
+    )
+    index.save(layout, built, catalogue, manifest)
+    loaded, items_back, manifest = index.load(layout, "latest")
+    assert manifest.version == f"{kind}-v1" and items_back.num_rows == loaded.ntotal == 2000
+    # Search settings (nprobe, efSearch) travel with the saved index: same answers after loading.
+    assert np.array_equal(index.search(loaded, queries, 5)[0], rows)
+
+
+def test_approximate_recall_is_measured_against_exact():
+    items, queries = unit_rows(3000), unit_rows(100, seed=2)
+    exact = index.build(items, IndexConfig())
+    assert index.recall(exact, exact, queries, 10) == 1.0
+    coarse = index.build(items, IndexConfig(kind="ivf", nlist=64, nprobe=1))
+    assert 0 < index.recall(coarse, exact, queries, 10) < 1
+
+
+def test_search_skips_excluded_rows_and_pads_a_small_index():
+    built = index.build(np.eye(3, dtype=np.float32), IndexConfig())
+    rows, scores = index.search(built, np.array([[1, 0.5, 0.1]], dtype=np.float32), 3, exclude=[{0}])
+    assert rows.tolist() == [[1, 2, -1]] and scores[0, 2] == -np.inf
+
+
+def test_version_names_follow_their_inputs():
+    assert index.version_name("flat", {"a": 1}) == index.version_name("flat", {"a": 1})
+    assert index.version_name("flat", {"a": 1}) != index.version_name("flat", {"a": 2})
+
+
+def test_unknown_version_says_what_to_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run the index stage"):
+        index.resolve_version(Layout(str(tmp_path)), "latest")
+
+
+def test_new_items_file_is_checked(tmp_path):
+    path = str(tmp_path / "new.parquet")
+    pq.write_table(pa.table({"item_id": ["N1", "N2"], "title": ["Rose balm", None], "price": [3.5, None]}), path)
+    new = read_new_items(path, known_ids={"B1"})
+    assert new.column("metadata_text").to_pylist() == ["Rose balm; price: $3.50", "item N2"]
+    for table, problem in (
+        (pa.table({"item_id": ["N1", "N1"], "title": ["a", "b"]}), "duplicate ids"),
+        (pa.table({"item_id": ["B1"], "title": ["a"]}), "already in the index"),
+        (
+            pa.table(
+                {"item_id": [None, "N3"], "title": ["a", "b"]},
+                schema=pa.schema([("item_id", pa.string()), ("title", pa.string())]),
+            ),
+            "null ids",
+        ),
+        (pa.table({"item_id": ["N1"]}), "no metadata column"),
+        (pa.table({"title": ["a"]}), "missing required column"),
+    ):
+        pq.write_table(table, path)
+        with pytest.raises(DataValidationError, match=problem):
+            read_new_items(path, known_ids={"B1"})
+    with pytest.raises(DataValidationError, match="file not found"):
+        read_new_items(str(tmp_path / "absent.parquet"), set())

@@ -69,8 +69,9 @@ def report(config: dict, metrics: dict, state: dict | None = None, save: Callabl
     """Report ``metrics`` from every worker; with ``state`` (kept from rank 0) or ``save`` (called on every
     rank with a folder to write into) as a checkpoint."""
     rank = ray.train.get_context().get_world_rank()
-    if rank == 0:
-        storage.write_json(metrics, config["_progress"])
+    if rank == 0:  # every report of this attempt, for the driver to show
+        config.setdefault("_reports", []).append(metrics)
+        storage.write_json(config["_reports"], config["_progress"])
     if state is None and save is None:
         ray.train.report(metrics)
         return
@@ -118,13 +119,14 @@ def fit(
 
 
 def _show_progress(path: str, describe: Callable[[dict], str], done: threading.Event) -> None:
-    shown = storage.read_json(path) if storage.exists(path) else None  # a resumed run's last report
+    shown = storage.read_json(path) if storage.exists(path) else []  # an earlier attempt's reports
     while True:
         finished = done.wait(2.0)
-        latest = storage.read_json(path) if storage.exists(path) else None
-        if latest is not None and latest != shown:
-            log.info("  " + describe(latest))
-            shown = latest
+        reports = storage.read_json(path) if storage.exists(path) else []
+        new = reports if reports[: len(shown)] != shown else reports[len(shown) :]  # a new attempt starts over
+        for report in new:
+            log.info("  " + describe(report))
+        shown = reports
         if finished:
             return
 

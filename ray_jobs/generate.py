@@ -23,7 +23,7 @@ from r2end_core.summaries import GenerateSummary
 from r2end_core.teacher import outputs
 from r2end_core.teacher.folders import read_teacher_outputs
 from r2end_core.teacher.model import resolve_teacher
-from ray_jobs.runtime import log, run_stage
+from ray_jobs.runtime import log, quiet_console, run_stage
 
 SMALL_STAGE = {"num_cpus": 0.25}  # the pre/post-processing tasks must not starve the engine on 2 cores
 
@@ -66,6 +66,7 @@ def run(cfg: PipelineConfig) -> GenerateSummary:
             {k: r[k] for k in ("kind", "key", "prompt")} for r in outputs.render_prompts(plan.requests, model_folder)
         ]
         answers = processor(gc, model_folder)(ray.data.from_items(requests))
+        quiet_console()  # ray.llm sets up its loggers as the processor is built
         for batch in answers.iter_batches(batch_size=gc.write_every, batch_format="pyarrow"):
             first_commit = first_commit or time.time() - started  # engine start and the first answers
             outputs.commit(batch, layout)

@@ -6,6 +6,14 @@ files that are each written atomically. A run first reads what is there (and wha
 it extends hold): a key whose latest row for the current prompt version and model succeeded is done and
 is not generated again; a failed or empty row is kept (with its error) and retried. At the end each
 folder is merged to exactly one row per key (``latest_per_key``).
+
+Why by hand and not with Ray Data's ``CheckpointConfig`` (Ray 2.60): it engages only when a dataset ends
+in a file write, which runs to completion, so a run could no longer stop at its time budget and keep what
+it made; and it skips every id it wrote, failures included, so failed or empty answers would never be
+retried, and an answer made with an older prompt or another teacher would count as done. Deciding what is
+done needs the outputs read with their prompt version, model and error, and once they are read the rest
+is a filter. ``ray.data.llm``'s ``should_continue_on_error`` is used: a failed request becomes a row with
+its error.
 """
 
 from __future__ import annotations

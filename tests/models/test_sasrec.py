@@ -113,7 +113,10 @@ def test_the_training_loop_selects_on_validation_and_resumes_where_it_stopped(pr
     run restarted from one goes on from the next epoch, exactly as the uninterrupted run did."""
     users, items = prepared_tables
     cfg = SasrecConfig(model=SMALL, batch_size=64, max_epochs=3, seed=3)
-    run = lambda restored=None: sasrec.train(users, items, cfg, HistoryRule(), torch.device("cpu"), restored=restored)  # noqa: E731
+
+    def run(restored=None):
+        return sasrec.train(users, items, cfg, HistoryRule(), torch.device("cpu"), restored=restored)
+
     states = [copy.deepcopy(state) for state, _ in run()]
     assert [s["epoch"] for s in states] == [1, 2, 3] and states[-1]["resumed_from_epoch"] == 0
     best = max(states[-1]["history"], key=lambda record: record["valid"]["ndcg@10"])

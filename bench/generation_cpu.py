@@ -31,8 +31,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from r2end_core import storage
 from r2end_core.config import load_config
 from r2end_core.layout import Layout
-from r2end_core.teacher import outputs, prompts, resolve_teacher
+from r2end_core.teacher import outputs, prompts
 from r2end_core.teacher.kinds import KINDS
+from r2end_core.teacher.model import resolve_teacher
 from ray_jobs import generate
 from ray_jobs.runtime import connect
 

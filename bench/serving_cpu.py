@@ -191,7 +191,7 @@ def llm_worker(request_file: str, result_file: str) -> None:
 
 
 def llm_in_the_loop(cfg: PipelineConfig, bodies: list[dict]) -> dict:
-    from r2end_core.teacher import resolve_teacher
+    from r2end_core.teacher.model import resolve_teacher
 
     gc = cfg.generate
     catalogue = Catalogue(index.load_items(Layout(cfg.storage_path), "latest"))

@@ -135,7 +135,7 @@ def main() -> None:
         "speedup_vs_hf_naive": round(job["tokens_per_s"] / one["tokens_per_s"], 2),
         "speedup_vs_hf_batched": round(job["tokens_per_s"] / batched["tokens_per_s"], 2),
         "job_texts_equal_to_hf_one_at_a_time": sum(a == b for a, b in zip(job_texts, hf_texts)),
-        "oracle_users_generated": None if committed is None else committed["kinds"]["oracle"]["rows"],
+        "oracle_users_generated": None if committed is None else committed["run"]["kinds"]["oracle"]["rows"],
         "command": "python -m bench.generation_cpu "
         + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
     }

@@ -45,6 +45,7 @@ from r2end_core.eval.evaluate import EvalSet, evaluate
 from r2end_core.eval.metrics import format_table
 from r2end_core.layout import Layout
 from r2end_core.models.r2end.projection import user_samples
+from r2end_core.summaries import GenerateSummary
 from ray_jobs import distill, embed, project
 from ray_jobs.runtime import run_stage
 
@@ -147,6 +148,31 @@ def sasrec_on_users(cfg: PipelineConfig, name: str) -> tuple[dict, str]:
     return scores, name
 
 
+def describe_teachers(cfg: PipelineConfig) -> tuple[str, list[str]]:
+    """Who wrote the teacher outputs the run read, from each folder's config (or this run's generate
+    section, for the storage path's own generated/), and the folders as given."""
+    if cfg.embed.teacher_outputs is None:
+        run = GenerateSummary.read(Layout(cfg.storage_path).generation_summary, "generate")
+        return f"{run.teacher}, greedy, {run.max_words} words", [storage.join(cfg.storage_path, "generated")]
+    sources = [
+        s.model_copy(
+            update={
+                "folder": os.path.relpath(s.folder),
+                "same_users_as": s.same_users_as and os.path.relpath(s.same_users_as),
+            }
+        )
+        for s in cfg.embed.teacher_outputs
+    ]
+    teachers = dict.fromkeys(
+        "{teacher}, greedy, repetition penalty {repetition_penalty}, {max_words} words".format(
+            **yaml.safe_load((Path(s.folder) / "config.yaml").read_text())["generate"]
+        )
+        + (f" ({'+'.join(s.kinds)})" if s.kinds else "")
+        for s in sources
+    )
+    return " + ".join(teachers), [str(s) for s in sources]
+
+
 def benchmark(cfg: PipelineConfig, args) -> None:
     methods, tag = args.methods.split(","), args.tag
     extra_students = [t for t in args.students.split(",") if t]
@@ -172,25 +198,10 @@ def benchmark(cfg: PipelineConfig, args) -> None:
     chosen = json.loads((results.FOLDER / "sasrec_beauty.json").read_text())["chosen"]
     scored["sasrec"], sasrec_source = timed("sasrec scoring", sasrec_on_users, cfg, chosen)
 
-    sources = [
-        s.model_copy(
-            update={
-                "folder": os.path.relpath(s.folder),
-                "same_users_as": s.same_users_as and os.path.relpath(s.same_users_as),
-            }
-        )
-        for s in cfg.embed.teacher_outputs
-    ]
-    teachers = dict.fromkeys(
-        "{teacher}, greedy, repetition penalty {repetition_penalty}, {max_words} words".format(
-            **yaml.safe_load((Path(s.folder) / "config.yaml").read_text())["generate"]
-        )
-        + (f" ({'+'.join(s.kinds)})" if s.kinds else "")
-        for s in sources
-    )
+    teachers, sources = describe_teachers(cfg)
     setup = {
-        "teacher": " + ".join(teachers),
-        "teacher_outputs": str(sources[0]) if len(sources) == 1 else [str(s) for s in sources],
+        "teacher": teachers,
+        "teacher_outputs": sources[0] if len(sources) == 1 else sources,
         "teacher_rows_outside_same_users": embed_report.teacher_rows_outside_same_users,
         "oracle_users": embed_report.targets.get("oracle"),
         "unguided_users": embed_report.targets.get("unguided"),

@@ -15,7 +15,7 @@ from r2end_core import storage
 from r2end_core.layout import require
 
 #: A metrics dict from ``eval.metrics.ranking_metrics``: {"hr@10": 0.09, "ndcg@10": 0.05, "users": 4000, ...}.
-Metrics = dict[str, float]
+Metrics = dict[str, int | float]  # counts stay integers
 
 
 class Summary(BaseModel):

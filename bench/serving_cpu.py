@@ -77,11 +77,8 @@ def in_process(cfg: PipelineConfig, bodies: list[dict]) -> dict:
     catalogue, model = Catalogue(items), models.load(layout, manifest.model, manifest.model_version)
 
     def answer(body: dict) -> None:
-        history = catalogue.history(body["history"], body.get("timestamps"), body.get("at"))
-        if model.manifest.reads == "text":
-            history.texts = [
-                catalogue.history_text(body["history"], body.get("timestamps"), body.get("at"), model.manifest.history)
-            ]
+        rule = model.manifest.history if model.manifest.reads == "text" else None
+        history = catalogue.history(body["history"], body.get("timestamps"), body.get("at"), text_rule=rule)
         index.search(faiss_index, model.user_vectors(history), body["k"], [catalogue.rows(body["history"])])
 
     answer(bodies[0])  # warm-up

@@ -140,10 +140,14 @@ class SasrecConfig(StrictModel):
     )
 
     @model_validator(mode="after")
-    def _validates_at_least_once(self):
+    def _validates_and_feeds_every_worker(self):
         if self.max_epochs < self.eval_every:
             raise ValueError(
                 f"max_epochs ({self.max_epochs}) < eval_every ({self.eval_every}): no validation would run"
+            )
+        if self.batch_size < self.num_workers:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) < num_workers ({self.num_workers}): a worker gets no users"
             )
         return self
 
@@ -307,6 +311,12 @@ class DistillConfig(StrictModel):
     checkpoint_every: int = Field(50, ge=1, description="Optimizer steps between checkpoints (the unit a kill loses).")
     num_workers: int = Field(1, ge=1, description="Ray Train workers (DeepSpeed data parallel).")
     seed: int = 22
+
+    @model_validator(mode="after")
+    def _batch_splits_over_workers(self):
+        if self.batch_size % self.num_workers:
+            raise ValueError(f"batch_size ({self.batch_size}) does not split over num_workers ({self.num_workers})")
+        return self
 
 
 class R2endArgs(StrictModel):

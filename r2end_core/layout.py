@@ -114,10 +114,12 @@ class Layout:
     # the prepared tables, which every later stage reads
     def read_users(self) -> pa.Table:
         """Users sorted by user_id, so every reader sees the same order whatever Ray wrote."""
-        return require(self.users, "prepare") and storage.read_table(self.users).sort_by("user_id")
+        require(self.users, "prepare")
+        return storage.read_table(self.users).sort_by("user_id")
 
     def read_items(self) -> pa.Table:
-        return require(self.items, "prepare") and storage.read_table(self.items).sort_by("item_index")
+        require(self.items, "prepare")
+        return storage.read_table(self.items).sort_by("item_index")
 
 
 def require(path: str, stage: str) -> bool:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from r2end_core import models
 from r2end_core.config import PipelineConfig
-from r2end_core.data.contract import read_new_items
 from r2end_core.data.histories import Histories
 from r2end_core.data.splits import Split
 from r2end_core.layout import Layout
@@ -30,9 +29,7 @@ def run(cfg: PipelineConfig) -> IndexSummary:
     layout, ic = Layout(cfg.storage_path), cfg.index
     if ic.new_items:
         base = index.load_manifest(layout, ic.base_version or "latest")
-        known = set(index.load_items(layout, base.version).column("item_id").to_pylist())
-        model = models.load(layout, base.model, base.model_version)
-        built = index.add_items(layout, model, base.version, read_new_items(ic.new_items, known))
+        built = index.add_items(layout, models.load(layout, base.model, base.model_version), base.version, ic.new_items)
     else:
         model, users = models.load(layout, ic.model or cfg.project.run_name), layout.read_users()
         _, sample = user_samples(users.num_rows, None, ic.recall_queries, cfg.project.sample_seed)

@@ -86,14 +86,16 @@ def quiet_console() -> None:
         for handler in logger.handlers:
             if type(handler) is not logging.FileHandler and isinstance(handler, logging.StreamHandler):
                 handler.setLevel(max(handler.level, logging.WARNING))
-        if not logger.propagate:
-            logger.handlers += [h for h in files if h not in logger.handlers]
+        if not logger.propagate:  # its records never reach the root's file handler
+            for handler in files:
+                if handler not in logger.handlers:
+                    logger.addHandler(handler)
 
 
 @contextmanager
 def logged(layout: Layout, name: str):
-    """Console: ``log`` (r2end's logger) and warnings. ``<storage_path>/logs/<name>.log``: everything the
-    process logs; ``logs/ray/``: the local cluster's logs, copied at the end."""
+    """Console: ``log`` (r2end's logger) and libraries' warnings. ``<storage_path>/logs/<name>.log``:
+    everything the process logs, Python warnings included; ``logs/ray/``: the local cluster's logs."""
     local = not storage.is_uri(layout.root)
     path = layout.logs(f"{name}.log") if local else os.path.join(tempfile.mkdtemp(), f"{name}.log")
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -115,7 +117,9 @@ def logged(layout: Layout, name: str):
     finally:
         if not local:
             storage.upload_folder(os.path.dirname(path), layout.logs())
-        root.removeHandler(file)
+        for logger in [root, *logging.root.manager.loggerDict.values()]:  # quiet_console gave it to some
+            if isinstance(logger, logging.Logger):
+                logger.removeHandler(file)
         file.close()
 
 

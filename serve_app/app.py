@@ -68,8 +68,10 @@ class UserModel:
     async def user_vectors_batch(self, histories: list[Histories]) -> list[np.ndarray]:
         return list(self.model.user_vectors(Histories.concat(histories)))
 
-    async def user_vector(self, history: Histories) -> np.ndarray:
-        return await self.user_vectors_batch(history) if self.batched else self.model.user_vectors(history)[0]
+    async def user_vector(self, history: Histories) -> tuple[np.ndarray, str]:
+        """The vector, and the version of the model that made it (during a rollout, old or new)."""
+        vector = await self.user_vectors_batch(history) if self.batched else self.model.user_vectors(history)[0]
+        return vector, self.model.manifest.version
 
     def check_health(self) -> None:
         if getattr(self, "model", None) is None:
@@ -81,17 +83,19 @@ class ItemIndex:
     """The faiss index and its item map: top-k item ids, titles and scores for a query vector."""
 
     def __init__(self, storage_path: str, version: str):
-        self.faiss_index, items, _ = index.load(Layout(storage_path), version)
-        self.catalogue = Catalogue(items)
+        self.faiss_index, items, manifest = index.load(Layout(storage_path), version)
+        self.catalogue, self.version = Catalogue(items), manifest.version
 
-    def search(self, vector: np.ndarray, k: int, exclude_ids: list[str]) -> list[dict]:
+    def search(self, vector: np.ndarray, k: int, exclude_ids: list[str]) -> tuple[list[dict], str]:
+        """The top-k items, and the index version that found them (during a rollout, old or new)."""
         exclude = {self.catalogue.row[i] for i in exclude_ids if i in self.catalogue.row}
         rows, scores = index.search(self.faiss_index, vector[None, :], k, [exclude])
-        return [
+        found = [
             {"item_id": self.catalogue.ids[r], "title": self.catalogue.titles[r], "score": float(s)}
             for r, s in zip(rows[0], scores[0])
             if r >= 0
         ]
+        return found, self.version
 
     def check_health(self) -> None:
         if getattr(self, "faiss_index", None) is None or self.faiss_index.ntotal == 0:
@@ -176,15 +180,11 @@ class Recommender:
                 raise HTTPException(422, f"model {self.model.name} ({self.model.kind}) reads item ids: send 'history'")
             return Histories([[]], texts=[body.history_text])
         try:
-            history = self.catalogue.history(body.history, body.timestamps, body.at)
-            if self.model.reads == "text":
-                history.texts = [
-                    self.catalogue.history_text(body.history, body.timestamps, body.at, self.model.history)
-                ]
+            rule = self.model.history if self.model.reads == "text" else None
+            return self.catalogue.history(body.history, body.timestamps, body.at, text_rule=rule)
         except UnknownItemsError as err:
             shown = ", ".join(err.ids[:10]) + (f" and {len(err.ids) - 10} more" if len(err.ids) > 10 else "")
             raise HTTPException(422, f"unknown item ids in history: {shown}") from None
-        return history
 
     @api.post("/recommend", response_model=RecommendResponse)
     async def recommend(self, body: RecommendRequest) -> RecommendResponse:
@@ -199,15 +199,15 @@ class Recommender:
                 422, f"history_text has {len(body.history_text)} characters; at most {cfg.max_text_chars}"
             )
         history = self.history(body)
-        vector = await self._call(self.user_model.user_vector, history)
+        vector, model_version = await self._call(self.user_model.user_vector, history)
         exclude = body.history if body.exclude_history and body.history else []
-        found = await self._call(self.item_index.search, vector, body.k, exclude)
+        found, index_version = await self._call(self.item_index.search, vector, body.k, exclude)
         return RecommendResponse(
             items=found,
             history_text=history.texts[0] if history.texts else None,
             model=self.model.name,
-            model_version=self.model.version,
-            index_version=self.index.version,
+            model_version=model_version,
+            index_version=index_version,
         )
 
     @api.get("/items/{item_id}", response_model=Item)

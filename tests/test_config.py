@@ -60,6 +60,8 @@ def test_a_loop_of_extends_is_named(tmp_path):
         (["sasrec.max_epochs=zero"], "max_epochs"),  # wrong type
         (["prepare.min_interactions=2"], "min_interactions"),  # out of range
         (["sasrec.model.num_heads=3"], "not divisible by num_heads"),  # a model that cannot be built
+        (["sasrec.num_workers=4", "sasrec.batch_size=2"], "a worker gets no users"),
+        (["distill.num_workers=3"], "does not split over num_workers"),
         (["project.model.user_encoder=students"], "user_encoder"),  # not a known kind
         (["sasrec.max_epochs"], "section.field=value"),  # malformed override
     ],

@@ -141,14 +141,30 @@ class Catalogue:
             raise UnknownItemsError(missing)
         return {self.row[i] for i in item_ids}
 
-    def history(self, item_ids: list[str], timestamps: list[int] | None = None, at: int | None = None) -> Histories:
-        """One user's history as a batch of one, oldest first (items are ordered by their timestamps)."""
+    def history(
+        self,
+        item_ids: list[str],
+        timestamps: list[int] | None = None,
+        at: int | None = None,
+        text_rule: HistoryRule | None = None,
+    ) -> Histories:
+        """One user's history as a batch of one, oldest first (items are ordered by their timestamps), with
+        its history text H_u when ``text_rule`` is given: written the way the prepare stage writes training
+        histories. With timestamps, the prediction time ``at`` (default: the last timestamp) sets the window:
+        up to ``rule.max_items`` items in the ``rule.window_days`` before it, else the latest one; without,
+        the last ``rule.max_items`` ids in the order given."""
         if missing := self.unknown(item_ids):
             raise UnknownItemsError(missing)
         if timestamps is None:
-            return Histories([list(item_ids)])
-        order = sorted(range(len(item_ids)), key=lambda p: timestamps[p])
-        return Histories([[item_ids[p] for p in order]], [[timestamps[p] for p in order]], [at])
+            histories = Histories([list(item_ids)])
+        else:
+            order = sorted(range(len(item_ids)), key=lambda p: timestamps[p])
+            histories = Histories([[item_ids[p] for p in order]], [[timestamps[p] for p in order]], [at])
+        if text_rule is not None:
+            (kept,), ids = histories.recent_positions(text_rule), histories.item_ids[0]
+            times = histories.timestamps and [histories.timestamps[0][p] for p in kept]
+            histories.texts = [history_text([ids[p] for p in kept], times, self.metadata_text)]
+        return histories
 
     def history_text(
         self,
@@ -157,14 +173,5 @@ class Catalogue:
         at: int | None = None,
         rule: HistoryRule | None = None,
     ) -> str:
-        """The history text H_u, selected the way the prepare stage selects training histories.
-
-        With timestamps, the prediction time ``at`` (default: the last timestamp) sets the window:
-        up to ``rule.max_items`` items in the ``rule.window_days`` before it, else the latest one.
-        Without, the last ``rule.max_items`` ids in the order given (oldest first).
-        """
-        histories = self.history(item_ids, timestamps, at)
-        rule = rule or HistoryRule()
-        (kept,), ids = histories.recent_positions(rule), histories.item_ids[0]
-        times = histories.timestamps and [histories.timestamps[0][p] for p in kept]
-        return history_text([ids[p] for p in kept], times, self.metadata_text)
+        """The history text H_u alone (``history`` with the rule, by default the paper's)."""
+        return self.history(item_ids, timestamps, at, rule or HistoryRule()).texts[0]

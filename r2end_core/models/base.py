@@ -75,7 +75,8 @@ def model_path(path: str, layout: Layout) -> str:
 
 def save(layout: Layout, manifest: ModelManifest, write_files: Callable[[str], None]) -> ModelManifest:
     """Write a model's files (``write_files(local folder)``) and manifest as a new version; returns the
-    manifest with its version. The same content gives the same version; ``latest.json`` moves last."""
+    manifest with its version. The same content gives the same version, which is then left as it is (with
+    the metrics recorded for it); ``latest.json`` moves last."""
     with tempfile.TemporaryDirectory() as folder:
         write_files(folder)
         weights = {name: storage.sha256(os.path.join(folder, name)) for name in sorted(os.listdir(folder))}
@@ -83,7 +84,8 @@ def save(layout: Layout, manifest: ModelManifest, write_files: Callable[[str], N
         manifest = manifest.model_copy(update={"version": version})
         with open(os.path.join(folder, MANIFEST_FILE), "w") as out:
             out.write(manifest.model_dump_json(indent=2))
-        storage.upload_folder(folder, layout.model_version(manifest.name, version))
+        if not storage.exists(layout.model_version(manifest.name, version, MANIFEST_FILE)):  # else: saved already,
+            storage.upload_folder(folder, layout.model_version(manifest.name, version))  # metrics and all
     storage.write_json({"version": version}, layout.model_latest(manifest.name))
     return manifest
 

@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from r2end_core import schemas, storage
 from r2end_core.config import INDEX_SETTINGS, IndexConfig, IndexKind
+from r2end_core.data.contract import read_new_items
 from r2end_core.data.histories import Histories
 from r2end_core.layout import Layout
 from r2end_core.models.base import Recommender
@@ -167,10 +168,11 @@ def build_version(
     return manifest
 
 
-def add_items(layout: Layout, model: Recommender, base_version: str, new_items: pa.Table) -> IndexSummary:
-    """A new version: a built one (whose model is ``model``) plus ``new_items`` (``item_id``, ``title``,
-    ``metadata_text``: ``contract.read_new_items``), embedded by the model from their metadata text."""
+def add_items(layout: Layout, model: Recommender, base_version: str, new_items_path: str) -> IndexSummary:
+    """A new version: a built one (whose model is ``model``) plus the items of ``new_items_path`` (checked by
+    ``contract.read_new_items``: no id already indexed), embedded by the model from their metadata text."""
     index, catalogue, manifest = load(layout, base_version)
+    new_items = read_new_items(new_items_path, set(catalogue.column("item_id").to_pylist()))
     texts = new_items.column("metadata_text").to_pylist()
     index.add(np.ascontiguousarray(model.new_item_vectors(texts), dtype=np.float32))
     catalogue = pa.concat_tables([catalogue, new_items.cast(schemas.INDEX_ITEMS)])

@@ -191,7 +191,8 @@ def read_item_embeddings(layout: Layout, items: pa.Table) -> pa.Table:
     """The embed stage's item embeddings (schemas.ITEM_EMBEDDINGS) in item_index order, checked against
     the prepared items."""
     path = layout.embeddings("items.parquet")
-    table = require(path, "embed") and storage.read_table(path).sort_by("item_index")
+    require(path, "embed")
+    table = storage.read_table(path).sort_by("item_index")
     if table.num_rows != items.num_rows or not pc.all(pc.equal(table["item_id"], items["item_id"])).as_py():
         raise ValueError(f"{path} does not match the prepared items: run the embed stage again after prepare")
     return table

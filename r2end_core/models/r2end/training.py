@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from r2end_core import models
@@ -33,7 +34,7 @@ class ProjectionRun:
     scorer: recommender.R2endRecommender  # the model without f: user embeddings e_u and item embeddings e_i
     evals: list[EvalSet]  # the scored users on validation and test
     train_users: np.ndarray  # positions (in the users table) of the users whose training target trains f
-    users_table: object  # the prepared users
+    users_table: pa.Table  # the prepared users
 
     @classmethod
     def prepare(

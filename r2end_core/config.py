@@ -415,15 +415,19 @@ class PipelineConfig(StrictModel):
     serve: ServeConfig = ServeConfig()
 
     def with_section(self, section: str, **changes) -> PipelineConfig:
-        """A copy with some fields of one section changed and checked (the config itself is left as it is).
+        """A copy with some fields of one section changed and checked (the config itself is left as it is);
+        a nested block changes only the fields given.
 
         >>> cfg = PipelineConfig(storage_path="/s", prepare={"dataset_path": "/d"})
         >>> cfg.with_section("distill", run_name="x").distill.run_name, cfg.distill.run_name
         ('x', 'student')
+        >>> changed = cfg.with_section("sasrec", model={"dropout": 0.2}).sasrec.model
+        >>> changed.dropout, changed.hidden_size == cfg.sasrec.model.hidden_size
+        (0.2, True)
         """
         copy = self.model_copy(deep=True)
         current = getattr(copy, section)
-        setattr(copy, section, type(current).model_validate({**current.model_dump(), **changes}))
+        setattr(copy, section, type(current).model_validate(_merge(current.model_dump(), changes)))
         return copy
 
 

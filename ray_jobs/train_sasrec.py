@@ -3,7 +3,8 @@
     ray job submit --working-dir . -- python -m ray_jobs.train_sasrec --config configs/beauty-sample.yaml
 
 Writes the model to ``models/<sasrec.run_name>/<version>/`` with its metrics (the loop:
-``r2end_core.models.sasrec.train``).
+``r2end_core.models.sasrec.train``). A run killed part-way resumes from its last epoch when started
+again with the same settings.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def run(cfg: PipelineConfig, score_test: bool = True) -> TrainSummary:
     """Train, select on validation, save; score the test split once unless ``score_test`` is False (a
     caller choosing among several runs scores only the chosen one)."""
     layout, sc, started = Layout(cfg.storage_path), cfg.sasrec, time.time()
-    name = f"{sc.run_name}-{time.strftime('%Y%m%d-%H%M%S')}"  # a new run each time: SASRec trains from scratch
+    name = sasrec.run_name(sc, layout.prepared_digest(), layout.root)
     config = {"storage_path": layout.root, "sasrec": sc.model_dump(), "history": cfg.prepare.history}
     result = ray_train.fit(
         train_loop_per_worker,

@@ -233,6 +233,17 @@ def train(
     )
 
 
+def run_name(cfg: SasrecConfig, prepared_digest: str, storage_path: str) -> str:
+    """The Ray Train run of these settings on this prepared data: a re-run resumes it. ``max_epochs`` and
+    ``patience`` are left out, so raising them continues a finished run."""
+    settings = {
+        "sasrec": cfg.model_dump(mode="json", exclude={"max_epochs", "patience"}),
+        "prepared": prepared_digest,
+        "storage_path": storage_path,
+    }
+    return f"{cfg.run_name}-{storage.digest(settings)}"
+
+
 def manifest(name: str, args: SasrecArgs, n_items: int, history: HistoryRule, inputs: dict[str, str]) -> ModelManifest:
     return ModelManifest(
         kind="sasrec",

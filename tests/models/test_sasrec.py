@@ -130,3 +130,11 @@ def test_the_training_loop_selects_on_validation_and_resumes_where_it_stopped(pr
     assert (
         resumed[-1]["history"] == states[-1]["history"] and resumed[-1]["best"]["epoch"] == states[-1]["best"]["epoch"]
     )
+
+
+def test_a_run_is_named_by_what_changes_its_weights():
+    base = SasrecConfig()
+    name = sasrec.run_name(base, "prepared-1", "/store")
+    assert sasrec.run_name(SasrecConfig(max_epochs=500, patience=40), "prepared-1", "/store") == name  # continues
+    assert sasrec.run_name(SasrecConfig(model=SasrecArgs(dropout=0.1)), "prepared-1", "/store") != name
+    assert sasrec.run_name(base, "prepared-2", "/store") != name

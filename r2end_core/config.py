@@ -58,7 +58,7 @@ class IndexKind(StrEnum):
 INDEX_SETTINGS = {IndexKind.FLAT: (), IndexKind.IVF: ("nlist", "nprobe"), IndexKind.HNSW: ("hnsw_m", "ef_search")}
 
 #: The kinds of teacher output (see r2end_core.teacher.kinds for what each one is).
-TeacherOutputKind = Literal["oracle", "unguided", "item"]
+TeacherOutputKind = Literal["oracle", "unguided", "profile", "item"]
 
 
 class RayConfig(StrictModel):
@@ -350,6 +350,41 @@ class ProjectConfig(StrictModel):
     seed: int = 22
 
 
+class Dllm2recConfig(StrictModel):
+    """DLLM2Rec (RecSys 2024): the baseline SASRec (its ``sasrec`` settings) plus importance-aware ranking
+    distillation from a teacher recommender's top-K and collaborative embedding distillation from r2end's
+    item embeddings. The base loss is SASRec's full-softmax cross-entropy; selection on validation."""
+
+    run_name: str = Field("dllm2rec", pattern=r"^[A-Za-z0-9_.-]+$", description="The model's name under models/.")
+    teacher: str = Field("r2end", description="The teacher: a trained model's name under models/ (latest version).")
+    top_k: int = Field(10, ge=1, description="Teacher's top-K items per training instance (K).")
+    positions: Literal["last", "all"] = Field(
+        "last",
+        description="Training instances with a teacher ranking: each user's training target only, or every "
+        "position the student predicts.",
+    )
+    ranking_weight: float = Field(
+        0.5, ge=0, description="lambda_d: weight of the ranking distillation term (0: without it, an ablation)."
+    )
+    embedding_weight: float = Field(
+        0.2, ge=0, description="Weight of the mapped item embeddings in the input embeddings (0: without, ablation)."
+    )
+    gamma_position: float = Field(0.3, ge=0, description="Weight of the teacher-rank term of each importance weight.")
+    gamma_confidence: float = Field(
+        0.5, ge=0, description="Weight of the teacher-confidence term (how close the teacher put the true target)."
+    )
+    gamma_consistency: float = Field(
+        0.1, ge=0, description="Weight of the consistency term (the item is also in the student's own top-K)."
+    )
+    beta: float = Field(1.0, gt=0, description="Temperature of the position and confidence weights.")
+
+    @model_validator(mode="after")
+    def _distills_something(self):
+        if self.ranking_weight == 0 and self.embedding_weight == 0:
+            raise ValueError("ranking_weight and embedding_weight are both 0: that is plain SASRec (train_sasrec)")
+        return self
+
+
 class IndexConfig(StrictModel):
     model: str | None = Field(None, description="The model (its name under models/) the index serves. None: r2end's.")
     kind: IndexKind = Field(
@@ -407,6 +442,7 @@ class PipelineConfig(StrictModel):
     resources: Resources = Resources()
     prepare: PrepareConfig
     sasrec: SasrecConfig = SasrecConfig()
+    dllm2rec: Dllm2recConfig = Dllm2recConfig()
     generate: GenerateConfig = GenerateConfig()
     embed: EmbedConfig = EmbedConfig()
     distill: DistillConfig = DistillConfig()

@@ -18,6 +18,8 @@
       models/<name>/<version>/          a trained recommender (r2end_core.models): manifest.json, its weights,
                                         items.parquet, metrics.json (summaries.TrainSummary), ranks.parquet
       models/<name>/latest.json         {"version": the version trained last}
+      teacher_rankings/<model>/<version>/<instances>.parquet   schemas.TEACHER_RANKINGS: a trained model's
+                                        top-K for students' training instances (DLLM2Rec)
       index/<version>/                  index.faiss, items.parquet (schemas.INDEX_ITEMS), manifest.json
       index/latest.json                 {"version": the version built last}
       caches/text_vectors/<encoder>/    schemas.TEXT_VECTORS: an encoder's embeddings of history texts
@@ -83,6 +85,9 @@ class Layout:
 
     def model_version(self, name: str, version: str, file: str = "") -> str:
         return self.path("models", name, version, file)
+
+    def teacher_rankings(self, model: str, version: str, instances: str) -> str:
+        return self.path("teacher_rankings", model, version, f"{instances}.parquet")
 
     def model_latest(self, name: str) -> str:
         return self.path("models", name, "latest.json")

@@ -129,6 +129,18 @@ DISTANCES = pa.schema(
     ]
 )
 
+#: teacher_rankings/: a teacher model's top-K items for training instances, each the prediction of the item at
+#: ``position`` of a user's sequence from the items before it; history items are never ranked.
+TEACHER_RANKINGS = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("position", pa.int32(), nullable=False),
+        pa.field("items", pa.list_(pa.int32()), nullable=False),  # item_index, best first
+        pa.field("scores", VECTOR, nullable=False),
+        pa.field("target_distance", pa.float32(), nullable=False),  # squared L2, user vector to the true item's
+    ]
+)
+
 #: A model's items, in the row order of its item vectors (an R2END model adds the item embeddings f projects).
 MODEL_ITEMS = pa.schema([pa.field("item_id", pa.string(), nullable=False)])
 MODEL_ITEM_EMBEDDINGS = MODEL_ITEMS.append(pa.field("embedding", VECTOR, nullable=False))

@@ -19,10 +19,8 @@ from r2end_core.config import PipelineConfig, ProjectConfig
 from r2end_core.layout import Layout
 from r2end_core.models.r2end import recommender, training
 from r2end_core.summaries import TrainSummary
-from r2end_core.text.cache import cached_encode, encoder_id
 from r2end_core.train import selection
-from ray_jobs import ray_train
-from ray_jobs.ray_data import encode_texts
+from ray_jobs import ray_data, ray_train
 from ray_jobs.runtime import run_stage
 
 
@@ -36,11 +34,7 @@ def train_loop_per_worker(config: dict) -> None:
 def run(cfg: PipelineConfig) -> TrainSummary:
     layout, ec, started = Layout(cfg.storage_path), cfg.embed, time.time()
     _, source, weights = recommender.user_encoder(cfg, layout)
-    embed_users = None
-    if source:  # a text encoder: history texts encoded on Ray Data, each once (a cache per encoder)
-        cache = encoder_id(weights, ec.max_seq_length, "end")
-        encode = lambda texts: encode_texts(texts, source, ec, cfg.resources, keep="end")  # noqa: E731
-        embed_users = lambda histories: cached_encode(histories.texts, layout, cache, encode)  # noqa: E731
+    embed_users = ray_data.history_embedder(layout, source, weights, ec, cfg.resources) if source else None
     run = training.ProjectionRun.prepare(cfg, layout, embed_users)
     state = None
     if cfg.project.model.use_projection:

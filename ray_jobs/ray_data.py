@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import ray
 import torch
 
 from r2end_core.config import EmbedConfig, Resources
+from r2end_core.data.histories import Histories
+from r2end_core.layout import Layout
 from r2end_core.text import encoders
+from r2end_core.text.cache import cached_encode, encoder_id
 
 
 class _Encoder:
@@ -52,3 +57,16 @@ def encode_texts(
     out = np.empty((len(texts), vectors[0].shape[1]), dtype=np.float32)
     out[np.concatenate(positions)] = np.concatenate(vectors)
     return out
+
+
+def history_embedder(
+    layout: Layout, source: str, weights: str, ec: EmbedConfig, resources: Resources
+) -> Callable[[Histories], np.ndarray]:
+    """Histories -> the text encoder's embeddings of their history texts, encoded on Ray Data, each text
+    once (a cache per encoder, named by ``weights``): a text model's fast ``embed_users``."""
+    cache = encoder_id(weights, ec.max_seq_length, "end")
+
+    def encode(texts: list[str]) -> np.ndarray:
+        return encode_texts(texts, source, ec, resources, keep="end")
+
+    return lambda histories: cached_encode(histories.texts, layout, cache, encode)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -57,16 +58,19 @@ class SASRec(nn.Module):
     """Next-item model: ``forward(tokens) -> hidden states``; ``catalogue_logits`` scores the catalogue.
 
     Sequences are right-padded with 0, so causal attention never lets a real position see
-    padding, and position ``p`` always means "the p-th item the model reads".
+    padding, and position ``p`` always means "the p-th item the model reads". With ``feature_dim``,
+    each item's input embedding adds ``feature_weight`` times a learned map of a fixed feature vector
+    (``set_item_features``; DLLM2Rec's collaborative embedding distillation): the ID embedding is the
+    offset that learns what the features miss. Scoring uses the ID embeddings alone, as in DLLM2Rec.
 
     >>> model = SASRec(n_items=100, args=SasrecArgs(hidden_size=8, num_heads=2, max_len=5))
     >>> model.last_hidden(torch.tensor([[3, 7, 0], [5, 0, 0]]), torch.tensor([2, 1])).shape
     torch.Size([2, 8])
     """
 
-    def __init__(self, n_items: int, args: SasrecArgs):
+    def __init__(self, n_items: int, args: SasrecArgs, feature_dim: int = 0, feature_weight: float = 0.0):
         super().__init__()
-        self.n_items = n_items
+        self.n_items, self.feature_dim, self.feature_weight = n_items, feature_dim, feature_weight
         self.max_len = args.max_len
         self.item_emb = nn.Embedding(n_items + 1, args.hidden_size, padding_idx=0)
         self.pos_emb = nn.Embedding(args.max_len, args.hidden_size)
@@ -76,7 +80,15 @@ class SASRec(nn.Module):
             for _ in range(args.num_layers)
         )
         self.final_norm = nn.LayerNorm(args.hidden_size)
+        if feature_dim:
+            # row 0 (padding) stays zero; saved with the weights, so a loaded model needs no other file
+            self.register_buffer("item_features", torch.zeros(n_items + 1, feature_dim))
+            self.feature_map = nn.Linear(feature_dim, args.hidden_size, bias=False)
         self.apply(self._init_weights)
+
+    def set_item_features(self, features: torch.Tensor) -> None:
+        """``features``: [n_items, feature_dim], in item_index order."""
+        self.item_features[1:] = features.to(self.item_features)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -85,12 +97,18 @@ class SASRec(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, return_layers: bool = False):
+        """Hidden states [batch, length, hidden]; with ``return_layers``, also each block's output."""
         positions = torch.arange(tokens.shape[1], device=tokens.device)
-        x = self.emb_drop(self.item_emb(tokens) + self.pos_emb(positions))
+        x = self.item_emb(tokens) + self.pos_emb(positions)
+        if self.feature_dim:
+            x = x + self.feature_weight * self.feature_map(self.item_features[tokens])
+        x = self.emb_drop(x)
+        layers = []
         for block in self.blocks:
             x = block(x)
-        return self.final_norm(x)
+            layers.append(x)
+        return (self.final_norm(x), layers) if return_layers else self.final_norm(x)
 
     def catalogue_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Scores of every catalogue item (padding excluded), indexed by item_index."""
@@ -116,6 +134,22 @@ def pad_right(sequences: list[np.ndarray], max_len: int) -> tuple[torch.Tensor, 
     return tokens, lengths
 
 
+@dataclass
+class Batch:
+    """One rank's share of a global training batch: predict ``targets[:, t]`` from ``inputs[:, : t + 1]``.
+
+    ``rows``: each row's sequence (index into the training sequences); ``positions``: where each target
+    sits in its training sequence (-1 on padding), for losses that look up per-target knowledge;
+    ``global_positions``: predicted positions in the whole global batch (for ``sharding.loss_scale``).
+    """
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    rows: np.ndarray
+    positions: torch.Tensor
+    global_positions: int
+
+
 def training_batches(
     train_sequences: list[np.ndarray],
     batch_size: int,
@@ -124,18 +158,18 @@ def training_batches(
     rank: int = 0,
     world: int = 1,
     pool_batches: int = 50,
-):
-    """Shuffled ``(inputs, targets, global_positions)`` batches of this rank: predict token t+1 from tokens
-    <= t at every position; ``global_positions`` counts the predicted positions of the whole global batch.
+) -> Iterator[Batch]:
+    """Shuffled batches of this rank: predict token t+1 from tokens <= t at every position.
 
     ``train_sequences`` are token sequences (item_index + 1) of each user's training part, the same on
     every rank (as is ``rng``'s seed): ranks build the same global batches and take their share of each
     (``train.sharding``). Most users are short and a few are long, so a random batch would nearly
     always pad to ``max_len``: users are shuffled, sorted by length within pools of ``pool_batches``
-    batches, and the batches are shuffled again, which keeps padding small and the order random.
+    batches, and the batches are shuffled again, which keeps padding small and the order random. A
+    sequence of one item predicts nothing and is skipped.
     """
-    train_sequences = [s for s in train_sequences if len(s) >= 2]  # a single item predicts nothing
-    order = rng.permutation(len(train_sequences))
+    trainable = np.array([i for i, s in enumerate(train_sequences) if len(s) >= 2], dtype=np.int64)
+    order = trainable[rng.permutation(len(trainable))]
     lengths = np.array([min(len(s), max_len + 1) for s in train_sequences])
     batches = []
     for start in range(0, len(order), batch_size * pool_batches):
@@ -148,28 +182,74 @@ def training_batches(
         chunk = [train_sequences[i][-(max_len + 1) :] for i in rows]
         inputs, _ = pad_right([s[:-1] for s in chunk], max_len)
         targets, _ = pad_right([s[1:] for s in chunk], max_len)
-        yield inputs, targets, int((lengths[batches[index]] - 1).sum())
+        first = [len(train_sequences[i]) - len(c) + 1 for i, c in zip(rows, chunk)]  # first target's position
+        positions = torch.full(targets.shape, -1, dtype=torch.long)
+        for row, (start, c) in enumerate(zip(first, chunk)):
+            positions[row, : len(c) - 1] = torch.arange(start, start + len(c) - 1)
+        yield Batch(inputs, targets, np.asarray(rows), positions, int((lengths[batches[index]] - 1).sum()))
+
+
+@dataclass
+class StepOutputs:
+    """What one forward pass gives an auxiliary loss: ``hidden`` [batch, length, hidden]; ``layers``, each
+    block's output (only when the loss ``needs_layers``); ``real``, the mask of predicted positions;
+    ``logits`` [real positions, n_items], the catalogue's scores there."""
+
+    hidden: torch.Tensor
+    layers: list[torch.Tensor] | None
+    real: torch.Tensor
+    logits: torch.Tensor
+
+
+class AuxiliaryLoss(nn.Module):
+    """An extra training term for a SASRec-family student (ranking or profile distillation).
+
+    Subclasses set ``name`` and ``needs_layers`` and implement ``forward(batch, outputs, epoch)``, which
+    returns the weighted term per predicted position of the batch (added to the cross-entropy) and its
+    unweighted value to log. Its parameters train with the model and are checkpointed with it; serving
+    never uses it.
+    """
+
+    name = "auxiliary"
+    needs_layers = False
+
+    def forward(self, batch: Batch, outputs: StepOutputs, epoch: int) -> tuple[torch.Tensor, float]:
+        raise NotImplementedError
 
 
 def train_one_epoch(
-    model: nn.Module, optimizer: torch.optim.Optimizer, batches, device: torch.device, world: int = 1
-) -> float:
-    """One pass of full-softmax cross-entropy; returns the mean loss per predicted position (this rank's)."""
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterator[Batch],
+    device: torch.device,
+    world: int = 1,
+    auxiliary: AuxiliaryLoss | None = None,
+    epoch: int = 1,
+) -> dict[str, float]:
+    """One pass of full-softmax cross-entropy (plus ``auxiliary``); returns this rank's mean loss per
+    predicted position (``loss``: the cross-entropy) and the auxiliary term's mean."""
     core = getattr(model, "module", model)  # unwrap DistributedDataParallel
     model.train()
-    total, count = 0.0, 0
-    for inputs, targets, global_positions in batches:
-        inputs, targets = inputs.to(device), targets.to(device)
-        hidden = model(inputs)
+    totals, count = {"loss": 0.0} | ({auxiliary.name: 0.0} if auxiliary else {}), 0
+    for batch in batches:
+        inputs, targets = batch.inputs.to(device), batch.targets.to(device)
+        needs_layers = auxiliary is not None and auxiliary.needs_layers
+        hidden, layers = model(inputs, return_layers=True) if needs_layers else (model(inputs), None)
         real = targets > 0
         logits = core.catalogue_logits(hidden[real])
         loss = F.cross_entropy(logits, targets[real] - 1)
+        n = int(real.sum())
+        total = loss
+        if auxiliary is not None:
+            extra, value = auxiliary(batch, StepOutputs(hidden, layers, real, logits), epoch)
+            total = total + extra
+            totals[auxiliary.name] += value * n
         optimizer.zero_grad(set_to_none=True)
-        (loss * sharding.loss_scale(int(real.sum()), global_positions, world)).backward()
+        (total * sharding.loss_scale(n, batch.global_positions, world)).backward()
         optimizer.step()
-        total += loss.item() * int(real.sum())
-        count += int(real.sum())
-    return total / max(count, 1)
+        totals["loss"] += loss.item() * n
+        count += n
+    return {name: value / max(count, 1) for name, value in totals.items()}
 
 
 def user_vectors(
@@ -185,6 +265,24 @@ def user_vectors(
     return out
 
 
+@dataclass
+class Extras:
+    """What a SASRec-family student adds to the baseline's training: ``item_features`` [n_items, dim] in its
+    input embeddings (with ``feature_weight``) and an ``auxiliary`` loss."""
+
+    item_features: np.ndarray | None = None
+    feature_weight: float = 0.0
+    auxiliary: AuxiliaryLoss | None = None
+
+    def module(self, n_items: int, args: SasrecArgs) -> SASRec:
+        """The student's module, its item features set."""
+        if self.item_features is None:
+            return SASRec(n_items, args)
+        module = SASRec(n_items, args, self.item_features.shape[1], self.feature_weight)
+        module.set_item_features(torch.from_numpy(self.item_features))
+        return module
+
+
 def train(
     users: pa.Table,
     items: pa.Table,
@@ -195,27 +293,34 @@ def train(
     world: int = 1,
     restored: dict | None = None,
     wrap: Callable[[nn.Module], nn.Module] = lambda m: m,
+    extras: Extras | None = None,
 ) -> Iterator[tuple[dict, dict]]:
     """Train on the prepared tables, one rank of ``world`` (``wrap``: the data-parallel wrapper), selecting
     on validation NDCG@10; yields ``selection.epochs``' (state, record) after each epoch (``restored``: a
-    state it yielded, to go on from)."""
+    state it yielded, to go on from). ``extras``: a student's item features and auxiliary loss (whose
+    per-user knowledge is indexed by the row of ``users``)."""
+    extras = extras or Extras()
     tokens = [training_part(s) + 1 for s in index_sequences(users, items)]
     valid = EvalSet.build(users, items, Split.VALID, cfg.mask_history)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
-    core = SASRec(items.num_rows, cfg.model).to(device)
+    core = extras.module(items.num_rows, cfg.model).to(device)
+    auxiliary = extras.auxiliary.to(device) if extras.auxiliary is not None else None
     model = wrap(core)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    parameters = [*model.parameters(), *(auxiliary.parameters() if auxiliary is not None else [])]
+    optimizer = torch.optim.Adam(parameters, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scorer = SasrecRecommender(core, valid.item_ids, manifest("", cfg.model, items.num_rows, history, {}), str(device))
     rng = np.random.default_rng(cfg.seed)
     if restored:  # go on from the last epoch
         core.load_state_dict(restored["current"]["model"])
         optimizer.load_state_dict(restored["current"]["optimizer"])
+        if auxiliary is not None:
+            auxiliary.load_state_dict(restored["current"]["auxiliary"])
         rng.bit_generator.state = restored["current"]["rng"]
         torch.set_rng_state(restored["current"]["torch_rng"])
 
     def train_epoch(epoch: int) -> dict:
         batches = training_batches(tokens, cfg.batch_size, cfg.model.max_len, rng, rank, world)
-        return {"loss": train_one_epoch(model, optimizer, batches, device, world)}
+        return train_one_epoch(model, optimizer, batches, device, world, auxiliary, epoch)
 
     yield from selection.epochs(
         restored,
@@ -225,6 +330,7 @@ def train(
         lambda: {
             "model": core.state_dict(),
             "optimizer": optimizer.state_dict(),
+            **({"auxiliary": auxiliary.state_dict()} if auxiliary is not None else {}),
             "rng": rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
         },  # batch order and dropout masks go on as they would have
@@ -233,13 +339,14 @@ def train(
     )
 
 
-def run_name(cfg: SasrecConfig, prepared_digest: str, storage_path: str) -> str:
-    """The Ray Train run of these settings on this prepared data: a re-run resumes it. ``max_epochs`` and
-    ``patience`` are left out, so raising them continues a finished run."""
+def run_name(cfg: SasrecConfig, storage_path: str, **inputs: str) -> str:
+    """The Ray Train run of these settings on these inputs (the prepared data's digest, a student's
+    knowledge): a re-run resumes it. ``max_epochs`` and ``patience`` are left out, so raising them
+    continues a finished run."""
     settings = {
         "sasrec": cfg.model_dump(mode="json", exclude={"max_epochs", "patience"}),
-        "prepared": prepared_digest,
         "storage_path": storage_path,
+        **inputs,
     }
     return f"{cfg.run_name}-{storage.digest(settings)}"
 
@@ -282,7 +389,14 @@ class SasrecRecommender:
 
     def write_files(self, folder: str) -> None:
         """The version folder's files (``models.base.save``): weights with the model arguments, and items."""
-        state = {"args": self.manifest.args, "n_items": self.module.n_items, "state": self.module.state_dict()}
+        module = self.module
+        state = {
+            "args": self.manifest.args,
+            "n_items": module.n_items,
+            "feature_dim": module.feature_dim,
+            "feature_weight": module.feature_weight,
+            "state": module.state_dict(),
+        }
         torch.save(state, os.path.join(folder, WEIGHTS_FILE))
         storage.write_table(
             pa.table({"item_id": self.item_ids}, schema=schemas.MODEL_ITEMS), os.path.join(folder, "items.parquet")
@@ -293,7 +407,8 @@ class SasrecRecommender:
         folder = layout.model_version(manifest.name, manifest.version)
         with storage.open_input(storage.join(folder, WEIGHTS_FILE)) as src:
             saved = torch.load(src, map_location=device, weights_only=True)
-        module = SASRec(saved["n_items"], SasrecArgs(**saved["args"])).to(device)
+        features = saved.get("feature_dim", 0), saved.get("feature_weight", 0.0)  # absent: saved before features
+        module = SASRec(saved["n_items"], SasrecArgs(**saved["args"]), *features).to(device)
         module.load_state_dict(saved["state"])
         item_ids = storage.read_table(storage.join(folder, "items.parquet")).column("item_id").to_pylist()
         return cls(module.eval(), item_ids, manifest, device)

@@ -48,6 +48,11 @@ def _unguided(row: dict, metadata: dict[str, str], words: int) -> str:
     return prompts.unguided_prompt(row["train_history_text"], words)
 
 
+def _profile(row: dict, metadata: dict[str, str], words: int) -> str:
+    # the history just before the validation target: the training part's most recent items
+    return prompts.profile_prompt(row["valid_history_text"], words)
+
+
 def _item(row: dict, metadata: dict[str, str], words: int) -> str:
     return prompts.item_prompt(row["metadata_text"], row["buyer_context_text"], max_words=words)
 
@@ -57,6 +62,7 @@ KINDS = {
     for kind in (
         OutputKind("oracle", "users", "oracle", "oracle.parquet", _oracle),
         OutputKind("unguided", "users", "unguided", "unguided.parquet", _unguided, names_an_item=True),
+        OutputKind("profile", "users", "profile", "profile.parquet", _profile),
         OutputKind("item", "items", "items", "items.parquet", _item),
     )
 }

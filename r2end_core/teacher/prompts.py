@@ -1,17 +1,21 @@
 """Teacher prompts (paper §3.1, §3.3, Appendix E), in our own words, versioned by content hash.
 
-Three kinds:
+Four kinds:
 
 ``oracle``
     The user's history and the item they actually chose next (the training target, never a
     validation or test item); the teacher explains which preferences connect them.
 ``unguided``
     The history only; the teacher reasons and names the item it expects next (ablations 1-2).
+``profile``
+    The user's training history only (the most recent items before the validation target, never the
+    validation or test item); the teacher describes the shopper's preferences, with no guess of a next
+    item (profile distillation).
 ``item``
     An item's metadata and, where the dataset has no reviews, what its buyers had just bought
     before it (buyer context, training part only); the answer names who would prefer the item.
 
-Oracle and item answers are *prefilled*: the assistant turn starts with the fixed lead-in and the
+Oracle, profile and item answers are *prefilled*: the assistant turn starts with the fixed lead-in and the
 teacher continues it, so the lead-in the paper requires is guaranteed even for a small teacher that
 would ignore the instruction (``PREFILLS``, ``with_prefill``).
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 import hashlib
 
 ORACLE_LEAD_IN = "Here are the user's preferences that relate to the target item."
+PROFILE_LEAD_IN = "This shopper's preferences:"
 ITEM_LEAD_IN = "Users who prefer"
 NEXT_ITEM_MARKER = "Predicted next item:"
 
@@ -51,6 +56,16 @@ Requirements:
 - Write one paragraph of no more than {max_words} words about the shopper's preferences.
 - End with a final line that starts with "{marker}" followed by the product's name, brand and category."""  # noqa: E501
 
+PROFILE_TEMPLATE = """Task:
+You are given a shopper's purchase history, oldest first. Write a profile of the shopper's tastes: the kinds of products, brands, ingredients or features, price level and purposes they favour, and anything they seem to avoid.
+
+Purchase history:
+{history}
+
+Requirements:
+- Open with this exact sentence: "{lead_in}"
+- Continue in one paragraph of no more than {max_words} words that describes the shopper; do not repeat the list and do not guess what they buy next."""  # noqa: E501
+
 ITEM_TEMPLATE = """Task:
 Describe which kinds of shoppers are most likely to prefer the item below. Base the description on its metadata and on {evidence_kind}: favoured features, typical uses, practical benefits. Avoid generic statements.
 
@@ -66,10 +81,15 @@ Requirements:
 
 NO_EVIDENCE = "(none recorded)"
 
-TEMPLATES = {"oracle": ORACLE_TEMPLATE, "unguided": UNGUIDED_TEMPLATE, "item": ITEM_TEMPLATE}
+TEMPLATES = {
+    "oracle": ORACLE_TEMPLATE,
+    "unguided": UNGUIDED_TEMPLATE,
+    "profile": PROFILE_TEMPLATE,
+    "item": ITEM_TEMPLATE,
+}
 
 #: The start of the assistant's answer, per kind (None: the teacher starts freely).
-PREFILLS = {"oracle": ORACLE_LEAD_IN, "unguided": None, "item": ITEM_LEAD_IN}
+PREFILLS = {"oracle": ORACLE_LEAD_IN, "unguided": None, "profile": PROFILE_LEAD_IN, "item": ITEM_LEAD_IN}
 
 
 def _version(kind: str) -> str:
@@ -98,6 +118,16 @@ def unguided_prompt(history_text: str, max_words: int = 512) -> str:
     False
     """
     return UNGUIDED_TEMPLATE.format(history=history_text, max_words=max_words, marker=NEXT_ITEM_MARKER)
+
+
+def profile_prompt(history_text: str, max_words: int = 512) -> str:
+    """A profile of the shopper from their history alone.
+
+    >>> p = profile_prompt("1. 2014-01-30: Lip Balm", max_words=80)
+    >>> "Lip Balm" in p and "Target item" not in p and "no more than 80 words" in p
+    True
+    """
+    return PROFILE_TEMPLATE.format(history=history_text, lead_in=PROFILE_LEAD_IN, max_words=max_words)
 
 
 def item_prompt(metadata_text: str, buyer_context_text: str = "", reviews_text: str = "", max_words: int = 512) -> str:

@@ -54,6 +54,12 @@ def test_target_texts_skip_failed_rows_and_use_the_training_target(prepared_tabl
     metadata = dict(zip(items.column("item_id").to_pylist(), items.column("metadata_text").to_pylist()))
     assert ids == [u0] and texts == [metadata[target] + "\nLikes lip care."]
     assert targets.target_texts(targets.TARGET_KINDS["metadata"], users, items, reasoning) == ([u0], [metadata[target]])
+    profile = outputs("profile", [{"user_id": u1, "text": "This shopper's preferences: lip care.", "error": None}])
+    # a profile is the teacher's text alone: it never names the training target
+    assert targets.target_texts(targets.TARGET_KINDS["profile"], users, items, profile) == (
+        [u1],
+        ["This shopper's preferences: lip care."],
+    )
 
 
 def test_missing_teacher_outputs_and_unknown_users_are_named(prepared_tables):

@@ -28,10 +28,13 @@ def test_batches_cover_every_training_position_once(prepared_tables):
     users, items = prepared_tables
     train = [training_part(s) + 1 for s in index_sequences(users, items)]
     seen = []
-    for inputs, targets, positions in sasrec.training_batches(train, 32, 20, np.random.default_rng(0), pool_batches=3):
-        real = targets > 0
-        assert torch.equal(inputs[:, 1:][real[:, 1:]], targets[:, :-1][real[:, 1:]])  # targets are inputs shifted
-        assert positions == int(real.sum())  # one rank: its batch is the global batch
+    for batch in sasrec.training_batches(train, 32, 20, np.random.default_rng(0), pool_batches=3):
+        real = batch.targets > 0
+        assert torch.equal(batch.inputs[:, 1:][real[:, 1:]], batch.targets[:, :-1][real[:, 1:]])  # shifted inputs
+        assert batch.global_positions == int(real.sum())  # one rank: its batch is the global batch
+        assert torch.equal(batch.positions >= 0, real)
+        for row, positions, targets in zip(batch.rows, batch.positions, batch.targets):  # where each target sits
+            assert [int(train[row][p]) for p in positions[positions >= 0]] == targets[targets > 0].tolist()
         seen.append(int(real.sum()))
     assert sum(seen) == sum(min(len(s), 21) - 1 for s in train)
 
@@ -47,8 +50,8 @@ def test_every_rank_runs_the_same_steps_and_together_they_cover_each_batch(prepa
     ]
     assert len({len(batches) for batches in per_rank}) == 1
     for step in zip(*per_rank):
-        assert all(int((targets > 0).sum()) > 0 for _, targets, _ in step)
-        assert sum(int((targets > 0).sum()) for _, targets, _ in step) == step[0][2]  # the shares make the batch
+        assert all(int((b.targets > 0).sum()) > 0 for b in step)
+        assert sum(int((b.targets > 0).sum()) for b in step) == step[0].global_positions  # the shares make the batch
 
 
 def test_attention_is_causal():
@@ -81,7 +84,9 @@ def test_training_lowers_loss_and_beats_untrained(prepared_tables):
     optimizer = torch.optim.Adam(module.parameters(), lr=5e-3)
     train = [training_part(s) + 1 for s in index_sequences(users, items)]
     losses = [
-        sasrec.train_one_epoch(module, optimizer, sasrec.training_batches(train, 64, 20, rng), torch.device("cpu"))
+        sasrec.train_one_epoch(module, optimizer, sasrec.training_batches(train, 64, 20, rng), torch.device("cpu"))[
+            "loss"
+        ]
         for _ in range(8)
     ]
     after = evaluate(recommender(module, items), valid).metrics
@@ -134,7 +139,8 @@ def test_the_training_loop_selects_on_validation_and_resumes_where_it_stopped(pr
 
 def test_a_run_is_named_by_what_changes_its_weights():
     base = SasrecConfig()
-    name = sasrec.run_name(base, "prepared-1", "/store")
-    assert sasrec.run_name(SasrecConfig(max_epochs=500, patience=40), "prepared-1", "/store") == name  # continues
-    assert sasrec.run_name(SasrecConfig(model=SasrecArgs(dropout=0.1)), "prepared-1", "/store") != name
-    assert sasrec.run_name(base, "prepared-2", "/store") != name
+    name = sasrec.run_name(base, "/store", prepared="prepared-1")
+    assert sasrec.run_name(SasrecConfig(max_epochs=500, patience=40), "/store", prepared="prepared-1") == name
+    assert sasrec.run_name(SasrecConfig(model=SasrecArgs(dropout=0.1)), "/store", prepared="prepared-1") != name
+    assert sasrec.run_name(base, "/store", prepared="prepared-2") != name
+    assert sasrec.run_name(base, "/store", prepared="prepared-1", teacher="t1") != name

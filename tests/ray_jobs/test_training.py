@@ -1,7 +1,8 @@
 """The training stages for real on a small slice: 40 Beauty users with their committed teacher
 outputs. Embed on Ray Data, distill on Ray Train + DeepSpeed (SIGKILLed part-way, then resumed from
 its checkpoint; and ZeRO-3 in bf16 over two workers on a batch that splits unevenly), project on Ray
-Train (then continued to more epochs), evaluate through the recommender interface."""
+Train (then continued to more epochs), evaluate through the recommender interface; DLLM2Rec from a
+text model's rankings on Ray Train."""
 
 from __future__ import annotations
 
@@ -18,13 +19,15 @@ import torch
 
 from bench import paired
 from r2end_core import models, schemas, storage
+from r2end_core.data.splits import Split
+from r2end_core.eval.evaluate import EvalSet, evaluate
 from r2end_core.layout import Layout
 from r2end_core.models.r2end import distill as distillation
 from r2end_core.models.r2end import projection
 from r2end_core.models.r2end.targets import inputs_digest as targets_digest
 from r2end_core.summaries import DistillSummary
 from r2end_core.text import encoders
-from ray_jobs import distill, embed, project
+from ray_jobs import distill, embed, project, train_dllm2rec
 from tests.conftest import REPO
 from tests.conftest import SLICE_USERS as USERS
 
@@ -151,3 +154,33 @@ def test_new_embeddings_start_new_training_runs(embedded):
         distillation.run_name(more.distill, "a", cfg.storage_path),
         projection.run_name(more.project, {"embeddings": "a"}, cfg.storage_path),
     ) == names["a"]
+
+
+def test_dllm2rec_learns_from_a_text_model_and_saves_a_sasrec(embedded):
+    """DLLM2Rec on Ray Train with a real R2END teacher (Enc on the history texts, encoded on Ray Data):
+    the teacher ranks each training instance once, the student trains with the ranking term and the item
+    embeddings, and what it saves is a SASRec any consumer of the interface loads. Its ablation without
+    ranking distillation needs no teacher."""
+    cfg = embedded[0].with_section("project", run_name="teacher", model={"user_encoder": "encoder"}, epochs=1)
+    cfg = cfg.with_section("sasrec", max_epochs=2, batch_size=8, model={"hidden_size": 16, "inner_size": 16})
+    cfg = cfg.with_section("dllm2rec", teacher="teacher", positions="all", top_k=5)
+    layout = Layout(cfg.storage_path)
+    teacher = project.run(cfg)
+    summary = train_dllm2rec.run(cfg)
+    assert summary.epochs_trained == 2 and all(epoch["rank_distill"] > 0 for epoch in summary.history)
+    student = models.load(layout, "dllm2rec")
+    assert student.manifest.kind == "sasrec" and student.manifest.inputs["teacher"] == f"teacher/{teacher.version}"
+    assert student.module.feature_dim == 384 and student.manifest.version == summary.version
+    rankings = storage.read_table(layout.teacher_rankings("teacher", teacher.version, "all-top5-len50"))
+    users = layout.read_users()
+    assert rankings.num_rows == sum(len(s) - 3 for s in users["sequence"].to_pylist())  # every trained position
+    first = users["sequence"][0].as_py()
+    item_ids = layout.read_items()["item_id"].to_pylist()
+    for position, ranked in zip(rankings["position"].to_pylist()[:3], rankings["items"].to_pylist()[:3]):
+        assert not {item_ids[i] for i in ranked} & set(first[:position])  # never an item of the history
+    valid = EvalSet.build(users, layout.read_items(), Split.VALID)
+    assert evaluate(student, valid).metrics["ndcg@10"] == pytest.approx(summary.valid["ndcg@10"], abs=1e-6)
+
+    ablation = train_dllm2rec.run(cfg.with_section("dllm2rec", run_name="dllm2rec-no-rank", ranking_weight=0))
+    assert "teacher" not in models.load(layout, "dllm2rec-no-rank").manifest.inputs
+    assert all("rank_distill" not in epoch for epoch in ablation.history)

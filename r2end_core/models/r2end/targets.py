@@ -4,6 +4,7 @@
 * User u's distillation target, one per target kind:
   ``oracle`` / ``unguided``: ``M_target`` then the teacher's reasoning ``R_u``; ``metadata``:
   ``M_target`` alone (ablation 3). The target item is the user's *training* target.
+* User u's profile (``profile``): the teacher's profile text alone, for profile distillation.
 
 The paper writes ``R_u ⊕ M_target``; the metadata goes first here so an encoder that cuts long
 texts never cuts the target item away.
@@ -32,16 +33,18 @@ class TargetKind:
     """A kind of distillation target: whose users it covers and what its text holds."""
 
     name: str
-    answers: str  # the teacher-output kind it is built from (its users; its text, with_reasoning)
-    with_reasoning: bool  # M_target then the teacher's reasoning; else M_target alone
+    answers: str  # the teacher-output kind it is built from (its users; its text, with_answer)
+    with_target: bool  # the text starts with M_target
+    with_answer: bool  # the text holds the teacher's answer (its reasoning, or a profile)
 
 
 TARGET_KINDS = {
     kind.name: kind
     for kind in (
-        TargetKind("oracle", "oracle", True),
-        TargetKind("unguided", "unguided", True),
-        TargetKind("metadata", "oracle", False),  # ablation 3: the oracle users, without the reasoning
+        TargetKind("oracle", "oracle", True, True),
+        TargetKind("unguided", "unguided", True, True),
+        TargetKind("metadata", "oracle", True, False),  # ablation 3: the oracle users, without the reasoning
+        TargetKind("profile", "profile", False, True),
     )
 }
 
@@ -79,9 +82,11 @@ def target_texts(
     metadata = dict(zip(items.column("item_id").to_pylist(), items.column("metadata_text").to_pylist()))
     train_target = dict(zip(users.column("user_id").to_pylist(), users.column("train_target").to_pylist()))
     user_ids = ok.column("user_id").to_pylist()
-    if not target.with_reasoning:
-        return user_ids, [metadata[train_target[u]] for u in user_ids]
-    return user_ids, [join_texts(metadata[train_target[u]], r) for u, r in zip(user_ids, ok.column("text").to_pylist())]
+    answers_text = ok.column("text").to_pylist() if target.with_answer else [None] * len(user_ids)
+    return user_ids, [
+        join_texts(metadata[train_target[u]] if target.with_target else None, answer)
+        for u, answer in zip(user_ids, answers_text)
+    ]
 
 
 def inputs_digest(ec: EmbedConfig, layout: Layout) -> str:
@@ -153,7 +158,7 @@ def embed(
         user_ids += ids
         texts += target_text
     if not texts:
-        raise ValueError(f"{source}: no oracle or unguided teacher outputs to build distillation targets from")
+        raise ValueError(f"{source}: no oracle, unguided or profile teacher outputs to build targets from")
     target_table = pa.table(
         {
             "user_id": user_ids,

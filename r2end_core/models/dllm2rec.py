@@ -1,0 +1,179 @@
+"""DLLM2Rec (Cui et al., RecSys 2024) with r2end as the teacher: a SASRec student that learns from a teacher
+recommender's rankings and from r2end's item embeddings, with no LLM at training or serving time.
+
+    instances = training_instances(users, "last", max_len)        # which predictions get a ranking
+    table = teacher_rankings(teacher, users, items, instances, k)  # schemas.TEACHER_RANKINGS
+    extras = sasrec.Extras(item_embeddings, cfg.embedding_weight,
+                           RankingDistillation(table, users, items.num_rows, cfg))
+    sasrec.train(users, items, sasrec_cfg, history, device, extras=extras)
+
+- **Ranking distillation.** Each teacher top-K item of a training instance is an extra target of that
+  instance's prediction, weighted by importance: the item's teacher rank (``exp(-r / beta)``, normalised over
+  the K), the teacher's confidence on the instance (``exp(-d / beta)``, d the squared distance between the
+  teacher's user vector and the true next item's vector: the paper's confidence, with r2end's user vector
+  in the place of the LLM's generated description) and consistency (1 when the student also ranks the
+  item in its own top-K). The paper's term is ``-w log sigmoid(score)``; on a full-softmax student, whose
+  scores have no fixed zero, the same weights go on ``-w log softmax(scores)``, a soft-label
+  cross-entropy beside the hard one.
+- **Embedding distillation**: ``sasrec.SASRec``'s item features (the learned map of Enc(M + D), added to
+  the ID embedding, which is the offset that learns the collaborative signal).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+
+from r2end_core import schemas
+from r2end_core.config import Dllm2recConfig, HistoryRule
+from r2end_core.data.histories import Histories
+from r2end_core.data.items import Catalogue
+from r2end_core.data.splits import index_sequences, training_part
+from r2end_core.models.base import Recommender
+from r2end_core.models.sasrec import AuxiliaryLoss, Batch, StepOutputs
+
+
+def training_instances(users: pa.Table, positions: str, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """(user rows, positions) of the predictions that get a teacher ranking: each user's training target
+    (``"last"``) or every position of the training part that the student predicts (``"all"``: each but the
+    first, within the ``max_len + 1`` most recent).
+
+    >>> users = pa.table({"sequence": [["a", "b", "c", "d", "e"], ["a", "b", "c", "d", "e", "f", "g"]]})
+    >>> [r.tolist() for r in training_instances(users, "last", 50)]
+    [[0, 1], [2, 4]]
+    >>> [r.tolist() for r in training_instances(users, "all", 2)]
+    [[0, 0, 1, 1], [1, 2, 3, 4]]
+    """
+    lengths = np.array([len(training_part(s)) for s in users.column("sequence").to_pylist()])
+    if positions == "last":
+        return np.arange(len(lengths)), lengths - 1
+    rows, places = [], []
+    for row, n in enumerate(lengths):
+        first = max(1, n - max_len)
+        rows += [row] * (n - first)
+        places += range(first, n)
+    return np.array(rows, dtype=np.int64), np.array(places, dtype=np.int64)
+
+
+def instance_histories(
+    users: pa.Table, catalogue: Catalogue, rows: np.ndarray, positions: np.ndarray, rule: HistoryRule | None
+) -> Histories:
+    """Each instance's history (the items before ``position``), with its text written by ``rule`` (None: no
+    text, for a model that reads item ids)."""
+    sequences, stamps = users.column("sequence").to_pylist(), users.column("timestamps").to_pylist()
+    parts = [
+        catalogue.history(
+            sequences[r][:p],
+            None if stamps[r] is None else stamps[r][:p],
+            None if stamps[r] is None else stamps[r][p],
+            rule,
+        )
+        for r, p in zip(rows.tolist(), positions.tolist())
+    ]
+    return Histories.concat(parts)
+
+
+def teacher_rankings(
+    teacher: Recommender,
+    users: pa.Table,
+    items: pa.Table,
+    instances: tuple[np.ndarray, np.ndarray],
+    k: int,
+    rule: HistoryRule,
+    batch_size: int = 4096,
+) -> pa.Table:
+    """The teacher's top-``k`` items (history items excluded) for each instance, as schemas.TEACHER_RANKINGS.
+
+    ``teacher``: any model of the recommender interface over the prepared items; ``rule``: the history rule
+    its texts are written with (its manifest's).
+    """
+    if teacher.item_ids != items.column("item_id").to_pylist():
+        raise ValueError(f"teacher {teacher.manifest.name} was trained on another catalogue: train it again")
+    rows, positions = instances
+    sequences = index_sequences(users, items)
+    histories = instance_histories(users, Catalogue(items), rows, positions, rule)
+    user_vectors = torch.from_numpy(teacher.user_vectors(histories))  # one call: a text teacher encodes in bulk
+    item_vectors = torch.from_numpy(teacher.item_vectors())
+    targets = torch.tensor([int(sequences[r][p]) for r, p in zip(rows.tolist(), positions.tolist())])
+    found_items, found_scores = [], []
+    for start in range(0, len(rows), batch_size):
+        part = slice(start, start + batch_size)
+        scores = user_vectors[part] @ item_vectors.T
+        for n, (r, p) in enumerate(zip(rows[part].tolist(), positions[part].tolist())):
+            scores[n, torch.from_numpy(sequences[r][:p])] = -torch.inf
+        top = scores.topk(k, dim=1)
+        found_items += top.indices.tolist()
+        found_scores += top.values.tolist()
+    user_ids = users.column("user_id").to_pylist()
+    columns = {
+        "user_id": [user_ids[r] for r in rows.tolist()],
+        "position": positions.tolist(),
+        "items": found_items,
+        "scores": found_scores,
+        "target_distance": (user_vectors - item_vectors[targets]).pow(2).sum(1).tolist(),
+    }
+    return pa.Table.from_pydict(columns, schema=schemas.TEACHER_RANKINGS)
+
+
+class RankingDistillation(AuxiliaryLoss):
+    """Importance-aware ranking distillation (see the module docstring) as SASRec's auxiliary loss.
+
+    ``rankings``: schemas.TEACHER_RANKINGS for some of ``users``' training instances (rows of ``users``, in
+    the order the student trains on); each predicted position with a ranking adds its weighted term.
+    Returns ``ranking_weight`` times the summed terms per predicted position of the batch.
+    """
+
+    name = "rank_distill"
+
+    def __init__(self, rankings: pa.Table, users: pa.Table, cfg: Dllm2recConfig):
+        super().__init__()
+        self.cfg = cfg
+        row_of = {user_id: r for r, user_id in enumerate(users.column("user_id").to_pylist())}
+        if missing := set(rankings.column("user_id").to_pylist()) - row_of.keys():
+            raise ValueError(f"teacher rankings name {len(missing)} users that are not in the users table")
+        # One slot per (user, position): slot = start[row] + position holds the ranking's row, or -1.
+        lengths = np.array([len(s) for s in users.column("sequence").to_pylist()])
+        start = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        slots = np.full(int(lengths.sum()), -1, dtype=np.int64)
+        rows = np.array([row_of[u] for u in rankings.column("user_id").to_pylist()], dtype=np.int64)
+        slots[start[rows] + rankings.column("position").to_numpy()] = np.arange(rankings.num_rows)
+        self.register_buffer("start", torch.from_numpy(start), persistent=False)
+        self.register_buffer("slots", torch.from_numpy(slots), persistent=False)
+        k = len(rankings.column("items")[0])
+        self.register_buffer("items", torch.tensor(rankings.column("items").to_pylist()), persistent=False)
+        distance = torch.tensor(rankings.column("target_distance").to_numpy(), dtype=torch.float32)
+        confidence = torch.exp(-distance / cfg.beta)
+        self.register_buffer("confidence", confidence, persistent=False)
+        position = torch.exp(-torch.arange(1, k + 1, dtype=torch.float32) / cfg.beta)
+        self.register_buffer("position_weights", position / position.sum(), persistent=False)
+
+    def rankings_of(self, batch: Batch, real: torch.Tensor) -> torch.Tensor:
+        """The ranking row of each predicted position of the batch (-1: none), in ``logits`` row order."""
+        positions = batch.positions.to(self.slots.device)
+        rows = torch.as_tensor(batch.rows, device=self.slots.device)[:, None].expand_as(positions)
+        slot = self.start[rows] + positions.clamp(min=0)
+        return torch.where(positions >= 0, self.slots[slot], -1)[real.to(self.slots.device)]
+
+    def importance(self, ranking: torch.Tensor, student_scores: torch.Tensor) -> torch.Tensor:
+        """[instances, K] weights: teacher rank, teacher confidence, agreement with the student's top-K."""
+        items = self.items[ranking]
+        student_top = student_scores.topk(items.shape[1], dim=1).indices
+        consistent = (items[:, :, None] == student_top[:, None, :]).any(-1).float()
+        return (
+            self.cfg.gamma_position * self.position_weights[None, :]
+            + self.cfg.gamma_confidence * self.confidence[ranking][:, None]
+            + self.cfg.gamma_consistency * consistent
+        )
+
+    def forward(self, batch: Batch, outputs: StepOutputs, epoch: int) -> tuple[torch.Tensor, float]:
+        ranking = self.rankings_of(batch, outputs.real)
+        has = ranking >= 0
+        if not has.any():
+            return outputs.logits.sum() * 0.0, 0.0  # keeps the graph the same on every rank
+        logits, ranking = outputs.logits[has], ranking[has]
+        weights = self.importance(ranking, logits.detach())
+        log_p = F.log_softmax(logits, dim=1).gather(1, self.items[ranking])
+        term = -(weights * log_p).sum() / outputs.logits.shape[0]
+        return self.cfg.ranking_weight * term, term.item()

@@ -1,0 +1,64 @@
+"""DLLM2Rec on Ray Train: SASRec distilled from a trained teacher model's rankings and r2end's item embeddings.
+
+    ray job submit --working-dir . -- python -m ray_jobs.train_dllm2rec --config configs/beauty-sample.yaml
+
+The teacher (``dllm2rec.teacher``, by default the R2END model) ranks the catalogue for each training
+instance once; the rankings are kept under ``teacher_rankings/`` (a text teacher's history texts are
+encoded on Ray Data). The student trains like ``train_sasrec`` (its ``sasrec`` settings) with the ranking
+term and the item embeddings of the embed stage (Enc(M + D): metadata plus the teacher's description
+where one was generated). Writes ``models/<dllm2rec.run_name>/<version>/``, a SASRec the Serve app can
+serve. The logic: ``r2end_core.models.dllm2rec``.
+"""
+
+from __future__ import annotations
+
+import time
+
+from r2end_core import models, schemas, storage
+from r2end_core.config import PipelineConfig
+from r2end_core.layout import Layout
+from r2end_core.models import dllm2rec, sasrec
+from r2end_core.models.base import model_path
+from r2end_core.models.r2end import targets
+from r2end_core.summaries import EmbedReport, TrainSummary
+from ray_jobs import ray_data, sequential
+from ray_jobs.runtime import log, run_stage
+
+
+def rankings(cfg: PipelineConfig, layout: Layout) -> tuple[str, object]:
+    """The teacher's rankings for the configured instances: (what names them, the table), made once."""
+    dc, users, items = cfg.dllm2rec, layout.read_users(), layout.read_items()
+    teacher = models.load(layout, dc.teacher)
+    path = layout.teacher_rankings(
+        dc.teacher, teacher.manifest.version, f"{dc.positions}-top{dc.top_k}-len{cfg.sasrec.model.max_len}"
+    )
+    if not storage.exists(path):
+        started = time.time()
+        if teacher.manifest.reads == "text" and teacher.manifest.text_encoder:
+            source = model_path(teacher.manifest.text_encoder, layout)
+            weights = teacher.manifest.inputs["user_encoder"]
+            teacher.embed_users = ray_data.history_embedder(layout, source, weights, cfg.embed, cfg.resources)
+        instances = dllm2rec.training_instances(users, dc.positions, cfg.sasrec.model.max_len)
+        table = dllm2rec.teacher_rankings(teacher, users, items, instances, dc.top_k, teacher.manifest.history)
+        storage.write_table(table, path)
+        log.info(f"teacher rankings: {table.num_rows:,} instances in {time.time() - started:.0f} s -> {path}")
+    return f"{dc.teacher}/{teacher.manifest.version}", storage.read_table(path)
+
+
+def run(cfg: PipelineConfig, score_test: bool = True) -> TrainSummary:
+    layout, dc = Layout(cfg.storage_path), cfg.dllm2rec
+    users, items = layout.read_users(), layout.read_items()
+    inputs = {"distillation": storage.digest(dc.model_dump(mode="json"))}
+    extras = sasrec.Extras()
+    if dc.ranking_weight:
+        inputs["teacher"], table = rankings(cfg, layout)
+        extras.auxiliary = dllm2rec.RankingDistillation(table, users, dc)
+    if dc.embedding_weight:
+        inputs["item_embeddings"] = EmbedReport.read(layout.embeddings("report.json"), "embed").inputs_digest
+        extras.item_features = schemas.to_matrix(targets.read_item_embeddings(layout, items)["embedding"])
+        extras.feature_weight = dc.embedding_weight
+    return sequential.fit(cfg, cfg.sasrec.model_copy(update={"run_name": dc.run_name}), extras, inputs, score_test)
+
+
+if __name__ == "__main__":
+    run_stage(__doc__, run, "train_dllm2rec")

@@ -116,6 +116,14 @@ class SasrecArgs(StrictModel):
     inner_size: int = Field(256, ge=1, description="Width of the feed-forward layer.")
     dropout: float = Field(0.5, ge=0, lt=1, description="Dropout on embeddings, attention and feed-forward.")
     max_len: int = Field(50, ge=2, description="Most recent items the model reads.")
+    positions_from_end: bool = Field(
+        False,
+        description="Number positions back from the most recent item, as the original SASRec's left padding "
+        "does (the latest item always has the same position); False: from the oldest item read.",
+    )
+    scale_item_embeddings: bool = Field(
+        False, description="Multiply item embeddings by sqrt(hidden_size) before adding positions (original SASRec)."
+    )
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self):
@@ -385,6 +393,26 @@ class Dllm2recConfig(StrictModel):
         return self
 
 
+class ProfileSource(StrEnum):
+    """Where a user's profile embedding comes from (profile distillation)."""
+
+    GENERATED = "generated"  # the teacher's profile of the user (generate kind "profile"), embedded by Enc
+    ORACLE = "oracle"  # R2END's oracle distillation target: Enc(target metadata + the teacher's reasoning)
+    STUDENT = "student"  # the distilled R2END student's embedding of the user's training history: every user
+
+
+class ProfileConfig(StrictModel):
+    """User-profile distillation (ECIR 2026): the baseline SASRec (its ``sasrec`` settings) whose pooled
+    hidden states of one block learn a map of each user's profile embedding, then cross-entropy alone."""
+
+    run_name: str = Field("profile", pattern=r"^[A-Za-z0-9_.-]+$", description="The model's name under models/.")
+    source: ProfileSource = Field(ProfileSource.GENERATED, description="See ProfileSource.")
+    student_run: str = Field("student", description="source student: distill.run_name of the student.")
+    alpha: float = Field(0.4, gt=0, lt=1, description="Share of the distillation term in the loss (reference: 0.4).")
+    layer: int = Field(1, ge=1, description="The block (1-based) whose mean-pooled outputs learn the profile.")
+    distill_epochs: int = Field(40, ge=1, description="Epochs with the distillation term; cross-entropy alone after.")
+
+
 class IndexConfig(StrictModel):
     model: str | None = Field(None, description="The model (its name under models/) the index serves. None: r2end's.")
     kind: IndexKind = Field(
@@ -443,6 +471,7 @@ class PipelineConfig(StrictModel):
     prepare: PrepareConfig
     sasrec: SasrecConfig = SasrecConfig()
     dllm2rec: Dllm2recConfig = Dllm2recConfig()
+    profile: ProfileConfig = ProfileConfig()
     generate: GenerateConfig = GenerateConfig()
     embed: EmbedConfig = EmbedConfig()
     distill: DistillConfig = DistillConfig()

@@ -59,14 +59,22 @@ def encode_texts(
     return out
 
 
-def history_embedder(
+def history_text_encoder(
     layout: Layout, source: str, weights: str, ec: EmbedConfig, resources: Resources
-) -> Callable[[Histories], np.ndarray]:
-    """Histories -> the text encoder's embeddings of their history texts, encoded on Ray Data, each text
-    once (a cache per encoder, named by ``weights``): a text model's fast ``embed_users``."""
+) -> Callable[[list[str]], np.ndarray]:
+    """History texts -> the text encoder's embeddings (``keep="end"``), encoded on Ray Data, each text once
+    (a cache per encoder, named by ``weights``)."""
     cache = encoder_id(weights, ec.max_seq_length, "end")
 
     def encode(texts: list[str]) -> np.ndarray:
         return encode_texts(texts, source, ec, resources, keep="end")
 
-    return lambda histories: cached_encode(histories.texts, layout, cache, encode)
+    return lambda texts: cached_encode(texts, layout, cache, encode)
+
+
+def history_embedder(
+    layout: Layout, source: str, weights: str, ec: EmbedConfig, resources: Resources
+) -> Callable[[Histories], np.ndarray]:
+    """Histories -> embeddings of their texts (``history_text_encoder``): a text model's fast ``embed_users``."""
+    encode = history_text_encoder(layout, source, weights, ec, resources)
+    return lambda histories: encode(histories.texts)

@@ -171,7 +171,7 @@ class RankingDistillation(AuxiliaryLoss):
         ranking = self.rankings_of(batch, outputs.real)
         has = ranking >= 0
         if not has.any():
-            return outputs.logits.sum() * 0.0, 0.0  # keeps the graph the same on every rank
+            return torch.zeros((), device=outputs.logits.device), 0.0
         logits, ranking = outputs.logits[has], ranking[has]
         weights = self.importance(ranking, logits.detach())
         log_p = F.log_softmax(logits, dim=1).gather(1, self.items[ranking])

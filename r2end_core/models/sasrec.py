@@ -71,7 +71,8 @@ class SASRec(nn.Module):
     def __init__(self, n_items: int, args: SasrecArgs, feature_dim: int = 0, feature_weight: float = 0.0):
         super().__init__()
         self.n_items, self.feature_dim, self.feature_weight = n_items, feature_dim, feature_weight
-        self.max_len = args.max_len
+        self.max_len, self.positions_from_end = args.max_len, args.positions_from_end
+        self.item_scale = args.hidden_size**0.5 if args.scale_item_embeddings else 1.0
         self.item_emb = nn.Embedding(n_items + 1, args.hidden_size, padding_idx=0)
         self.pos_emb = nn.Embedding(args.max_len, args.hidden_size)
         self.emb_drop = nn.Dropout(args.dropout)
@@ -99,8 +100,10 @@ class SASRec(nn.Module):
 
     def forward(self, tokens: torch.Tensor, return_layers: bool = False):
         """Hidden states [batch, length, hidden]; with ``return_layers``, also each block's output."""
-        positions = torch.arange(tokens.shape[1], device=tokens.device)
-        x = self.item_emb(tokens) + self.pos_emb(positions)
+        positions = torch.arange(tokens.shape[1], device=tokens.device)[None, :]
+        if self.positions_from_end:  # the last real item gets max_len - 1; padding after it is never attended
+            positions = (positions + (self.max_len - (tokens > 0).sum(1, keepdim=True))).clamp(0, self.max_len - 1)
+        x = self.item_emb(tokens) * self.item_scale + self.pos_emb(positions)
         if self.feature_dim:
             x = x + self.feature_weight * self.feature_map(self.item_features[tokens])
         x = self.emb_drop(x)
@@ -193,12 +196,14 @@ def training_batches(
 class StepOutputs:
     """What one forward pass gives an auxiliary loss: ``hidden`` [batch, length, hidden]; ``layers``, each
     block's output (only when the loss ``needs_layers``); ``real``, the mask of predicted positions;
-    ``logits`` [real positions, n_items], the catalogue's scores there."""
+    ``logits`` [real positions, n_items], the catalogue's scores there; ``cross_entropy``, the batch's
+    recommendation loss (detached: for a term that scales itself to it)."""
 
     hidden: torch.Tensor
     layers: list[torch.Tensor] | None
     real: torch.Tensor
     logits: torch.Tensor
+    cross_entropy: torch.Tensor
 
 
 class AuxiliaryLoss(nn.Module):
@@ -241,11 +246,13 @@ def train_one_epoch(
         n = int(real.sum())
         total = loss
         if auxiliary is not None:
-            extra, value = auxiliary(batch, StepOutputs(hidden, layers, real, logits), epoch)
+            extra, value = auxiliary(batch, StepOutputs(hidden, layers, real, logits, loss.detach()), epoch)
             total = total + extra
             totals[auxiliary.name] += value * n
         optimizer.zero_grad(set_to_none=True)
         (total * sharding.loss_scale(n, batch.global_positions, world)).backward()
+        if auxiliary is not None:
+            sharding.average_gradients(auxiliary.parameters(), world)
         optimizer.step()
         totals["loss"] += loss.item() * n
         count += n

@@ -11,6 +11,8 @@ global batch's mean loss, whatever the split.
 from __future__ import annotations
 
 import numpy as np
+import torch
+import torch.distributed
 
 
 def cut(order: np.ndarray, batch_size: int, world: int = 1) -> list[np.ndarray]:
@@ -50,3 +52,15 @@ def loss_scale(local_count: int, global_count: int, world: int) -> float:
     (1.2, 1.0)
     """
     return local_count * world / global_count
+
+
+def average_gradients(parameters, world: int) -> None:
+    """Average the gradients of parameters that no data-parallel wrapper holds (an auxiliary loss's) over
+    the ``world`` ranks, as DDP does for the model's; a parameter without a gradient counts as zero."""
+    if world == 1:
+        return
+    for parameter in parameters:
+        if parameter.grad is None:
+            parameter.grad = torch.zeros_like(parameter)
+        torch.distributed.all_reduce(parameter.grad)
+        parameter.grad /= world

@@ -54,23 +54,29 @@ def test_every_rank_runs_the_same_steps_and_together_they_cover_each_batch(prepa
         assert sum(int((b.targets > 0).sum()) for b in step) == step[0].global_positions  # the shares make the batch
 
 
-def test_attention_is_causal():
+ORIGINAL_INPUTS = SMALL.model_copy(update={"positions_from_end": True, "scale_item_embeddings": True})
+
+
+@pytest.mark.parametrize("args", [SMALL, ORIGINAL_INPUTS])
+def test_attention_is_causal(args):
     torch.manual_seed(0)
-    model = sasrec.SASRec(50, SMALL).eval()
+    model = sasrec.SASRec(50, args).eval()
     a = torch.tensor([[3, 9, 4, 7]])
     b = torch.tensor([[3, 9, 4, 12]])
     assert torch.allclose(model(a)[0, :3], model(b)[0, :3])
     assert not torch.allclose(model(a)[0, 3], model(b)[0, 3])
 
 
-def test_batched_user_vectors_match_one_at_a_time(prepared_tables):
+@pytest.mark.parametrize("args", [SMALL, ORIGINAL_INPUTS])
+def test_batched_user_vectors_match_one_at_a_time(prepared_tables, args):
+    """Padding never changes a user's vector, also when positions count back from the latest item."""
     users, items = prepared_tables
     torch.manual_seed(0)
-    model = sasrec.SASRec(items.num_rows, SMALL).eval()
+    model = sasrec.SASRec(items.num_rows, args).eval()
     tokens = [s[:-1] + 1 for s in index_sequences(users, items)[:40]]
     batched = sasrec.user_vectors(model, tokens, torch.device("cpu"), batch_size=16)
     with torch.no_grad():
-        single = torch.stack([model(torch.as_tensor(t[-SMALL.max_len :])[None])[0, -1] for t in tokens])
+        single = torch.stack([model(torch.as_tensor(t[-args.max_len :])[None])[0, -1] for t in tokens])
     assert torch.allclose(batched, single, atol=1e-5)
 
 
@@ -144,3 +150,13 @@ def test_a_run_is_named_by_what_changes_its_weights():
     assert sasrec.run_name(SasrecConfig(model=SasrecArgs(dropout=0.1)), "/store", prepared="prepared-1") != name
     assert sasrec.run_name(base, "/store", prepared="prepared-2") != name
     assert sasrec.run_name(base, "/store", prepared="prepared-1", teacher="t1") != name
+
+
+def test_positions_from_end_give_the_latest_item_the_same_position():
+    torch.manual_seed(0)
+    model = sasrec.SASRec(50, ORIGINAL_INPUTS).eval()
+    with torch.no_grad():
+        short, long = model(torch.tensor([[7, 0, 0]])), model(torch.tensor([[3, 9, 7]]))
+        model.blocks = torch.nn.ModuleList()  # the input alone: the latest item, the same position
+        assert torch.allclose(model(torch.tensor([[7, 0, 0]]))[0, 0], model(torch.tensor([[3, 9, 7]]))[0, 2])
+    assert not torch.allclose(short[0, 0], long[0, 2])  # with attention, what came before still counts

@@ -27,7 +27,7 @@ from r2end_core.models.r2end import projection
 from r2end_core.models.r2end.targets import inputs_digest as targets_digest
 from r2end_core.summaries import DistillSummary
 from r2end_core.text import encoders
-from ray_jobs import distill, embed, project, train_dllm2rec
+from ray_jobs import distill, embed, project, train_dllm2rec, train_profile
 from tests.conftest import REPO
 from tests.conftest import SLICE_USERS as USERS
 
@@ -159,8 +159,7 @@ def test_new_embeddings_start_new_training_runs(embedded):
 def test_dllm2rec_learns_from_a_text_model_and_saves_a_sasrec(embedded):
     """DLLM2Rec on Ray Train with a real R2END teacher (Enc on the history texts, encoded on Ray Data):
     the teacher ranks each training instance once, the student trains with the ranking term and the item
-    embeddings, and what it saves is a SASRec any consumer of the interface loads. Its ablation without
-    ranking distillation needs no teacher."""
+    embeddings, and what it saves is a SASRec any consumer of the interface loads."""
     cfg = embedded[0].with_section("project", run_name="teacher", model={"user_encoder": "encoder"}, epochs=1)
     cfg = cfg.with_section("sasrec", max_epochs=2, batch_size=8, model={"hidden_size": 16, "inner_size": 16})
     cfg = cfg.with_section("dllm2rec", teacher="teacher", positions="all", top_k=5)
@@ -181,6 +180,25 @@ def test_dllm2rec_learns_from_a_text_model_and_saves_a_sasrec(embedded):
     valid = EvalSet.build(users, layout.read_items(), Split.VALID)
     assert evaluate(student, valid).metrics["ndcg@10"] == pytest.approx(summary.valid["ndcg@10"], abs=1e-6)
 
-    ablation = train_dllm2rec.run(cfg.with_section("dllm2rec", run_name="dllm2rec-no-rank", ranking_weight=0))
-    assert "teacher" not in models.load(layout, "dllm2rec-no-rank").manifest.inputs
-    assert all("rank_distill" not in epoch for epoch in ablation.history)
+    assert student.manifest.inputs.keys() == {"prepared", "distillation", "teacher", "item_embeddings"}
+
+
+def test_profile_distillation_from_a_student_and_the_other_sources(zero3_student):
+    """Profile distillation on Ray Train from a distilled student's embedding of every user's training
+    history (encoded on Ray Data); the other sources read the embed stage's targets: R2END's oracle targets
+    (the slice's users with reasoning) and generated profiles, which this slice's teacher did not write."""
+    cfg = zero3_student[0].with_section("resources", cpus_per_worker=2)
+    cfg = cfg.with_section("sasrec", max_epochs=2, batch_size=8, model={"hidden_size": 16, "inner_size": 16})
+    cfg = cfg.with_section("profile", source="student", student_run="student-z3")
+    layout = Layout(cfg.storage_path)
+    summary = train_profile.run(cfg)
+    assert summary.epochs_trained == 2 and all(epoch["profile_distill"] > 0 for epoch in summary.history)
+    loaded = models.load(layout, "profile")
+    assert loaded.manifest.kind == "sasrec" and loaded.manifest.inputs["profiles"].startswith("student/")
+    assert summary.valid["users"] == USERS
+
+    users = layout.read_users()
+    named, oracle = train_profile.profile_embeddings(cfg.with_section("profile", source="oracle"), layout, users)
+    assert named.startswith("oracle/") and oracle.num_rows == USERS
+    with pytest.raises(ValueError, match="no 'profile' rows"):
+        train_profile.profile_embeddings(cfg.with_section("profile", source="generated"), layout, users)

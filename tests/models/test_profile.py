@@ -1,0 +1,49 @@
+"""Profile distillation on real Beauty sequences: profiles matched to users, the term while it lasts, and
+users without a profile adding nothing."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from r2end_core.config import HistoryRule, ProfileConfig, SasrecArgs, SasrecConfig
+from r2end_core.models import profile, sasrec
+
+SMALL = SasrecArgs(hidden_size=32, num_heads=2, inner_size=32, max_len=20, dropout=0.2)
+CFG = SasrecConfig(model=SMALL, batch_size=64, max_epochs=4, eval_every=4, seed=3)
+
+
+def train(users, items, loss):
+    extras = sasrec.Extras(auxiliary=loss) if loss is not None else None
+    return list(sasrec.train(users, items, CFG, HistoryRule(), torch.device("cpu"), extras=extras))
+
+
+def test_profiles_must_name_known_users_once(prepared_tables):
+    users, _ = prepared_tables
+    first = users["user_id"][0].as_py()
+    with pytest.raises(ValueError, match="not in the users table"):
+        profile.profile_matrix(users, pa.table({"user_id": ["nobody"], "embedding": [[1.0]]}))
+    with pytest.raises(ValueError, match="more than one profile"):
+        profile.profile_matrix(users, pa.table({"user_id": [first, first], "embedding": [[1.0], [2.0]]}))
+
+
+def test_the_term_trains_in_its_phase_and_then_stops(prepared_tables):
+    users, items = prepared_tables
+    rng = np.random.default_rng(0)
+    profiles = rng.normal(size=(users.num_rows, 24)).astype(np.float32)
+    has = rng.random(users.num_rows) < 0.5
+    loss = profile.ProfileDistillation(profiles * has[:, None], has, SMALL.hidden_size, ProfileConfig(distill_epochs=3))
+    records = [record for _, record in train(users, items, loss)]
+    terms = [r["profile_distill"] for r in records]
+    assert terms[2] < terms[0] and terms[3] == 0.0  # learnt during the phase; cross-entropy alone after it
+
+
+def test_users_without_a_profile_train_as_plain_sasrec(prepared_tables):
+    users, items = prepared_tables
+    nobody = np.zeros(users.num_rows, dtype=bool)
+    loss = profile.ProfileDistillation(
+        np.zeros((users.num_rows, 8), np.float32), nobody, SMALL.hidden_size, ProfileConfig()
+    )
+    with_term, plain = train(users, items, loss)[-1][0], train(users, items, None)[-1][0]
+    for name, weights in plain["current"]["model"].items():
+        assert torch.equal(weights, with_term["current"]["model"][name]), name

@@ -413,6 +413,14 @@ class ProfileConfig(StrictModel):
     distill_epochs: int = Field(40, ge=1, description="Epochs with the distillation term; cross-entropy alone after.")
 
 
+class FusionConfig(StrictModel):
+    """Our student: SASRec fitted to the residual of a frozen text model's scores (``models.fusion``)."""
+
+    run_name: str = Field("fusion", pattern=r"^[A-Za-z0-9_.-]+$", description="The model's name under models/.")
+    text_model: str = Field("r2end", description="The text model fused (a model's name under models/, latest).")
+    initial_weight: float = Field(10.0, description="Starting weight of the text model's cosine in the score.")
+
+
 class IndexConfig(StrictModel):
     model: str | None = Field(None, description="The model (its name under models/) the index serves. None: r2end's.")
     kind: IndexKind = Field(
@@ -472,6 +480,7 @@ class PipelineConfig(StrictModel):
     sasrec: SasrecConfig = SasrecConfig()
     dllm2rec: Dllm2recConfig = Dllm2recConfig()
     profile: ProfileConfig = ProfileConfig()
+    fusion: FusionConfig = FusionConfig()
     generate: GenerateConfig = GenerateConfig()
     embed: EmbedConfig = EmbedConfig()
     distill: DistillConfig = DistillConfig()

@@ -11,6 +11,7 @@ import torch
 from r2end_core.config import EmbedConfig, Resources
 from r2end_core.data.histories import Histories
 from r2end_core.layout import Layout
+from r2end_core.models.base import Recommender, model_path
 from r2end_core.text import encoders
 from r2end_core.text.cache import cached_encode, encoder_id
 
@@ -78,3 +79,13 @@ def history_embedder(
     """Histories -> embeddings of their texts (``history_text_encoder``): a text model's fast ``embed_users``."""
     encode = history_text_encoder(layout, source, weights, ec, resources)
     return lambda histories: encode(histories.texts)
+
+
+def with_bulk_encoding(model: Recommender, layout: Layout, ec: EmbedConfig, resources: Resources) -> Recommender:
+    """``model``, its history texts encoded on Ray Data through the shared cache when it reads them with a
+    text encoder (an R2END model); any other model as it is."""
+    if "text" in model.manifest.reads and model.manifest.text_encoder:
+        source = model_path(model.manifest.text_encoder, layout)
+        weights = model.manifest.inputs["user_encoder"]
+        model.embed_users = history_embedder(layout, source, weights, ec, resources)
+    return model

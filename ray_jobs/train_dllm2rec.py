@@ -17,8 +17,7 @@ import time
 from r2end_core import models, schemas, storage
 from r2end_core.config import PipelineConfig
 from r2end_core.layout import Layout
-from r2end_core.models import dllm2rec, sasrec
-from r2end_core.models.base import model_path
+from r2end_core.models import dllm2rec, instances, sasrec
 from r2end_core.models.r2end import targets
 from r2end_core.summaries import EmbedReport, TrainSummary
 from ray_jobs import ray_data, sequential
@@ -28,18 +27,14 @@ from ray_jobs.runtime import log, run_stage
 def rankings(cfg: PipelineConfig, layout: Layout) -> tuple[str, object]:
     """The teacher's rankings for the configured instances: (what names them, the table), made once."""
     dc, users, items = cfg.dllm2rec, layout.read_users(), layout.read_items()
-    teacher = models.load(layout, dc.teacher)
+    teacher = ray_data.with_bulk_encoding(models.load(layout, dc.teacher), layout, cfg.embed, cfg.resources)
     path = layout.teacher_rankings(
         dc.teacher, teacher.manifest.version, f"{dc.positions}-top{dc.top_k}-len{cfg.sasrec.model.max_len}"
     )
     if not storage.exists(path):
         started = time.time()
-        if teacher.manifest.reads == "text" and teacher.manifest.text_encoder:
-            source = model_path(teacher.manifest.text_encoder, layout)
-            weights = teacher.manifest.inputs["user_encoder"]
-            teacher.embed_users = ray_data.history_embedder(layout, source, weights, cfg.embed, cfg.resources)
-        instances = dllm2rec.training_instances(users, dc.positions, cfg.sasrec.model.max_len)
-        table = dllm2rec.teacher_rankings(teacher, users, items, instances, dc.top_k, teacher.manifest.history)
+        ranked = instances.training_instances(users, dc.positions, cfg.sasrec.model.max_len)
+        table = dllm2rec.teacher_rankings(teacher, users, items, ranked, dc.top_k, teacher.manifest.history)
         storage.write_table(table, path)
         log.info(f"teacher rankings: {table.num_rows:,} instances in {time.time() - started:.0f} s -> {path}")
     return f"{dc.teacher}/{teacher.manifest.version}", storage.read_table(path)

@@ -180,7 +180,7 @@ class Recommender:
                 raise HTTPException(422, f"model {self.model.name} ({self.model.kind}) reads item ids: send 'history'")
             return Histories([[]], texts=[body.history_text])
         try:
-            rule = self.model.history if self.model.reads == "text" else None
+            rule = self.model.history if self.model.reads != "item_ids" else None
             return self.catalogue.history(body.history, body.timestamps, body.at, text_rule=rule)
         except UnknownItemsError as err:
             shown = ", ".join(err.ids[:10]) + (f" and {len(err.ids) - 10} more" if len(err.ids) > 10 else "")

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from r2end_core.layout import Layout
 from r2end_core.models.base import ModelManifest, Recommender, read_manifest, save
+from r2end_core.models.fusion import FusionRecommender
 from r2end_core.models.r2end.recommender import R2endRecommender
 from r2end_core.models.sasrec import SasrecRecommender
 
 #: manifest.kind -> the class that loads it
-KINDS = {"sasrec": SasrecRecommender, "r2end": R2endRecommender}
+KINDS = {"sasrec": SasrecRecommender, "r2end": R2endRecommender, "fusion": FusionRecommender}
 
 __all__ = ["KINDS", "ModelManifest", "Recommender", "load", "read_manifest", "save"]
 

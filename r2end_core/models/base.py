@@ -40,7 +40,7 @@ class ModelManifest(BaseModel):
     name: str
     version: str = ""  # set when saved: a digest of everything below and of the weight files
     args: dict[str, Any]  # the kind's model arguments (what rebuilds it)
-    reads: Literal["item_ids", "text"]  # what user_vectors needs in Histories
+    reads: Literal["item_ids", "text", "item_ids+text"]  # what user_vectors needs in Histories
     similarity: Literal["dot", "cosine"]  # cosine: the vectors are unit length
     history: HistoryRule  # how a history of ids is cut (and, for text models, written) as in training
     text_encoder: str | None = None  # the user tower's text encoder: under the storage path, or bundled:<name>

@@ -1,7 +1,7 @@
 """DLLM2Rec (Cui et al., RecSys 2024) with r2end as the teacher: a SASRec student that learns from a teacher
 recommender's rankings and from r2end's item embeddings, with no LLM at training or serving time.
 
-    instances = training_instances(users, "last", max_len)        # which predictions get a ranking
+    instances = training_instances(users, "last", max_len)        # which predictions (models.instances)
     table = teacher_rankings(teacher, users, items, instances, k)  # schemas.TEACHER_RANKINGS
     extras = sasrec.Extras(item_embeddings, cfg.embedding_weight,
                            RankingDistillation(table, users, items.num_rows, cfg))
@@ -28,51 +28,11 @@ import torch.nn.functional as F
 
 from r2end_core import schemas
 from r2end_core.config import Dllm2recConfig, HistoryRule
-from r2end_core.data.histories import Histories
 from r2end_core.data.items import Catalogue
-from r2end_core.data.splits import index_sequences, training_part
+from r2end_core.data.splits import index_sequences
 from r2end_core.models.base import Recommender
+from r2end_core.models.instances import InstanceIndex, instance_histories
 from r2end_core.models.sasrec import AuxiliaryLoss, Batch, StepOutputs
-
-
-def training_instances(users: pa.Table, positions: str, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """(user rows, positions) of the predictions that get a teacher ranking: each user's training target
-    (``"last"``) or every position of the training part that the student predicts (``"all"``: each but the
-    first, within the ``max_len + 1`` most recent).
-
-    >>> users = pa.table({"sequence": [["a", "b", "c", "d", "e"], ["a", "b", "c", "d", "e", "f", "g"]]})
-    >>> [r.tolist() for r in training_instances(users, "last", 50)]
-    [[0, 1], [2, 4]]
-    >>> [r.tolist() for r in training_instances(users, "all", 2)]
-    [[0, 0, 1, 1], [1, 2, 3, 4]]
-    """
-    lengths = np.array([len(training_part(s)) for s in users.column("sequence").to_pylist()])
-    if positions == "last":
-        return np.arange(len(lengths)), lengths - 1
-    rows, places = [], []
-    for row, n in enumerate(lengths):
-        first = max(1, n - max_len)
-        rows += [row] * (n - first)
-        places += range(first, n)
-    return np.array(rows, dtype=np.int64), np.array(places, dtype=np.int64)
-
-
-def instance_histories(
-    users: pa.Table, catalogue: Catalogue, rows: np.ndarray, positions: np.ndarray, rule: HistoryRule | None
-) -> Histories:
-    """Each instance's history (the items before ``position``), with its text written by ``rule`` (None: no
-    text, for a model that reads item ids)."""
-    sequences, stamps = users.column("sequence").to_pylist(), users.column("timestamps").to_pylist()
-    parts = [
-        catalogue.history(
-            sequences[r][:p],
-            None if stamps[r] is None else stamps[r][:p],
-            None if stamps[r] is None else stamps[r][p],
-            rule,
-        )
-        for r, p in zip(rows.tolist(), positions.tolist())
-    ]
-    return Histories.concat(parts)
 
 
 def teacher_rankings(
@@ -130,31 +90,14 @@ class RankingDistillation(AuxiliaryLoss):
     def __init__(self, rankings: pa.Table, users: pa.Table, cfg: Dllm2recConfig):
         super().__init__()
         self.cfg = cfg
-        row_of = {user_id: r for r, user_id in enumerate(users.column("user_id").to_pylist())}
-        if missing := set(rankings.column("user_id").to_pylist()) - row_of.keys():
-            raise ValueError(f"teacher rankings name {len(missing)} users that are not in the users table")
-        # One slot per (user, position): slot = start[row] + position holds the ranking's row, or -1.
-        lengths = np.array([len(s) for s in users.column("sequence").to_pylist()])
-        start = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        slots = np.full(int(lengths.sum()), -1, dtype=np.int64)
-        rows = np.array([row_of[u] for u in rankings.column("user_id").to_pylist()], dtype=np.int64)
-        slots[start[rows] + rankings.column("position").to_numpy()] = np.arange(rankings.num_rows)
-        self.register_buffer("start", torch.from_numpy(start), persistent=False)
-        self.register_buffer("slots", torch.from_numpy(slots), persistent=False)
+        positions = rankings.column("position").to_numpy()
+        self.index = InstanceIndex(users, rankings.column("user_id").to_pylist(), positions)
         k = len(rankings.column("items")[0])
         self.register_buffer("items", torch.tensor(rankings.column("items").to_pylist()), persistent=False)
         distance = torch.tensor(rankings.column("target_distance").to_numpy(), dtype=torch.float32)
-        confidence = torch.exp(-distance / cfg.beta)
-        self.register_buffer("confidence", confidence, persistent=False)
+        self.register_buffer("confidence", torch.exp(-distance / cfg.beta), persistent=False)
         position = torch.exp(-torch.arange(1, k + 1, dtype=torch.float32) / cfg.beta)
         self.register_buffer("position_weights", position / position.sum(), persistent=False)
-
-    def rankings_of(self, batch: Batch, real: torch.Tensor) -> torch.Tensor:
-        """The ranking row of each predicted position of the batch (-1: none), in ``logits`` row order."""
-        positions = batch.positions.to(self.slots.device)
-        rows = torch.as_tensor(batch.rows, device=self.slots.device)[:, None].expand_as(positions)
-        slot = self.start[rows] + positions.clamp(min=0)
-        return torch.where(positions >= 0, self.slots[slot], -1)[real.to(self.slots.device)]
 
     def importance(self, ranking: torch.Tensor, student_scores: torch.Tensor) -> torch.Tensor:
         """[instances, K] weights: teacher rank, teacher confidence, agreement with the student's top-K."""
@@ -168,7 +111,7 @@ class RankingDistillation(AuxiliaryLoss):
         )
 
     def forward(self, batch: Batch, outputs: StepOutputs, epoch: int) -> tuple[torch.Tensor, float]:
-        ranking = self.rankings_of(batch, outputs.real)
+        ranking = self.index.of(batch, outputs.real)
         has = ranking >= 0
         if not has.any():
             return torch.zeros((), device=outputs.logits.device), 0.0

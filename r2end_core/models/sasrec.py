@@ -25,7 +25,7 @@ from r2end_core.data.items import UnknownItemsError
 from r2end_core.data.splits import Split, index_sequences, training_part
 from r2end_core.eval.evaluate import EvalSet, evaluate
 from r2end_core.layout import Layout
-from r2end_core.models.base import ModelManifest
+from r2end_core.models.base import ModelManifest, Recommender
 from r2end_core.train import selection, sharding
 
 WEIGHTS_FILE = "model.pt"
@@ -230,9 +230,11 @@ def train_one_epoch(
     world: int = 1,
     auxiliary: AuxiliaryLoss | None = None,
     epoch: int = 1,
+    prior: nn.Module | None = None,
 ) -> dict[str, float]:
-    """One pass of full-softmax cross-entropy (plus ``auxiliary``); returns this rank's mean loss per
-    predicted position (``loss``: the cross-entropy) and the auxiliary term's mean."""
+    """One pass of full-softmax cross-entropy (plus ``auxiliary``; on the SASRec's scores plus ``prior``'s,
+    ``prior(batch, real) -> [real positions, n_items]``); returns this rank's mean loss per predicted
+    position (``loss``: the cross-entropy) and the auxiliary term's mean."""
     core = getattr(model, "module", model)  # unwrap DistributedDataParallel
     model.train()
     totals, count = {"loss": 0.0} | ({auxiliary.name: 0.0} if auxiliary else {}), 0
@@ -242,6 +244,8 @@ def train_one_epoch(
         hidden, layers = model(inputs, return_layers=True) if needs_layers else (model(inputs), None)
         real = targets > 0
         logits = core.catalogue_logits(hidden[real])
+        if prior is not None:
+            logits = logits + prior(batch, real)
         loss = F.cross_entropy(logits, targets[real] - 1)
         n = int(real.sum())
         total = loss
@@ -251,8 +255,9 @@ def train_one_epoch(
             totals[auxiliary.name] += value * n
         optimizer.zero_grad(set_to_none=True)
         (total * sharding.loss_scale(n, batch.global_positions, world)).backward()
-        if auxiliary is not None:
-            sharding.average_gradients(auxiliary.parameters(), world)
+        for part in (auxiliary, prior):
+            if part is not None:
+                sharding.average_gradients(part.parameters(), world)
         optimizer.step()
         totals["loss"] += loss.item() * n
         count += n
@@ -280,6 +285,15 @@ class Extras:
     item_features: np.ndarray | None = None
     feature_weight: float = 0.0
     auxiliary: AuxiliaryLoss | None = None
+    prior: nn.Module | None = None  # scores added to the SASRec's in training (models.fusion.TextPrior)
+
+    def trained_modules(self) -> dict[str, nn.Module]:
+        """The student's trained parts besides the SASRec, by name in its checkpoints."""
+        return {name: m for name, m in (("auxiliary", self.auxiliary), ("prior", self.prior)) if m is not None}
+
+    def recommender(self, model: SasrecRecommender) -> Recommender:
+        """What the student is as a recommender, for validation and saving (a subclass fuses more)."""
+        return model
 
     def module(self, n_items: int, args: SasrecArgs) -> SASRec:
         """The student's module, its item features set."""
@@ -311,23 +325,24 @@ def train(
     valid = EvalSet.build(users, items, Split.VALID, cfg.mask_history)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     core = extras.module(items.num_rows, cfg.model).to(device)
-    auxiliary = extras.auxiliary.to(device) if extras.auxiliary is not None else None
+    trained = {name: m.to(device) for name, m in extras.trained_modules().items()}
     model = wrap(core)
-    parameters = [*model.parameters(), *(auxiliary.parameters() if auxiliary is not None else [])]
+    parameters = [*model.parameters(), *(p for m in trained.values() for p in m.parameters())]
     optimizer = torch.optim.Adam(parameters, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    scorer = SasrecRecommender(core, valid.item_ids, manifest("", cfg.model, items.num_rows, history, {}), str(device))
+    sasrec_model = manifest("", cfg.model, items.num_rows, history, {})
+    scorer = extras.recommender(SasrecRecommender(core, valid.item_ids, sasrec_model, str(device)))
     rng = np.random.default_rng(cfg.seed)
     if restored:  # go on from the last epoch
         core.load_state_dict(restored["current"]["model"])
         optimizer.load_state_dict(restored["current"]["optimizer"])
-        if auxiliary is not None:
-            auxiliary.load_state_dict(restored["current"]["auxiliary"])
+        for name, module in trained.items():
+            module.load_state_dict(restored["current"][name])
         rng.bit_generator.state = restored["current"]["rng"]
         torch.set_rng_state(restored["current"]["torch_rng"])
 
     def train_epoch(epoch: int) -> dict:
         batches = training_batches(tokens, cfg.batch_size, cfg.model.max_len, rng, rank, world)
-        return train_one_epoch(model, optimizer, batches, device, world, auxiliary, epoch)
+        return train_one_epoch(model, optimizer, batches, device, world, extras.auxiliary, epoch, extras.prior)
 
     yield from selection.epochs(
         restored,
@@ -337,7 +352,7 @@ def train(
         lambda: {
             "model": core.state_dict(),
             "optimizer": optimizer.state_dict(),
-            **({"auxiliary": auxiliary.state_dict()} if auxiliary is not None else {}),
+            **{name: module.state_dict() for name, module in trained.items()},
             "rng": rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
         },  # batch order and dropout masks go on as they would have

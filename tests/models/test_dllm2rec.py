@@ -11,7 +11,7 @@ from r2end_core.data.items import Catalogue
 from r2end_core.data.splits import Split, index_sequences, training_part
 from r2end_core.eval.evaluate import EvalSet, evaluate
 from r2end_core.layout import Layout
-from r2end_core.models import dllm2rec, sasrec
+from r2end_core.models import dllm2rec, instances, sasrec
 
 SMALL = SasrecArgs(hidden_size=32, num_heads=2, inner_size=32, max_len=20, dropout=0.2)
 
@@ -25,15 +25,15 @@ def untrained_teacher(items) -> sasrec.SasrecRecommender:
 def test_the_teachers_rankings_are_its_best_unseen_items(prepared_tables):
     users, items = prepared_tables
     teacher = untrained_teacher(items)
-    instances = dllm2rec.training_instances(users, "all", SMALL.max_len)
-    table = dllm2rec.teacher_rankings(teacher, users, items, instances, 5, HistoryRule(), batch_size=97)
-    assert table.schema == dllm2rec.schemas.TEACHER_RANKINGS and table.num_rows == len(instances[0])
+    ranked = instances.training_instances(users, "all", SMALL.max_len)
+    table = dllm2rec.teacher_rankings(teacher, users, items, ranked, 5, HistoryRule(), batch_size=97)
+    assert table.schema == dllm2rec.schemas.TEACHER_RANKINGS and table.num_rows == len(ranked[0])
     sequences = index_sequences(users, items)
     item_vectors = teacher.item_vectors()
     for n in [0, 1, 500, table.num_rows - 1]:  # against scoring the one instance alone
-        row, position = int(instances[0][n]), int(instances[1][n])
+        row, position = int(ranked[0][n]), int(ranked[1][n])
         history = sequences[row][:position]
-        histories = dllm2rec.instance_histories(users, Catalogue(items), np.array([row]), np.array([position]), None)
+        histories = instances.instance_histories(users, Catalogue(items), np.array([row]), np.array([position]), None)
         user = teacher.user_vectors(histories)[0]
         scores = item_vectors @ user
         scores[history] = -np.inf
@@ -68,7 +68,7 @@ def test_a_student_learns_what_the_teacher_ranks(prepared_tables):
     trained on cross-entropy alone."""
     users, items = prepared_tables
     teacher = untrained_teacher(items)  # ranks by chance: nothing the data alone would teach
-    rows, positions = dllm2rec.training_instances(users, "last", SMALL.max_len)
+    rows, positions = instances.training_instances(users, "last", SMALL.max_len)
     rankings = dllm2rec.teacher_rankings(teacher, users, items, (rows, positions), 10, HistoryRule())
     cfg = SasrecConfig(model=SMALL, batch_size=64, learning_rate=5e-3, max_epochs=8, eval_every=8, seed=3)
     tokens = [training_part(s) + 1 for s in index_sequences(users, items)]

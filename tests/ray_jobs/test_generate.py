@@ -18,6 +18,7 @@ import pytest
 from r2end_core import storage
 from r2end_core.layout import Layout
 from r2end_core.summaries import GenerateSummary
+from r2end_core.teacher import prompts
 from r2end_core.teacher.kinds import KINDS
 from r2end_core.teacher.outputs import read_generated
 from ray_jobs import generate, prepare
@@ -31,6 +32,7 @@ SETTINGS = (
     f"generate.max_users={USERS}",
     f"generate.max_items={ITEMS}",
     "generate.max_words=24",
+    "generate.kinds=[oracle,unguided,profile,item]",  # every kind, each for real
     # Two sequences at a time, so commits come seconds apart and the kill lands between them.
     "generate.batch_size=2",
     "generate.write_every=2",
@@ -84,20 +86,20 @@ def test_killed_generation_resumes_exactly_once(tmp_path, ray_cluster):
     os.killpg(job.pid, signal.SIGKILL)  # the job and the Ray cluster it started, mid-run
     job.wait()
     before = committed_rows(root)
-    assert 0 < len(before) < 2 * USERS + ITEMS
+    assert 0 < len(before) < 3 * USERS + ITEMS
 
     # The re-runs go through the session's cluster (sparing a Ray start each): the first, with a time
     # budget, stops after its first commit, keeps it, and says what is left; the second finishes.
     summary = generate.run(sample_config(tmp_path, *SETTINGS, "generate.time_budget_s=0.1"))
     assert summary.stopped_by_time_budget
     assert GenerateSummary.read(Layout(root).generation_summary, "generate") == summary
-    assert 0 < sum(k.not_generated for k in summary.kinds.values()) < 2 * USERS + ITEMS - len(before)
+    assert 0 < sum(k.not_generated for k in summary.kinds.values()) < 3 * USERS + ITEMS - len(before)
     before = committed_rows(root)
 
     summary = generate.run(sample_config(tmp_path, *SETTINGS))
     assert not summary.stopped_by_time_budget and all(k.not_generated == 0 for k in summary.kinds.values())
     assert sum(k.skipped_done for k in summary.kinds.values()) == sum(r["error"] is None for r in before.values())
-    for name, expected in (("oracle", USERS), ("unguided", USERS), ("item", ITEMS)):
+    for name, expected in (("oracle", USERS), ("unguided", USERS), ("profile", USERS), ("item", ITEMS)):
         kind = KINDS[name]
         table = read_generated(Layout(root), kind)
         assert table.num_rows == expected == len(set(table.column(kind.key_column).to_pylist()))
@@ -105,6 +107,8 @@ def test_killed_generation_resumes_exactly_once(tmp_path, ray_cluster):
         assert len(storage.list_files(Layout(root).generated(kind.folder))) == 1  # merged
         for r in table.to_pylist():
             assert r["error"] is None and r["text"]
+            if name == "profile":  # a real profile: the teacher wrote on from the prefilled lead-in
+                assert r["text"].startswith(prompts.PROFILE_LEAD_IN) and len(r["text"]) > len(prompts.PROFILE_LEAD_IN)
             earlier = before.get((name, r[kind.key_column]))
             if earlier is not None and earlier["error"] is None:
                 assert (r["text"], r["generated_at"]) == (earlier["text"], earlier["generated_at"])  # not redone
@@ -120,6 +124,7 @@ def test_killed_generation_resumes_exactly_once(tmp_path, ray_cluster):
     assert {kind: (k.in_extended_folders, k.requested) for kind, k in summary.kinds.items()} == {
         "oracle": (USERS, 0),
         "unguided": (USERS, 0),
+        "profile": (USERS, 0),
         "item": (ITEMS, 0),
     }
     # Another teacher may not extend them: its answers would be joined with theirs as one run's.

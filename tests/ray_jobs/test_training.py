@@ -27,7 +27,7 @@ from r2end_core.models.r2end import projection
 from r2end_core.models.r2end.targets import inputs_digest as targets_digest
 from r2end_core.summaries import DistillSummary
 from r2end_core.text import encoders
-from ray_jobs import distill, embed, project, train_dllm2rec, train_profile
+from ray_jobs import distill, embed, project, train_dllm2rec, train_fusion, train_profile
 from tests.conftest import REPO
 from tests.conftest import SLICE_USERS as USERS
 
@@ -156,10 +156,11 @@ def test_new_embeddings_start_new_training_runs(embedded):
     ) == names["a"]
 
 
-def test_dllm2rec_learns_from_a_text_model_and_saves_a_sasrec(embedded):
-    """DLLM2Rec on Ray Train with a real R2END teacher (Enc on the history texts, encoded on Ray Data):
-    the teacher ranks each training instance once, the student trains with the ranking term and the item
-    embeddings, and what it saves is a SASRec any consumer of the interface loads."""
+def test_students_of_a_text_model_dllm2rec_and_fusion(embedded):
+    """Two students of a real R2END model (Enc on the history texts, encoded on Ray Data), on Ray Train.
+    DLLM2Rec: the teacher ranks each training instance once, the student trains with the ranking term and
+    the item embeddings, and saves a SASRec. Fusion: a SASRec trained on its scores plus the text model's,
+    saved as one model that reads item ids and text."""
     cfg = embedded[0].with_section("project", run_name="teacher", model={"user_encoder": "encoder"}, epochs=1)
     cfg = cfg.with_section("sasrec", max_epochs=2, batch_size=8, model={"hidden_size": 16, "inner_size": 16})
     cfg = cfg.with_section("dllm2rec", teacher="teacher", positions="all", top_k=5)
@@ -179,6 +180,12 @@ def test_dllm2rec_learns_from_a_text_model_and_saves_a_sasrec(embedded):
         assert not {item_ids[i] for i in ranked} & set(first[:position])  # never an item of the history
     valid = EvalSet.build(users, layout.read_items(), Split.VALID)
     assert evaluate(student, valid).metrics["ndcg@10"] == pytest.approx(summary.valid["ndcg@10"], abs=1e-6)
+
+    fused = train_fusion.run(cfg.with_section("fusion", text_model="teacher"))
+    model = models.load(layout, "fusion")
+    assert model.manifest.kind == "fusion" and model.manifest.inputs["text_model"] == f"teacher/{teacher.version}"
+    assert model.text.manifest.version == teacher.version and model.weight != 10.0  # the weight was learnt
+    assert evaluate(model, valid).metrics["ndcg@10"] == pytest.approx(fused.valid["ndcg@10"], abs=1e-6)
 
     assert student.manifest.inputs.keys() == {"prepared", "distillation", "teacher", "item_embeddings"}
 

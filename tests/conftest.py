@@ -189,3 +189,15 @@ def zero3_student(embedded):
         )
     )
     return cfg, distill.run(cfg)
+
+
+@pytest.fixture(scope="session")
+def r2end_model(zero3_student):
+    """(config, train summary): an R2END model (``r2end-serve``) on the ZeRO-3 student, its projection
+    trained one epoch, with two CPUs per worker again: the model the serving tests serve and the students
+    of a text model learn from."""
+    from ray_jobs import project
+
+    cfg = zero3_student[0].with_section("resources", cpus_per_worker=2)
+    cfg = cfg.with_section("project", run_name="r2end-serve", student_run="student-z3", epochs=1)
+    return cfg, project.run(cfg)

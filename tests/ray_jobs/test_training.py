@@ -156,22 +156,22 @@ def test_new_embeddings_start_new_training_runs(embedded):
     ) == names["a"]
 
 
-def test_students_of_a_text_model_dllm2rec_and_fusion(embedded):
-    """Two students of a real R2END model (Enc on the history texts, encoded on Ray Data), on Ray Train.
+def test_students_of_a_text_model_dllm2rec_and_fusion(r2end_model):
+    """Two students of a real R2END model (a distilled student on the history texts, encoded on Ray Data),
+    on Ray Train.
     DLLM2Rec: the teacher ranks each training instance once, the student trains with the ranking term and
     the item embeddings, and saves a SASRec. Fusion: a SASRec trained on its scores plus the text model's,
     saved as one model that reads item ids and text."""
-    cfg = embedded[0].with_section("project", run_name="teacher", model={"user_encoder": "encoder"}, epochs=1)
+    cfg, teacher = r2end_model
     cfg = cfg.with_section("sasrec", max_epochs=2, batch_size=8, model={"hidden_size": 16, "inner_size": 16})
-    cfg = cfg.with_section("dllm2rec", teacher="teacher", positions="all", top_k=5)
+    cfg = cfg.with_section("dllm2rec", teacher="r2end-serve", positions="all", top_k=5)
     layout = Layout(cfg.storage_path)
-    teacher = project.run(cfg)
     summary = train_dllm2rec.run(cfg)
     assert summary.epochs_trained == 2 and all(epoch["rank_distill"] > 0 for epoch in summary.history)
     student = models.load(layout, "dllm2rec")
-    assert student.manifest.kind == "sasrec" and student.manifest.inputs["teacher"] == f"teacher/{teacher.version}"
+    assert student.manifest.kind == "sasrec" and student.manifest.inputs["teacher"] == f"r2end-serve/{teacher.version}"
     assert student.module.feature_dim == 384 and student.manifest.version == summary.version
-    rankings = storage.read_table(layout.teacher_rankings("teacher", teacher.version, "all-top5-len50"))
+    rankings = storage.read_table(layout.teacher_rankings("r2end-serve", teacher.version, "all-top5-len50"))
     users = layout.read_users()
     assert rankings.num_rows == sum(len(s) - 3 for s in users["sequence"].to_pylist())  # every trained position
     first = users["sequence"][0].as_py()
@@ -181,21 +181,20 @@ def test_students_of_a_text_model_dllm2rec_and_fusion(embedded):
     valid = EvalSet.build(users, layout.read_items(), Split.VALID)
     assert evaluate(student, valid).metrics["ndcg@10"] == pytest.approx(summary.valid["ndcg@10"], abs=1e-6)
 
-    fused = train_fusion.run(cfg.with_section("fusion", text_model="teacher"))
+    fused = train_fusion.run(cfg.with_section("fusion", text_model="r2end-serve"))
     model = models.load(layout, "fusion")
-    assert model.manifest.kind == "fusion" and model.manifest.inputs["text_model"] == f"teacher/{teacher.version}"
+    assert model.manifest.kind == "fusion" and model.manifest.inputs["text_model"] == f"r2end-serve/{teacher.version}"
     assert model.text.manifest.version == teacher.version and model.weight != 10.0  # the weight was learnt
     assert evaluate(model, valid).metrics["ndcg@10"] == pytest.approx(fused.valid["ndcg@10"], abs=1e-6)
 
     assert student.manifest.inputs.keys() == {"prepared", "distillation", "teacher", "item_embeddings"}
 
 
-def test_profile_distillation_from_a_student_and_the_other_sources(zero3_student):
+def test_profile_distillation_from_a_student_and_the_other_sources(r2end_model):
     """Profile distillation on Ray Train from a distilled student's embedding of every user's training
     history (encoded on Ray Data); the other sources read the embed stage's targets: R2END's oracle targets
     (the slice's users with reasoning) and generated profiles, which this slice's teacher did not write."""
-    cfg = zero3_student[0].with_section("resources", cpus_per_worker=2)
-    cfg = cfg.with_section("sasrec", max_epochs=2, batch_size=8, model={"hidden_size": 16, "inner_size": 16})
+    cfg = r2end_model[0].with_section("sasrec", max_epochs=2, batch_size=8, model={"hidden_size": 16, "inner_size": 16})
     cfg = cfg.with_section("profile", source="student", student_run="student-z3")
     layout = Layout(cfg.storage_path)
     summary = train_profile.run(cfg)

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from r2end_core.layout import Layout
-from ray_jobs import index, project, train_fusion, train_sasrec
+from ray_jobs import index, train_fusion, train_sasrec
 from ray_jobs import serve as deploy
 from serve_app.app import ItemIndex, UserModel
 from tests.conftest import BEAUTY
@@ -28,11 +28,9 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def served(zero3_student):
+def served(r2end_model):
     """(config, base URL, the index version served, a real user's request body, an HNSW version's summary)."""
-    cfg = zero3_student[0].with_section("project", run_name="r2end-serve", student_run="student-z3", epochs=1)
-    cfg = cfg.with_section("serve", port=free_port(), keep_serving=False, max_replicas=1)
-    project.run(cfg)
+    cfg = r2end_model[0].with_section("serve", port=free_port(), keep_serving=False, max_replicas=1)
     approximate = index.run(cfg.with_section("index", kind="hnsw", hnsw_m=4, ef_search=4, recall_queries=20))
     built = index.run(cfg)  # exact, and the latest
     url = deploy.start(cfg)

@@ -138,6 +138,11 @@ class SasrecConfig(StrictModel):
     batch_size: int = Field(256, ge=1, description="Users per optimizer step (split across workers).")
     learning_rate: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    length_buckets: bool = Field(
+        True,
+        description="Batch users of similar length (little padding, faster). The loss is each batch's mean over "
+        "its predicted positions, so this weighs short users' positions more; False: random batches.",
+    )
     max_epochs: int = Field(200, ge=1)
     patience: int = Field(10, ge=1, description="Stop after this many validations without a better validation NDCG@10.")
     eval_every: int = Field(1, ge=1, description="Validate every this many epochs.")

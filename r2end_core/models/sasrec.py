@@ -161,6 +161,7 @@ def training_batches(
     rank: int = 0,
     world: int = 1,
     pool_batches: int = 50,
+    length_buckets: bool = True,
 ) -> Iterator[Batch]:
     """Shuffled batches of this rank: predict token t+1 from tokens <= t at every position.
 
@@ -168,8 +169,10 @@ def training_batches(
     every rank (as is ``rng``'s seed): ranks build the same global batches and take their share of each
     (``train.sharding``). Most users are short and a few are long, so a random batch would nearly
     always pad to ``max_len``: users are shuffled, sorted by length within pools of ``pool_batches``
-    batches, and the batches are shuffled again, which keeps padding small and the order random. A
-    sequence of one item predicts nothing and is skipped.
+    batches, and the batches are shuffled again, which keeps padding small and the order random. The
+    loss is a batch's mean over its predicted positions, so this weighs a short user's positions more
+    than a long user's; without ``length_buckets`` batches are random users, as in the usual SASRec
+    training. A sequence of one item predicts nothing and is skipped.
     """
     trainable = np.array([i for i, s in enumerate(train_sequences) if len(s) >= 2], dtype=np.int64)
     order = trainable[rng.permutation(len(trainable))]
@@ -177,7 +180,8 @@ def training_batches(
     batches = []
     for start in range(0, len(order), batch_size * pool_batches):
         pool = order[start : start + batch_size * pool_batches]
-        pool = pool[np.argsort(lengths[pool], kind="stable")]
+        if length_buckets:
+            pool = pool[np.argsort(lengths[pool], kind="stable")]
         batches += [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
     batches = sharding.join_small_tail(batches, world)
     for index in rng.permutation(len(batches)):
@@ -341,7 +345,9 @@ def train(
         torch.set_rng_state(restored["current"]["torch_rng"])
 
     def train_epoch(epoch: int) -> dict:
-        batches = training_batches(tokens, cfg.batch_size, cfg.model.max_len, rng, rank, world)
+        batches = training_batches(
+            tokens, cfg.batch_size, cfg.model.max_len, rng, rank, world, length_buckets=cfg.length_buckets
+        )
         return train_one_epoch(model, optimizer, batches, device, world, extras.auxiliary, epoch, extras.prior)
 
     yield from selection.epochs(

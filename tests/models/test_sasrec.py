@@ -24,11 +24,13 @@ def recommender(module: sasrec.SASRec, items) -> sasrec.SasrecRecommender:
     return sasrec.SasrecRecommender(module, items.column("item_id").to_pylist(), manifest)
 
 
-def test_batches_cover_every_training_position_once(prepared_tables):
+@pytest.mark.parametrize("length_buckets", [True, False])
+def test_batches_cover_every_training_position_once(prepared_tables, length_buckets):
     users, items = prepared_tables
     train = [training_part(s) + 1 for s in index_sequences(users, items)]
-    seen = []
-    for batch in sasrec.training_batches(train, 32, 20, np.random.default_rng(0), pool_batches=3):
+    seen, padded = [], 0
+    rng = np.random.default_rng(0)
+    for batch in sasrec.training_batches(train, 32, 20, rng, pool_batches=3, length_buckets=length_buckets):
         real = batch.targets > 0
         assert torch.equal(batch.inputs[:, 1:][real[:, 1:]], batch.targets[:, :-1][real[:, 1:]])  # shifted inputs
         assert batch.global_positions == int(real.sum())  # one rank: its batch is the global batch
@@ -36,7 +38,10 @@ def test_batches_cover_every_training_position_once(prepared_tables):
         for row, positions, targets in zip(batch.rows, batch.positions, batch.targets):  # where each target sits
             assert [int(train[row][p]) for p in positions[positions >= 0]] == targets[targets > 0].tolist()
         seen.append(int(real.sum()))
+        padded += int((~real).sum())
     assert sum(seen) == sum(min(len(s), 21) - 1 for s in train)
+    # buckets of similar lengths pad far less than random batches do
+    assert (padded < 0.5 * sum(seen)) if length_buckets else (padded > sum(seen))
 
 
 @pytest.mark.parametrize("users, world", [(257, 2), (130, 3)])

@@ -6,6 +6,7 @@ Trains, through the real stages on one Ray cluster, each method in ``METHODS`` w
 SASRec (the baseline recipe), R2END (embed, distill, project), DLLM2Rec and its two ablations, profile
 distillation from each profile source, and our fused student. Then it picks the best LLM-informed
 student by validation NDCG@10 and trains SASRec, R2END and that student with every seed in ``SEEDS``.
+Every student learns from the first seed's R2END model.
 Every model selects its epoch on validation; the test split is scored once per model.
 
 A finished run is recorded under ``bench_runs/students_beauty/`` with a digest of what made it (its
@@ -36,13 +37,25 @@ from ray_jobs.runtime import log, run_stage
 BENCHMARK = "students_beauty"
 SEEDS = (22, 23, 24)
 BASELINE, TEXT_MODEL = "sasrec", "r2end"
-SELECTION = f"the best LLM-informed student by validation NDCG@10 with seed {SEEDS[0]}"
 METRICS = [f"{m}@{k}" for k in (5, 10, 20) for m in ("hr", "ndcg")] + ["tail_hr@10", "tail_ndcg@10"]
 
 
-def teacher_name(seed: int = SEEDS[0]) -> str:
-    """The R2END model the students learn from: the first seed's."""
+def teacher_name(seed: int) -> str:
     return f"{TEXT_MODEL}-seed{seed}"
+
+
+def student_name(seed: int) -> str:
+    """R2END's distilled text encoder."""
+    return f"student-oracle-seed{seed}"
+
+
+def with_teacher(cfg: PipelineConfig, seed: int) -> PipelineConfig:
+    """Every student's teacher: the R2END model (and its distilled encoder) trained with ``seed``."""
+    return (
+        cfg.with_section("dllm2rec", teacher=teacher_name(seed))
+        .with_section("fusion", text_model=teacher_name(seed))
+        .with_section("profile", student_run=student_name(seed))
+    )
 
 
 def with_seed(cfg: PipelineConfig, seed: int) -> PipelineConfig:
@@ -51,7 +64,7 @@ def with_seed(cfg: PipelineConfig, seed: int) -> PipelineConfig:
 
 def train_r2end(cfg: PipelineConfig, seed: int) -> TrainSummary:
     """Distill the oracle student and project it, both with ``seed``: R2END's whole training variance."""
-    student = f"student-oracle-seed{seed}"
+    student = student_name(seed)
     run_cfg = cfg.with_section("distill", target="oracle", run_name=student, seed=seed).with_section(
         "project", run_name=teacher_name(seed), student_run=student, seed=seed
     )
@@ -61,16 +74,14 @@ def train_r2end(cfg: PipelineConfig, seed: int) -> TrainSummary:
 
 def dllm2rec(**changes) -> Callable[[PipelineConfig, int, str], TrainSummary]:
     def train(cfg: PipelineConfig, seed: int, name: str) -> TrainSummary:
-        section = {"run_name": name, "teacher": teacher_name(), **changes}
-        return train_dllm2rec.run(with_seed(cfg, seed).with_section("dllm2rec", **section))
+        return train_dllm2rec.run(with_seed(cfg, seed).with_section("dllm2rec", run_name=name, **changes))
 
     return train
 
 
 def profile_from(source: str) -> Callable[[PipelineConfig, int, str], TrainSummary]:
     def train(cfg: PipelineConfig, seed: int, name: str) -> TrainSummary:
-        section = {"run_name": name, "source": source, "student_run": f"student-oracle-seed{SEEDS[0]}"}
-        return train_profile.run(with_seed(cfg, seed).with_section("profile", **section))
+        return train_profile.run(with_seed(cfg, seed).with_section("profile", run_name=name, source=source))
 
     return train
 
@@ -81,7 +92,7 @@ class Method:
 
     train: Callable[[PipelineConfig, int, str], TrainSummary]
     about: str
-    reads_teacher: bool = False  # learns from the first seed's R2END model
+    reads_teacher: bool = False  # learns from the R2END model
 
     @property
     def informed(self) -> bool:
@@ -102,9 +113,7 @@ METHODS = {
     "profile_oracle": Method(profile_from("oracle"), "profile distillation: R2END's oracle embeddings", True),
     "profile_student": Method(profile_from("student"), "profile distillation: the R2END student's embeddings", True),
     "fusion": Method(
-        lambda cfg, seed, name: train_fusion.run(
-            with_seed(cfg, seed).with_section("fusion", run_name=name, text_model=teacher_name())
-        ),
+        lambda cfg, seed, name: train_fusion.run(with_seed(cfg, seed).with_section("fusion", run_name=name)),
         "ours: SASRec fitted to the residual of R2END's scores",
         True,
     ),
@@ -120,7 +129,7 @@ def train_or_reuse(cfg: PipelineConfig, method: str, seed: int) -> dict:
     layout, spec = Layout(cfg.storage_path), METHODS[method]
     made_by = {"config": cfg.model_dump(mode="json"), "prepared": layout.prepared_digest(), "method": method}
     if spec.reads_teacher:
-        made_by["teacher"] = models.read_manifest(layout, teacher_name()).version
+        made_by["teacher"] = models.read_manifest(layout, cfg.fusion.text_model).version
     key, path = storage.digest(made_by), layout.bench_run(BENCHMARK, model_name(method, seed))
     if storage.exists(path) and (recorded := storage.read_json(path))["key"] == key:
         return {**recorded, "reused": True}
@@ -155,7 +164,8 @@ def paired_vs(base: pa.Table, others: dict[str, pa.Table]) -> dict:
 
 def benchmark(cfg: PipelineConfig, args) -> None:
     started, layout = time.time(), Layout(cfg.storage_path)
-    chosen = args.methods.split(",")
+    chosen, seeds = args.methods.split(","), [int(s) for s in args.seeds.split(",")]
+    cfg = with_teacher(cfg, seeds[0])
     if unknown := [m for m in chosen if m not in METHODS]:
         raise SystemExit(f"unknown methods {unknown}; choose from {list(METHODS)}")
     if any(METHODS[m].reads_teacher for m in chosen) and TEXT_MODEL not in chosen:
@@ -166,18 +176,18 @@ def benchmark(cfg: PipelineConfig, args) -> None:
     for method in [m for m in METHODS if m in chosen]:  # the teacher before its students
         if method.startswith("dllm2rec") and teacher_rankings is None:
             teacher_rankings = rankings_cost(cfg, layout)
-        runs[method] = {SEEDS[0]: train_or_reuse(cfg, method, SEEDS[0])}
+        runs[method] = {seeds[0]: train_or_reuse(cfg, method, seeds[0])}
     informed = [m for m in runs if METHODS[m].informed]
-    best = max(informed, key=lambda m: runs[m][SEEDS[0]]["summary"]["valid"]["ndcg@10"]) if informed else None
+    best = max(informed, key=lambda m: runs[m][seeds[0]]["summary"]["valid"]["ndcg@10"]) if informed else None
     for method in [m for m in (BASELINE, TEXT_MODEL, best) if m in runs]:
-        for seed in SEEDS[1:]:
+        for seed in seeds[1:]:
             runs[method][seed] = train_or_reuse(cfg, method, seed)
-    out = summarise(layout, runs, best)
+    out = summarise(layout, runs, best, seeds)
     out["setup"] = {
         "users": layout.read_users().num_rows,
         "items": layout.read_items().num_rows,
-        "seeds": list(SEEDS),
-        "teacher": teacher_name(),
+        "seeds": seeds,
+        "teacher": cfg.fusion.text_model,
         "teacher_outputs": [str(s) for s in cfg.embed.teacher_outputs or []],
         "embedded_targets": embedded.targets,
         "items_with_description": embedded.items_with_description,
@@ -192,9 +202,8 @@ def benchmark(cfg: PipelineConfig, args) -> None:
 
 def rankings_cost(cfg: PipelineConfig, layout: Layout) -> dict:
     """DLLM2Rec's teacher rankings, made once before its students train, and what making them cost."""
-    rankings_cfg = cfg.with_section("dllm2rec", teacher=teacher_name())
     t = time.time()
-    named, table = train_dllm2rec.rankings(rankings_cfg, layout)
+    named, table = train_dllm2rec.rankings(cfg, layout)
     return {
         "teacher": named,
         "positions": cfg.dllm2rec.positions,
@@ -203,8 +212,8 @@ def rankings_cost(cfg: PipelineConfig, layout: Layout) -> dict:
     }
 
 
-def summarise(layout: Layout, runs: dict[str, dict[int, dict]], best: str | None) -> dict:
-    first = SEEDS[0]
+def summarise(layout: Layout, runs: dict[str, dict[int, dict]], best: str | None, seeds: list[int]) -> dict:
+    first = seeds[0]
     ranks = {m: ranks_of(layout, by_seed[first]["summary"]) for m, by_seed in runs.items()}
     methods = {
         m: {
@@ -219,7 +228,8 @@ def summarise(layout: Layout, runs: dict[str, dict[int, dict]], best: str | None
         }
         for m, by_seed in runs.items()
     }
-    out: dict = {"methods": methods, "best_student": best, "selection": SELECTION}
+    selection = f"the best LLM-informed student by validation NDCG@10 with seed {first}"
+    out: dict = {"methods": methods, "best_student": best, "selection": selection}
     if BASELINE in ranks:
         base = ranks.pop(BASELINE)
         out["paired_vs_sasrec"] = paired_vs(base, ranks)
@@ -263,13 +273,14 @@ def summarise(layout: Layout, runs: dict[str, dict[int, dict]], best: str | None
 
 def report(out: dict) -> str:
     methods, setup = out["methods"], out["setup"]
+    seeds = setup["seeds"]
     base = methods.get(BASELINE)
     lines = [
         "# LLM-informed students against SASRec on Amazon Beauty (all users, full-item ranking)",
         "",
         f"{setup['users']:,} users, {setup['items']:,} items, leave-one-out, history masked; every model's epoch "
-        f"chosen on validation NDCG@10, the test split scored once. Seed {SEEDS[0]} below; SASRec, R2END and the best "
-        f"student (`{out['best_student']}`, chosen on validation) with seeds {', '.join(map(str, SEEDS))} below.",
+        f"chosen on validation NDCG@10, the test split scored once. Seed {seeds[0]} below; SASRec, R2END and the best "
+        f"student (`{out['best_student']}`, chosen on validation) with seeds {', '.join(map(str, seeds))} below.",
         "",
         "| method | H@5 | N@5 | H@10 | N@10 | H@20 | N@20 | tail H@10 | tail N@10 | cov@10 | valid N@10 | minutes |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -299,8 +310,8 @@ def report(out: dict) -> str:
             )
     if out["seeds"]:
         lines += ["", "Seeds (test, mean ± sd over the seeds; paired z against the same seed's SASRec):", ""]
-        lines += ["| method | " + " | ".join(f"seed {s} H@10 / N@10 (z)" for s in SEEDS) + " | H@10 | N@10 |"]
-        lines += ["|---" * (len(SEEDS) + 3) + "|"]
+        lines += ["| method | " + " | ".join(f"seed {s} H@10 / N@10 (z)" for s in seeds) + " | H@10 | N@10 |"]
+        lines += ["|---" * (len(seeds) + 3) + "|"]
         for m, s in out["seeds"].items():
             by_seed = out.get("paired_vs_sasrec_by_seed", {}).get(m, {})
             cells = [
@@ -316,7 +327,7 @@ def report(out: dict) -> str:
     ranked = setup["teacher_rankings"]
     lines += [
         "",
-        f"Teacher: `{setup['teacher']}` (R2END, seed {SEEDS[0]}), from the teacher outputs "
+        f"Teacher: `{setup['teacher']}` (R2END, seed {seeds[0]}), from the teacher outputs "
         f"{', '.join(f'`{f}`' for f in setup['teacher_outputs'])}: embedded targets {setup['embedded_targets']}; "
         f"{setup['items_with_description']:,} items have a teacher description (the alphabetically first ids, "
         "where a time budget cut the run, not a sample).",
@@ -365,7 +376,7 @@ def plot(out: dict) -> None:
         ax.errorbar([i + 0.15], [s["ndcg@10"]["mean"]], yerr=[s["ndcg@10"]["sd"]], fmt="o", color="black")
     ax.set_xticks(range(len(out["seeds"])), list(out["seeds"]))
     ax.set_ylabel("test NDCG@10")
-    ax.set_title(f"seeds {', '.join(map(str, SEEDS))} (mean ± sd in black)")
+    ax.set_title(f"seeds {', '.join(map(str, out['setup']['seeds']))} (mean ± sd in black)")
     fig.tight_layout()
     fig.savefig(results.FOLDER / f"{BENCHMARK}_seeds.png", dpi=110)
     plt.close(fig)
@@ -373,6 +384,11 @@ def plot(out: dict) -> None:
 
 def arguments(parser) -> None:
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of the methods")
+    parser.add_argument(
+        "--seeds",
+        default=",".join(map(str, SEEDS)),
+        help="comma-separated seeds: every method trains with the first, SASRec, R2END and the best student with all",
+    )
 
 
 if __name__ == "__main__":

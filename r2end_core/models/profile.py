@@ -10,7 +10,9 @@ The loss of the reference is ``alpha * beta * L_distil + (1 - alpha) * L_rec``, 
 distillation term to the recommendation loss's magnitude. Under Adam a constant factor on the whole loss
 changes nothing, so the student adds ``alpha / (1 - alpha) * beta * L_distil`` to the cross-entropy, with
 beta the batch's cross-entropy over its distillation MSE (both detached). Users without a profile add
-nothing: the term is averaged over the batch's users, theirs counting as zero.
+nothing: the MSE is over the batch's users with a profile, and the term is scaled by their share of the
+batch, so each of them weighs what it would if every user had one (a source covering a tenth of the users
+does not pull those users ten times harder).
 """
 
 from __future__ import annotations
@@ -73,7 +75,10 @@ class ProfileDistillation(AuxiliaryLoss):
         read = (batch.inputs > 0).to(states.device)[:, :, None]  # the items each row reads
         pooled = (states * read).sum(1) / read.sum(1).clamp(min=1)
         rows = torch.as_tensor(batch.rows, device=states.device)
-        errors = F.mse_loss(pooled, self.to_hidden(self.profiles[rows]), reduction="none").mean(1)
-        mse = (errors * self.has_profile[rows]).sum() / len(rows)
+        has = self.has_profile[rows]
+        if not has.any():
+            return torch.zeros((), device=states.device), 0.0
+        mse = F.mse_loss(pooled[has], self.to_hidden(self.profiles[rows][has]))
+        share = has.float().mean()
         scale = self.cfg.alpha / (1 - self.cfg.alpha) * outputs.cross_entropy / mse.detach().clamp(min=1e-8)
-        return scale * mse, mse.item()
+        return scale * share * mse, mse.item()

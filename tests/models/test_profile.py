@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from r2end_core.config import HistoryRule, ProfileConfig, SasrecArgs, SasrecConfig
+from r2end_core.data.splits import index_sequences, training_part
 from r2end_core.models import profile, sasrec
 
 SMALL = SasrecArgs(hidden_size=32, num_heads=2, inner_size=32, max_len=20, dropout=0.2)
@@ -47,3 +48,21 @@ def test_users_without_a_profile_train_as_plain_sasrec(prepared_tables):
     with_term, plain = train(users, items, loss)[-1][0], train(users, items, None)[-1][0]
     for name, weights in plain["current"]["model"].items():
         assert torch.equal(weights, with_term["current"]["model"][name]), name
+
+
+def test_each_user_with_a_profile_weighs_the_same_whatever_the_share(prepared_tables):
+    """The term is alpha / (1 - alpha) x the cross-entropy x the batch's share of users with a profile."""
+    users, items = prepared_tables
+    tokens = [training_part(s) + 1 for s in index_sequences(users, items)]
+    batch = next(sasrec.training_batches(tokens, 8, SMALL.max_len, np.random.default_rng(0)))
+    has = np.zeros(users.num_rows, dtype=bool)
+    has[batch.rows[:2]] = True  # 2 of the batch's 8 users
+    profiles = np.random.default_rng(1).normal(size=(users.num_rows, 8)).astype(np.float32)
+    cfg = ProfileConfig(alpha=0.4)
+    loss = profile.ProfileDistillation(profiles, has, SMALL.hidden_size, cfg)
+    model = sasrec.SASRec(items.num_rows, SMALL)
+    hidden, layers = model(batch.inputs, return_layers=True)
+    cross_entropy = torch.tensor(7.0)
+    outputs = sasrec.StepOutputs(hidden, layers, batch.targets > 0, hidden[batch.targets > 0], cross_entropy)
+    term, mse = loss(batch, outputs, epoch=1)
+    assert mse > 0 and term.item() == pytest.approx(0.4 / 0.6 * 7.0 * 2 / 8, rel=1e-5)

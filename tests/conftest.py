@@ -18,6 +18,7 @@ from r2end_core.teacher.outputs import succeeded
 
 REPO = Path(__file__).resolve().parents[1]
 TEACHER_OUTPUTS = REPO / "teacher_outputs/beauty-cpu"
+PROFILES = REPO / "teacher_outputs/beauty-cpu-profile-2000"  # the same 2,000 users' generated profiles
 SLICE_USERS = 40
 BEAUTY = Path(os.environ.get("R2END_BEAUTY", Path(__file__).resolve().parents[2] / "shared/data/amazon-beauty"))
 
@@ -102,7 +103,8 @@ def slice_folders(tmp_path_factory) -> tuple[str, list[str]]:
     """(dataset folder, teacher-outputs folders): the first 40 users with oracle reasoning, all their
     interactions and items, and exactly their rows of the committed teacher outputs, split the way
     a run that extends a committed sample leaves them: the first half of the users with item
-    descriptions and rejection sampling, the second half with their reasoning alone."""
+    descriptions and rejection sampling, the second half with their reasoning alone; every user's
+    generated profile in a third folder."""
     root = tmp_path_factory.mktemp("slice")
     oracle = pq.read_table(TEACHER_OUTPUTS / "oracle.parquet")
     users = sorted(succeeded(oracle).column("user_id").to_pylist())[:SLICE_USERS]
@@ -123,11 +125,12 @@ def slice_folders(tmp_path_factory) -> tuple[str, list[str]]:
             ("oracle", "user_id", users[half:]),
             ("unguided", "user_id", users[half:]),
         ),
+        root / "profiles": (("profile", "user_id", users),),
     }
     for folder, tables in parts.items():
         folder.mkdir()
         for name, key, wanted in tables:
-            table = pq.read_table(TEACHER_OUTPUTS / f"{name}.parquet")
+            table = pq.read_table((PROFILES if name == "profile" else TEACHER_OUTPUTS) / f"{name}.parquet")
             pq.write_table(table.filter(pc.is_in(table[key], pa.array(wanted))), folder / f"{name}.parquet")
     return dataset, [str(folder) for folder in parts]
 
@@ -201,3 +204,14 @@ def r2end_model(zero3_student):
     cfg = zero3_student[0].with_section("resources", cpus_per_worker=2)
     cfg = cfg.with_section("project", run_name="r2end-serve", student_run="student-z3", epochs=1)
     return cfg, project.run(cfg)
+
+
+@pytest.fixture(scope="session")
+def fused_student(r2end_model):
+    """(config, train summary): our fused student (``fusion``) of the R2END model, two epochs of a small
+    SASRec: the training test checks it, the serving test serves it."""
+    from ray_jobs import train_fusion
+
+    cfg = r2end_model[0].with_section("sasrec", max_epochs=2, batch_size=8, model={"hidden_size": 16, "inner_size": 16})
+    cfg = cfg.with_section("fusion", text_model="r2end-serve")
+    return cfg, train_fusion.run(cfg)

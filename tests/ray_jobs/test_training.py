@@ -27,7 +27,7 @@ from r2end_core.models.r2end import projection
 from r2end_core.models.r2end.targets import inputs_digest as targets_digest
 from r2end_core.summaries import DistillSummary
 from r2end_core.text import encoders
-from ray_jobs import distill, embed, project, train_dllm2rec, train_fusion, train_profile
+from ray_jobs import distill, embed, project, train_dllm2rec, train_profile
 from tests.conftest import REPO
 from tests.conftest import SLICE_USERS as USERS
 
@@ -54,15 +54,15 @@ def checkpoints(layout: Layout) -> list[Path]:
 def test_embed_distill_resume_project(tmp_path, embedded):
     cfg, config_path, report = embedded
     layout = Layout(cfg.storage_path)
-    assert report.targets == {"oracle": USERS, "unguided": USERS, "metadata": USERS}
+    assert report.targets == {"oracle": USERS, "unguided": USERS, "metadata": USERS, "profile": USERS}
     assert report.items == report.items_with_description + report.items_metadata_only
-    # Two teacher-output folders joined; the second one's unguided answers were grounded here.
-    assert report.teacher_outputs.count(" + ") == 1
+    # Three teacher-output folders joined; the second one's unguided answers were grounded here.
+    assert report.teacher_outputs.count(" + ") == 2
     assert storage.read_table(layout.embeddings("unguided_grounding.parquet")).num_rows == USERS
     targets = storage.read_table(layout.embeddings("targets.parquet"))
     assert targets.schema.equals(schemas.TARGET_EMBEDDINGS)
     vectors = schemas.to_matrix(targets["embedding"])
-    assert vectors.shape == (3 * USERS, 384) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)
+    assert vectors.shape == (4 * USERS, 384) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)
     # Same inputs: the written embeddings are reused; another encoder setting would encode again.
     assert embed.run(cfg) == report.model_copy(update={"reused": True})
     assert targets_digest(cfg.embed.model_copy(update={"max_seq_length": 64}), layout) != report.inputs_digest
@@ -156,7 +156,7 @@ def test_new_embeddings_start_new_training_runs(embedded):
     ) == names["a"]
 
 
-def test_students_of_a_text_model_dllm2rec_and_fusion(r2end_model):
+def test_students_of_a_text_model_dllm2rec_and_fusion(r2end_model, fused_student):
     """Two students of a real R2END model (a distilled student on the history texts, encoded on Ray Data),
     on Ray Train.
     DLLM2Rec: the teacher ranks each training instance once, the student trains with the ranking term and
@@ -181,7 +181,7 @@ def test_students_of_a_text_model_dllm2rec_and_fusion(r2end_model):
     valid = EvalSet.build(users, layout.read_items(), Split.VALID)
     assert evaluate(student, valid).metrics["ndcg@10"] == pytest.approx(summary.valid["ndcg@10"], abs=1e-6)
 
-    fused = train_fusion.run(cfg.with_section("fusion", text_model="r2end-serve"))
+    fused = fused_student[1]
     model = models.load(layout, "fusion")
     assert model.manifest.kind == "fusion" and model.manifest.inputs["text_model"] == f"r2end-serve/{teacher.version}"
     assert model.text.manifest.version == teacher.version and model.weight != 10.0  # the weight was learnt
@@ -190,21 +190,20 @@ def test_students_of_a_text_model_dllm2rec_and_fusion(r2end_model):
     assert student.manifest.inputs.keys() == {"prepared", "distillation", "teacher", "item_embeddings"}
 
 
-def test_profile_distillation_from_a_student_and_the_other_sources(r2end_model):
-    """Profile distillation on Ray Train from a distilled student's embedding of every user's training
-    history (encoded on Ray Data); the other sources read the embed stage's targets: R2END's oracle targets
-    (the slice's users with reasoning) and generated profiles, which this slice's teacher did not write."""
+def test_profile_distillation_from_generated_profiles_and_the_other_sources(r2end_model):
+    """Profile distillation on Ray Train from the teacher's generated profiles (committed, embedded by the
+    embed stage); the other sources: R2END's oracle targets (the slice's users with reasoning) and a
+    distilled student's embedding of every user's training history (encoded on Ray Data)."""
     cfg = r2end_model[0].with_section("sasrec", max_epochs=2, batch_size=8, model={"hidden_size": 16, "inner_size": 16})
-    cfg = cfg.with_section("profile", source="student", student_run="student-z3")
+    cfg = cfg.with_section("profile", source="generated", student_run="student-z3")
     layout = Layout(cfg.storage_path)
     summary = train_profile.run(cfg)
     assert summary.epochs_trained == 2 and all(epoch["profile_distill"] > 0 for epoch in summary.history)
     loaded = models.load(layout, "profile")
-    assert loaded.manifest.kind == "sasrec" and loaded.manifest.inputs["profiles"].startswith("student/")
+    assert loaded.manifest.kind == "sasrec" and loaded.manifest.inputs["profiles"].startswith("profile/")
     assert summary.valid["users"] == USERS
 
     users = layout.read_users()
-    named, oracle = train_profile.profile_embeddings(cfg.with_section("profile", source="oracle"), layout, users)
-    assert named.startswith("oracle/") and oracle.num_rows == USERS
-    with pytest.raises(ValueError, match="no 'profile' rows"):
-        train_profile.profile_embeddings(cfg.with_section("profile", source="generated"), layout, users)
+    for source, named_after in (("generated", "profile/"), ("oracle", "oracle/"), ("student", "student/")):
+        named, table = train_profile.profile_embeddings(cfg.with_section("profile", source=source), layout, users)
+        assert named.startswith(named_after) and table.num_rows == USERS  # every slice user has each

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from r2end_core.layout import Layout
-from ray_jobs import index, train_fusion, train_sasrec
+from ray_jobs import index, train_sasrec
 from ray_jobs import serve as deploy
 from serve_app.app import ItemIndex, UserModel
 from tests.conftest import BEAUTY
@@ -173,17 +173,15 @@ def test_a_sequence_model_is_served_behind_the_same_endpoint(served, tmp_path):
         index.run(cfg.with_section("index", new_items=str(tmp_path / "new.parquet")))
 
 
-def test_the_fused_student_is_served_from_ids_and_the_text_it_writes(served):
+def test_the_fused_student_is_served_from_ids_and_the_text_it_writes(served, fused_student):
     """Our fused student (SASRec + the served R2END) rolled out: it reads the item ids and the history text
     the ingress writes by R2END's rule, as one inner product."""
     cfg, url, _, body, _ = served
-    cfg = cfg.with_section("sasrec", max_epochs=1, model={"hidden_size": 16, "inner_size": 16})
-    train_fusion.run(cfg.with_section("fusion", text_model="r2end-serve", run_name="fusion-serve"))
-    deploy.start(cfg, index_version=index.run(cfg.with_section("index", model="fusion-serve")).version)
+    deploy.start(cfg, index_version=index.run(cfg.with_section("index", model="fusion")).version)
     answer = requests.post(f"{url}/recommend", json=body, timeout=30)
     assert answer.status_code == 200, answer.text
     got = answer.json()
-    assert got["model"] == "fusion-serve" and len(got["items"]) == body["k"]
+    assert got["model"] == "fusion" and len(got["items"]) == body["k"]
     assert got["history_text"] == Layout(cfg.storage_path).read_users().column("test_history_text")[0].as_py()
     text = requests.post(f"{url}/recommend", json={"history_text": got["history_text"], "k": 3}, timeout=30)
     assert text.status_code == 422 and "send 'history'" in text.json()["error"]

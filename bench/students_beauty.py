@@ -212,6 +212,10 @@ def rankings_cost(cfg: PipelineConfig, layout: Layout) -> dict:
     }
 
 
+def ratio(value: float, base: float) -> float | None:
+    return value / base if base else None
+
+
 def summarise(layout: Layout, runs: dict[str, dict[int, dict]], best: str | None, seeds: list[int]) -> dict:
     first = seeds[0]
     ranks = {m: ranks_of(layout, by_seed[first]["summary"]) for m, by_seed in runs.items()}
@@ -233,9 +237,8 @@ def summarise(layout: Layout, runs: dict[str, dict[int, dict]], best: str | None
     if BASELINE in ranks:
         base = ranks.pop(BASELINE)
         out["paired_vs_sasrec"] = paired_vs(base, ranks)
-        out["tail_hr@10_vs_sasrec"] = {
-            m: methods[m]["test"]["tail_hr@10"] / methods[BASELINE]["test"]["tail_hr@10"] for m in methods
-        }
+        base_tail = methods[BASELINE]["test"]["tail_hr@10"]
+        out["tail_hr@10_vs_sasrec"] = {m: ratio(methods[m]["test"]["tail_hr@10"], base_tail) for m in methods}
     seeded = {m: by_seed for m, by_seed in runs.items() if len(by_seed) > 1}
     out["seeds"] = {
         m: {
@@ -271,6 +274,10 @@ def summarise(layout: Layout, runs: dict[str, dict[int, dict]], best: str | None
     return out
 
 
+def times(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}x"
+
+
 def report(out: dict) -> str:
     methods, setup = out["methods"], out["setup"]
     seeds = setup["seeds"]
@@ -292,7 +299,7 @@ def report(out: dict) -> str:
             + " | ".join(f"{t[k]:.4f}" for k in METRICS)
             + f" | {t['coverage@10']:.3f} | {r['valid']['ndcg@10']:.4f} | {r['training_s'] / 60:.0f} |"
         )
-    if "paired_vs_sasrec" in out:
+    if out.get("paired_vs_sasrec"):
         lines += [
             "",
             "Paired against SASRec on the same users (test; `students_beauty_ranks.parquet` holds every user's ranks):",
@@ -305,8 +312,8 @@ def report(out: dict) -> str:
             lines.append(
                 f"| {m} | {d['hr@10']['diff']:+.4f} ± {d['hr@10']['se']:.4f} | {d['hr@10']['z']:+.2f} "
                 f"| {d['ndcg@10']['diff']:+.4f} ± {d['ndcg@10']['se']:.4f} | {d['ndcg@10']['z']:+.2f} "
-                f"| {methods[m]['test']['ndcg@10'] / base['test']['ndcg@10']:.2f}x "
-                f"| {out['tail_hr@10_vs_sasrec'][m]:.2f}x |"
+                f"| {times(ratio(methods[m]['test']['ndcg@10'], base['test']['ndcg@10']))} "
+                f"| {times(out['tail_hr@10_vs_sasrec'][m])} |"
             )
     if out["seeds"]:
         lines += ["", "Seeds (test, mean ± sd over the seeds; paired z against the same seed's SASRec):", ""]
@@ -328,7 +335,8 @@ def report(out: dict) -> str:
     lines += [
         "",
         f"Teacher: `{setup['teacher']}` (R2END, seed {seeds[0]}), from the teacher outputs "
-        f"{', '.join(f'`{f}`' for f in setup['teacher_outputs'])}: embedded targets {setup['embedded_targets']}; "
+        f"{', '.join(f'`{f}`' for f in setup['teacher_outputs']) or 'generated in this storage path'}: "
+        f"embedded targets {setup['embedded_targets']}; "
         f"{setup['items_with_description']:,} items have a teacher description (the alphabetically first ids, "
         "where a time budget cut the run, not a sample).",
     ]

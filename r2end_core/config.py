@@ -143,6 +143,11 @@ class SasrecConfig(StrictModel):
         description="Batch users of similar length (little padding, faster). The loss is each batch's mean over "
         "its predicted positions, so this weighs short users' positions more; False: random batches.",
     )
+    position_weighted_loss: bool = Field(
+        False,
+        description="Divide every batch's summed loss by the epoch's mean positions per batch instead of its own "
+        "count, so every predicted position weighs the same (as with random batches) while keeping length buckets.",
+    )
     max_epochs: int = Field(200, ge=1)
     patience: int = Field(10, ge=1, description="Stop after this many validations without a better validation NDCG@10.")
     eval_every: int = Field(1, ge=1, description="Validate every this many epochs.")

@@ -143,7 +143,9 @@ class Batch:
 
     ``rows``: each row's sequence (index into the training sequences); ``positions``: where each target
     sits in its training sequence (-1 on padding), for losses that look up per-target knowledge;
-    ``global_positions``: predicted positions in the whole global batch (for ``sharding.loss_scale``).
+    ``global_positions``: predicted positions in the whole global batch; ``loss_positions``: what the
+    global batch's summed loss is divided by (``sharding.loss_scale``): ``global_positions`` (the batch's
+    mean), or with position weighting the epoch's mean positions per batch, the same for every batch.
     """
 
     inputs: torch.Tensor
@@ -151,6 +153,7 @@ class Batch:
     rows: np.ndarray
     positions: torch.Tensor
     global_positions: int
+    loss_positions: float
 
 
 def training_batches(
@@ -162,6 +165,7 @@ def training_batches(
     world: int = 1,
     pool_batches: int = 50,
     length_buckets: bool = True,
+    position_weighted: bool = False,
 ) -> Iterator[Batch]:
     """Shuffled batches of this rank: predict token t+1 from tokens <= t at every position.
 
@@ -172,7 +176,9 @@ def training_batches(
     batches, and the batches are shuffled again, which keeps padding small and the order random. The
     loss is a batch's mean over its predicted positions, so this weighs a short user's positions more
     than a long user's; without ``length_buckets`` batches are random users, as in the usual SASRec
-    training. A sequence of one item predicts nothing and is skipped.
+    training. ``position_weighted`` keeps the buckets but divides every batch's summed loss by the same
+    count (the epoch's mean positions per batch), so every position weighs the same, as with random
+    batches. A sequence of one item predicts nothing and is skipped.
     """
     trainable = np.array([i for i, s in enumerate(train_sequences) if len(s) >= 2], dtype=np.int64)
     order = trainable[rng.permutation(len(trainable))]
@@ -184,6 +190,7 @@ def training_batches(
             pool = pool[np.argsort(lengths[pool], kind="stable")]
         batches += [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
     batches = sharding.join_small_tail(batches, world)
+    per_batch = float((lengths[order] - 1).sum()) / len(batches)
     for index in rng.permutation(len(batches)):
         rows = sharding.share(batches[index], rank, world)
         chunk = [train_sequences[i][-(max_len + 1) :] for i in rows]
@@ -193,7 +200,9 @@ def training_batches(
         positions = torch.full(targets.shape, -1, dtype=torch.long)
         for row, (start, c) in enumerate(zip(first, chunk)):
             positions[row, : len(c) - 1] = torch.arange(start, start + len(c) - 1)
-        yield Batch(inputs, targets, np.asarray(rows), positions, int((lengths[batches[index]] - 1).sum()))
+        global_positions = int((lengths[batches[index]] - 1).sum())
+        loss_positions = per_batch if position_weighted else global_positions
+        yield Batch(inputs, targets, np.asarray(rows), positions, global_positions, loss_positions)
 
 
 @dataclass
@@ -258,7 +267,7 @@ def train_one_epoch(
             total = total + extra
             totals[auxiliary.name] += value * n
         optimizer.zero_grad(set_to_none=True)
-        (total * sharding.loss_scale(n, batch.global_positions, world)).backward()
+        (total * sharding.loss_scale(n, batch.loss_positions, world)).backward()
         for part in (auxiliary, prior):
             if part is not None:
                 sharding.average_gradients(part.parameters(), world)
@@ -346,7 +355,14 @@ def train(
 
     def train_epoch(epoch: int) -> dict:
         batches = training_batches(
-            tokens, cfg.batch_size, cfg.model.max_len, rng, rank, world, length_buckets=cfg.length_buckets
+            tokens,
+            cfg.batch_size,
+            cfg.model.max_len,
+            rng,
+            rank,
+            world,
+            length_buckets=cfg.length_buckets,
+            position_weighted=cfg.position_weighted_loss,
         )
         return train_one_epoch(model, optimizer, batches, device, world, extras.auxiliary, epoch, extras.prior)
 

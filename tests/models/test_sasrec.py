@@ -44,6 +44,17 @@ def test_batches_cover_every_training_position_once(prepared_tables, length_buck
     assert (padded < 0.5 * sum(seen)) if length_buckets else (padded > sum(seen))
 
 
+def test_position_weighting_divides_every_batch_by_the_same_count(prepared_tables):
+    users, items = prepared_tables
+    train = [training_part(s) + 1 for s in index_sequences(users, items)]
+    weighted = list(sasrec.training_batches(train, 32, 20, np.random.default_rng(0), position_weighted=True))
+    per_batch = sum(b.global_positions for b in weighted) / len(weighted)
+    assert all(b.loss_positions == pytest.approx(per_batch) for b in weighted)
+    assert len({b.global_positions for b in weighted}) > 1  # the buckets' own counts differ
+    for batch in sasrec.training_batches(train, 32, 20, np.random.default_rng(0)):
+        assert batch.loss_positions == batch.global_positions  # each batch's mean
+
+
 @pytest.mark.parametrize("users, world", [(257, 2), (130, 3)])
 def test_every_rank_runs_the_same_steps_and_together_they_cover_each_batch(prepared_tables, users, world):
     """257 users in batches of 128 over 2 ranks: the last global batch has one user. Each rank takes its

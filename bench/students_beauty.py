@@ -100,6 +100,7 @@ class Method:
         return self.reads_teacher
 
 
+RANKED_BY_TEACHER = ("dllm2rec", "dllm2rec_no_embedding")  # DLLM2Rec with its ranking term
 METHODS = {
     BASELINE: Method(
         lambda cfg, seed, name: train_sasrec.run(with_seed(cfg, seed).with_section("sasrec", run_name=name)),
@@ -127,7 +128,10 @@ def model_name(method: str, seed: int) -> str:
 def train_or_reuse(cfg: PipelineConfig, method: str, seed: int) -> dict:
     """``{"summary": TrainSummary fields, "seconds": training wall time, "reused": bool}`` for one run."""
     layout, spec = Layout(cfg.storage_path), METHODS[method]
-    made_by = {"config": cfg.model_dump(mode="json"), "prepared": layout.prepared_digest(), "method": method}
+    # the settings off their defaults (a field added later with the old behaviour as its default keeps the
+    # digest), without the sections no training reads
+    settings = cfg.model_dump(mode="json", exclude_defaults=True, exclude={"ray", "generate", "index", "serve"})
+    made_by = {"config": settings, "prepared": layout.prepared_digest(), "method": method}
     if spec.reads_teacher:
         made_by["teacher"] = models.read_manifest(layout, cfg.fusion.text_model).version
     key, path = storage.digest(made_by), layout.bench_run(BENCHMARK, model_name(method, seed))
@@ -174,7 +178,7 @@ def benchmark(cfg: PipelineConfig, args) -> None:
     teacher_rankings = None
     runs: dict[str, dict[int, dict]] = {}
     for method in [m for m in METHODS if m in chosen]:  # the teacher before its students
-        if method.startswith("dllm2rec") and teacher_rankings is None:
+        if method in RANKED_BY_TEACHER and teacher_rankings is None:
             teacher_rankings = rankings_cost(cfg, layout)
         runs[method] = {seeds[0]: train_or_reuse(cfg, method, seeds[0])}
     informed = [m for m in runs if METHODS[m].informed]
@@ -201,15 +205,10 @@ def benchmark(cfg: PipelineConfig, args) -> None:
 
 
 def rankings_cost(cfg: PipelineConfig, layout: Layout) -> dict:
-    """DLLM2Rec's teacher rankings, made once before its students train, and what making them cost."""
-    t = time.time()
-    named, table = train_dllm2rec.rankings(cfg, layout)
-    return {
-        "teacher": named,
-        "positions": cfg.dllm2rec.positions,
-        "instances": table.num_rows,
-        "seconds": round(time.time() - t, 1),
-    }
+    """DLLM2Rec's teacher rankings, made once before its students train, and what making them cost (None:
+    an earlier run made them; its log says how long it took)."""
+    named, table, seconds = train_dllm2rec.rankings(cfg, layout)
+    return {"teacher": named, "positions": cfg.dllm2rec.positions, "instances": table.num_rows, "seconds": seconds}
 
 
 def ratio(value: float, base: float) -> float | None:
@@ -341,9 +340,9 @@ def report(out: dict) -> str:
         "where a time budget cut the run, not a sample).",
     ]
     if ranked:
+        made = f"{ranked['seconds']:.0f} s" if ranked["seconds"] else "made by an earlier run (see its log)"
         lines.append(
-            f"DLLM2Rec's teacher rankings ({ranked['positions']} positions): {ranked['instances']:,} instances, "
-            f"{ranked['seconds']:.0f} s (0 when made by an earlier run)."
+            f"DLLM2Rec's teacher rankings ({ranked['positions']} positions): {ranked['instances']:,} instances, {made}."
         )
     lines += [
         "",

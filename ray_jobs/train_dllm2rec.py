@@ -24,20 +24,23 @@ from ray_jobs import ray_data, sequential
 from ray_jobs.runtime import log, run_stage
 
 
-def rankings(cfg: PipelineConfig, layout: Layout) -> tuple[str, object]:
-    """The teacher's rankings for the configured instances: (what names them, the table), made once."""
+def rankings(cfg: PipelineConfig, layout: Layout) -> tuple[str, object, float | None]:
+    """The teacher's rankings for the configured instances, made once: (what names them, the table, the
+    seconds making them took, or None when an earlier run made them)."""
     dc, users, items = cfg.dllm2rec, layout.read_users(), layout.read_items()
     teacher = ray_data.with_bulk_encoding(models.load(layout, dc.teacher), layout, cfg.embed, cfg.resources)
     path = layout.teacher_rankings(
         dc.teacher, teacher.manifest.version, f"{dc.positions}-top{dc.top_k}-len{cfg.sasrec.model.max_len}"
     )
+    seconds = None
     if not storage.exists(path):
         started = time.time()
         ranked = instances.training_instances(users, dc.positions, cfg.sasrec.model.max_len)
         table = dllm2rec.teacher_rankings(teacher, users, items, ranked, dc.top_k, teacher.manifest.history)
         storage.write_table(table, path)
-        log.info(f"teacher rankings: {table.num_rows:,} instances in {time.time() - started:.0f} s -> {path}")
-    return f"{dc.teacher}/{teacher.manifest.version}", storage.read_table(path)
+        seconds = round(time.time() - started, 1)
+        log.info(f"teacher rankings: {table.num_rows:,} instances in {seconds:.0f} s -> {path}")
+    return f"{dc.teacher}/{teacher.manifest.version}", storage.read_table(path), seconds
 
 
 def run(cfg: PipelineConfig, score_test: bool = True) -> TrainSummary:
@@ -46,7 +49,7 @@ def run(cfg: PipelineConfig, score_test: bool = True) -> TrainSummary:
     inputs = {"distillation": storage.digest(dc.model_dump(mode="json"))}
     extras = sasrec.Extras()
     if dc.ranking_weight:
-        inputs["teacher"], table = rankings(cfg, layout)
+        inputs["teacher"], table, _ = rankings(cfg, layout)
         extras.auxiliary = dllm2rec.RankingDistillation(table, users, dc)
     if dc.embedding_weight:
         inputs["item_embeddings"] = EmbedReport.read(layout.embeddings("report.json"), "embed").inputs_digest

@@ -92,12 +92,7 @@ class Method:
 
     train: Callable[[PipelineConfig, int, str], TrainSummary]
     about: str
-    reads_teacher: bool = False  # learns from the R2END model
-
-    @property
-    def informed(self) -> bool:
-        """An LLM-informed sequential student (a candidate for the best student)."""
-        return self.reads_teacher
+    reads_teacher: bool = False  # learns from the R2END model: an LLM-informed student
 
 
 RANKED_BY_TEACHER = ("dllm2rec", "dllm2rec_no_embedding")  # DLLM2Rec with its ranking term
@@ -168,7 +163,10 @@ def paired_vs(base: pa.Table, others: dict[str, pa.Table]) -> dict:
 
 def benchmark(cfg: PipelineConfig, args) -> None:
     started, layout = time.time(), Layout(cfg.storage_path)
-    chosen, seeds = args.methods.split(","), [int(s) for s in args.seeds.split(",")]
+    chosen = args.methods.split(",")
+    if not all(s.strip().isdigit() for s in args.seeds.split(",")):
+        raise SystemExit(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 22,23,24")
+    seeds = [int(s) for s in args.seeds.split(",")]
     cfg = with_teacher(cfg, seeds[0])
     if unknown := [m for m in chosen if m not in METHODS]:
         raise SystemExit(f"unknown methods {unknown}; choose from {list(METHODS)}")
@@ -181,7 +179,7 @@ def benchmark(cfg: PipelineConfig, args) -> None:
         if method in RANKED_BY_TEACHER and teacher_rankings is None:
             teacher_rankings = rankings_cost(cfg, layout)
         runs[method] = {seeds[0]: train_or_reuse(cfg, method, seeds[0])}
-    informed = [m for m in runs if METHODS[m].informed]
+    informed = [m for m in runs if METHODS[m].reads_teacher]
     best = max(informed, key=lambda m: runs[m][seeds[0]]["summary"]["valid"]["ndcg@10"]) if informed else None
     for method in [m for m in (BASELINE, TEXT_MODEL, best) if m in runs]:
         for seed in seeds[1:]:

@@ -6,14 +6,15 @@ Trains, through the real stages on one Ray cluster, each method in ``METHODS`` w
 SASRec (the baseline recipe), R2END (embed, distill, project), DLLM2Rec and its two ablations, profile
 distillation from each profile source, and our fused student. Then it picks the best LLM-informed
 student by validation NDCG@10 and trains SASRec, R2END and that student with every seed in ``SEEDS``.
-Every student learns from the first seed's R2END model.
-Every model selects its epoch on validation; the test split is scored once per model.
+A student that learns from R2END learns from the R2END model of its own seed, so a seed repeats the
+whole chain. Every model selects its epoch on validation; the test split is scored once per model.
 
 A finished run is recorded under ``bench_runs/students_beauty/`` with a digest of what made it (its
-config, the prepared data, the teacher model's version) and is reused while that digest holds; a run
-killed mid-way resumes from its Ray Train checkpoint. Writes bench/results/students_beauty.json
-(``methods.<name>.test.{hr@10,...}``, ``paired_vs_sasrec.<name>.test.ndcg@10.{diff,se,z}``), .md,
-the per-user ranks (``students_beauty_ranks.parquet``) and two plots.
+whole config, the prepared data, the embedded teacher outputs, the R2END model's version) and is reused
+while that digest holds; a run killed mid-way resumes from its Ray Train checkpoint. Writes
+bench/results/students_beauty.json (``methods.<name>.test.{hr@10,...}``,
+``paired_vs_sasrec.<name>.test.ndcg@10.{diff,se,z}``, ``tail_paired_vs_sasrec``, ``seeds``,
+``paired_vs_sasrec_over_seeds``), .md, the per-user ranks (``students_beauty_ranks.parquet``) and two plots.
 """
 
 from __future__ import annotations
@@ -24,11 +25,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bench import paired, results
 from r2end_core import models, storage
 from r2end_core.config import PipelineConfig
+from r2end_core.data.splits import Split
+from r2end_core.eval import metrics
+from r2end_core.eval.evaluate import EvalSet
 from r2end_core.layout import Layout
 from r2end_core.summaries import TrainSummary
 from ray_jobs import distill, embed, project, train_dllm2rec, train_fusion, train_profile, train_sasrec
@@ -50,7 +55,7 @@ def student_name(seed: int) -> str:
 
 
 def with_teacher(cfg: PipelineConfig, seed: int) -> PipelineConfig:
-    """Every student's teacher: the R2END model (and its distilled encoder) trained with ``seed``."""
+    """The students' R2END model (and its distilled encoder): the one trained with ``seed``."""
     return (
         cfg.with_section("dllm2rec", teacher=teacher_name(seed))
         .with_section("fusion", text_model=teacher_name(seed))
@@ -92,7 +97,7 @@ class Method:
 
     train: Callable[[PipelineConfig, int, str], TrainSummary]
     about: str
-    reads_teacher: bool = False  # learns from the R2END model: an LLM-informed student
+    reads_r2end: bool = False  # learns from the R2END model (of its seed), not only from the embedded LLM outputs
 
 
 RANKED_BY_TEACHER = ("dllm2rec", "dllm2rec_no_embedding")  # DLLM2Rec with its ranking term
@@ -102,11 +107,11 @@ METHODS = {
         "SASRec, full-softmax CE: the baseline recipe",
     ),
     TEXT_MODEL: Method(lambda cfg, seed, name: train_r2end(cfg, seed), "R2END: distilled text encoder + projection"),
-    "dllm2rec": Method(dllm2rec(), "DLLM2Rec: ranking + embedding distillation into SASRec", True),
-    "dllm2rec_no_ranking": Method(dllm2rec(ranking_weight=0.0), "DLLM2Rec without ranking distillation", True),
+    "dllm2rec": Method(dllm2rec(), "DLLM2Rec: R2END's rankings + the LLM's item descriptions into SASRec", True),
+    "dllm2rec_no_ranking": Method(dllm2rec(ranking_weight=0.0), "DLLM2Rec without ranking distillation"),
     "dllm2rec_no_embedding": Method(dllm2rec(embedding_weight=0.0), "DLLM2Rec without embedding distillation", True),
-    "profile_generated": Method(profile_from("generated"), "profile distillation: the teacher's profiles", True),
-    "profile_oracle": Method(profile_from("oracle"), "profile distillation: R2END's oracle embeddings", True),
+    "profile_generated": Method(profile_from("generated"), "profile distillation: the LLM's user profiles"),
+    "profile_oracle": Method(profile_from("oracle"), "profile distillation: the LLM's oracle reasoning, embedded"),
     "profile_student": Method(profile_from("student"), "profile distillation: the R2END student's embeddings", True),
     "fusion": Method(
         lambda cfg, seed, name: train_fusion.run(with_seed(cfg, seed).with_section("fusion", run_name=name)),
@@ -120,15 +125,18 @@ def model_name(method: str, seed: int) -> str:
     return teacher_name(seed) if method == TEXT_MODEL else f"{method}-seed{seed}"
 
 
-def train_or_reuse(cfg: PipelineConfig, method: str, seed: int) -> dict:
-    """``{"summary": TrainSummary fields, "seconds": training wall time, "reused": bool}`` for one run."""
-    layout, spec = Layout(cfg.storage_path), METHODS[method]
-    # the settings off their defaults (a field added later with the old behaviour as its default keeps the
-    # digest), without the sections no training reads
-    settings = cfg.model_dump(mode="json", exclude_defaults=True, exclude={"ray", "generate", "index", "serve"})
+def train_or_reuse(cfg: PipelineConfig, method: str, seed: int, embedded: str) -> dict:
+    """``{"summary": TrainSummary fields, "seconds": training wall time, "reused": bool}`` for one run;
+    ``embedded``: the digest of the embedded teacher outputs (what every method but SASRec reads)."""
+    layout, spec, cfg = Layout(cfg.storage_path), METHODS[method], with_teacher(cfg, seed)
+    # every setting, defaults included (a changed default must not reuse a run made under the old one),
+    # without the sections no training reads
+    settings = cfg.model_dump(mode="json", exclude={"ray", "generate", "index", "serve"})
     made_by = {"config": settings, "prepared": layout.prepared_digest(), "method": method}
-    if spec.reads_teacher:
-        made_by["teacher"] = models.read_manifest(layout, cfg.fusion.text_model).version
+    if method != BASELINE:
+        made_by["embedded"] = embedded
+    if spec.reads_r2end:
+        made_by["r2end"] = models.read_manifest(layout, cfg.fusion.text_model).version
     key, path = storage.digest(made_by), layout.bench_run(BENCHMARK, model_name(method, seed))
     if storage.exists(path) and (recorded := storage.read_json(path))["key"] == key:
         return {**recorded, "reused": True}
@@ -153,7 +161,7 @@ def paired_vs(base: pa.Table, others: dict[str, pa.Table]) -> dict:
                 "users": d["users"],
                 "only_it_hits": d["only_a_hits"],
                 "only_base_hits": d["only_b_hits"],
-                **{m: {"diff": d[m]["difference"], "se": d[m]["se"], "z": d[m]["z"]} for m in ("hr@10", "ndcg@10")},
+                **{m: brief(d[m]) for m in ("hr@10", "ndcg@10")},
             }
             for split, d in splits.items()
         }
@@ -167,29 +175,30 @@ def benchmark(cfg: PipelineConfig, args) -> None:
     if not all(s.strip().isdigit() for s in args.seeds.split(",")):
         raise SystemExit(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 22,23,24")
     seeds = [int(s) for s in args.seeds.split(",")]
-    cfg = with_teacher(cfg, seeds[0])
+    if len(set(seeds)) < len(seeds):
+        raise SystemExit(f"--seeds {args.seeds!r}: a seed is repeated")
     if unknown := [m for m in chosen if m not in METHODS]:
         raise SystemExit(f"unknown methods {unknown}; choose from {list(METHODS)}")
-    if any(METHODS[m].reads_teacher for m in chosen) and TEXT_MODEL not in chosen:
+    if any(METHODS[m].reads_r2end for m in chosen) and TEXT_MODEL not in chosen:
         chosen.insert(0, TEXT_MODEL)  # the students' teacher
     embedded = embed.run(cfg)
     teacher_rankings = None
     runs: dict[str, dict[int, dict]] = {}
-    for method in [m for m in METHODS if m in chosen]:  # the teacher before its students
+    for method in [m for m in METHODS if m in chosen]:  # R2END before its students
         if method in RANKED_BY_TEACHER and teacher_rankings is None:
-            teacher_rankings = rankings_cost(cfg, layout)
-        runs[method] = {seeds[0]: train_or_reuse(cfg, method, seeds[0])}
-    informed = [m for m in runs if METHODS[m].reads_teacher]
-    best = max(informed, key=lambda m: runs[m][seeds[0]]["summary"]["valid"]["ndcg@10"]) if informed else None
-    for method in [m for m in (BASELINE, TEXT_MODEL, best) if m in runs]:
+            teacher_rankings = rankings_cost(with_teacher(cfg, seeds[0]), layout)
+        runs[method] = {seeds[0]: train_or_reuse(cfg, method, seeds[0], embedded.inputs_digest)}
+    students = [m for m in runs if m not in (BASELINE, TEXT_MODEL)]
+    best = max(students, key=lambda m: runs[m][seeds[0]]["summary"]["valid"]["ndcg@10"]) if students else None
+    for method in [m for m in (BASELINE, TEXT_MODEL, best) if m in runs]:  # R2END's seeds before its student's
         for seed in seeds[1:]:
-            runs[method][seed] = train_or_reuse(cfg, method, seed)
+            runs[method][seed] = train_or_reuse(cfg, method, seed, embedded.inputs_digest)
     out = summarise(layout, runs, best, seeds)
     out["setup"] = {
         "users": layout.read_users().num_rows,
         "items": layout.read_items().num_rows,
         "seeds": seeds,
-        "teacher": cfg.fusion.text_model,
+        "text_model": teacher_name(seeds[0]),
         "teacher_outputs": [str(s) for s in cfg.embed.teacher_outputs or []],
         "embedded_targets": embedded.targets,
         "items_with_description": embedded.items_with_description,
@@ -213,6 +222,27 @@ def ratio(value: float, base: float) -> float | None:
     return value / base if base else None
 
 
+def tail_paired(layout: Layout, base: pa.Table, others: dict[str, pa.Table]) -> dict:
+    """``{name: {users, hr@10|ndcg@10: {diff, se, z}}}`` against SASRec on the test users whose target is a
+    long-tail item (the users the tail metrics count)."""
+    scored = EvalSet.build(layout.read_users(), layout.read_items(), Split.TEST)
+    tail = pa.array([u for u, in_tail in zip(scored.user_ids, scored.tail[scored.targets]) if in_tail])
+    test = {
+        name: t.filter(pc.and_(pc.equal(t["split"], "test"), pc.is_in(t["user_id"], tail)))
+        for name, t in {BASELINE: base, **others}.items()
+    }
+    ranks = paired.aligned_ranks(test, "test")
+    out = {}
+    for name in others:
+        d = metrics.paired_difference(ranks[name], ranks[BASELINE])
+        out[name] = {"users": d["users"], **{m: brief(d[m]) for m in ("hr@10", "ndcg@10")}}
+    return out
+
+
+def brief(difference: dict) -> dict:
+    return {"diff": difference["difference"], "se": difference["se"], "z": difference["z"]}
+
+
 def summarise(layout: Layout, runs: dict[str, dict[int, dict]], best: str | None, seeds: list[int]) -> dict:
     first = seeds[0]
     ranks = {m: ranks_of(layout, by_seed[first]["summary"]) for m, by_seed in runs.items()}
@@ -234,8 +264,9 @@ def summarise(layout: Layout, runs: dict[str, dict[int, dict]], best: str | None
     if BASELINE in ranks:
         base = ranks.pop(BASELINE)
         out["paired_vs_sasrec"] = paired_vs(base, ranks)
+        out["tail_paired_vs_sasrec"] = tail_paired(layout, base, ranks)
         base_tail = methods[BASELINE]["test"]["tail_hr@10"]
-        out["tail_hr@10_vs_sasrec"] = {m: ratio(methods[m]["test"]["tail_hr@10"], base_tail) for m in methods}
+        out["tail_hr@10_vs_sasrec"] = {m: ratio(methods[m]["test"]["tail_hr@10"], base_tail) for m in ranks}
     seeded = {m: by_seed for m, by_seed in runs.items() if len(by_seed) > 1}
     out["seeds"] = {
         m: {
@@ -262,6 +293,11 @@ def summarise(layout: Layout, runs: dict[str, dict[int, dict]], best: str | None
             for m, by_seed in seeded.items()
             if m != BASELINE
         }
+        out["paired_vs_sasrec_over_seeds"] = {
+            m: over_seeds(by_seed, selected=first if m == best else None)
+            for m, by_seed in out["paired_vs_sasrec_by_seed"].items()
+            if len(by_seed) > 1
+        }
     every = {m: ranks_of(layout, by_seed[first]["summary"]) for m, by_seed in runs.items()}
     pq.write_table(
         pa.concat_tables(t.append_column("method", pa.array([m] * t.num_rows)) for m, t in every.items()),
@@ -269,6 +305,29 @@ def summarise(layout: Layout, runs: dict[str, dict[int, dict]], best: str | None
         compression="zstd",
     )
     return out
+
+
+def over_seeds(by_seed: dict[str, dict], selected: int | None) -> dict:
+    """``{hr@10|ndcg@10: {diff, se, within_seed_se[, diff_other_seeds]}}``: the mean over seeds of the paired
+    difference against the same seed's SASRec, with the standard error of that mean from the seeds' spread
+    (sd / sqrt(seeds)) and the mean within-seed paired s.e. beside it. ``selected``: the seed the student
+    was chosen on, whose difference is optimistic; ``diff_other_seeds`` leaves it out."""
+    out = {}
+    for m in ("hr@10", "ndcg@10"):
+        diffs = np.array([d[m]["diff"] for d in by_seed.values()])
+        out[m] = {
+            "diff": float(diffs.mean()),
+            "se": float(diffs.std(ddof=1) / np.sqrt(len(diffs))),
+            "within_seed_se": float(np.mean([d[m]["se"] for d in by_seed.values()])),
+        }
+        if selected is not None:
+            others = [d[m]["diff"] for seed, d in by_seed.items() if seed != str(selected)]
+            out[m]["diff_other_seeds"] = float(np.mean(others))
+    return out
+
+
+def signed(difference: dict) -> str:
+    return f"{difference['diff']:+.4f} ± {difference['se']:.4f}"
 
 
 def times(value: float | None) -> str:
@@ -283,8 +342,13 @@ def report(out: dict) -> str:
         "# LLM-informed students against SASRec on Amazon Beauty (all users, full-item ranking)",
         "",
         f"{setup['users']:,} users, {setup['items']:,} items, leave-one-out, history masked; every model's epoch "
-        f"chosen on validation NDCG@10, the test split scored once. Seed {seeds[0]} below; SASRec, R2END and the best "
-        f"student (`{out['best_student']}`, chosen on validation) with seeds {', '.join(map(str, seeds))} below.",
+        f"chosen on validation NDCG@10, the test split scored once. Seed {seeds[0]} below"
+        + (
+            f"; SASRec, R2END and the best student (`{out['best_student']}`, chosen on validation with seed "
+            f"{seeds[0]}) with seeds {', '.join(map(str, seeds))} further down."
+            if out["seeds"]
+            else "."
+        ),
         "",
         "| method | H@5 | N@5 | H@10 | N@10 | H@20 | N@20 | tail H@10 | tail N@10 | cov@10 | valid N@10 | minutes |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -301,17 +365,20 @@ def report(out: dict) -> str:
             "",
             "Paired against SASRec on the same users (test; `students_beauty_ranks.parquet` holds every user's ranks):",
             "",
-            "| method | H@10 − SASRec (± s.e.) | z | N@10 − SASRec (± s.e.) | z | N@10 ratio | tail H@10 ratio |",
-            "|---|---|---|---|---|---|---|",
+            "| method | H@10 − SASRec (± s.e.) | z | N@10 − SASRec (± s.e.) | z | N@10 ratio "
+            "| tail H@10 ratio | tail users: H@10 − SASRec (± s.e.) | z |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for m, splits in out["paired_vs_sasrec"].items():
-            d = splits["test"]
+            d, tail = splits["test"], out["tail_paired_vs_sasrec"][m]["hr@10"]
             lines.append(
-                f"| {m} | {d['hr@10']['diff']:+.4f} ± {d['hr@10']['se']:.4f} | {d['hr@10']['z']:+.2f} "
-                f"| {d['ndcg@10']['diff']:+.4f} ± {d['ndcg@10']['se']:.4f} | {d['ndcg@10']['z']:+.2f} "
+                f"| {m} | {signed(d['hr@10'])} | {d['hr@10']['z']:+.2f} "
+                f"| {signed(d['ndcg@10'])} | {d['ndcg@10']['z']:+.2f} "
                 f"| {times(ratio(methods[m]['test']['ndcg@10'], base['test']['ndcg@10']))} "
-                f"| {times(out['tail_hr@10_vs_sasrec'][m])} |"
+                f"| {times(out['tail_hr@10_vs_sasrec'][m])} | {signed(tail)} | {tail['z']:+.2f} |"
             )
+        tail_users = next(iter(out["tail_paired_vs_sasrec"].values()), {}).get("users", 0)
+        lines += ["", f"Tail users: the {tail_users:,} test users whose target is a long-tail item (not the top 20%)."]
     if out["seeds"]:
         lines += ["", "Seeds (test, mean ± sd over the seeds; paired z against the same seed's SASRec):", ""]
         lines += ["| method | " + " | ".join(f"seed {s} H@10 / N@10 (z)" for s in seeds) + " | H@10 | N@10 |"]
@@ -327,11 +394,29 @@ def report(out: dict) -> str:
                 f"| {m} | {' | '.join(cells)} | {s['hr@10']['mean']:.4f} ± {s['hr@10']['sd']:.4f} "
                 f"| {s['ndcg@10']['mean']:.4f} ± {s['ndcg@10']['sd']:.4f} |"
             )
+    if out.get("paired_vs_sasrec_over_seeds"):
+        lines += [
+            "",
+            "Over the seeds, paired against the same seed's SASRec (test): the mean difference ± its s.e. from the "
+            "seeds' spread (the mean within-seed s.e. in brackets); the best student's difference without the seed "
+            "it was chosen on, whose result is optimistic:",
+            "",
+            "| method | H@10 − SASRec | N@10 − SASRec | N@10 − SASRec without the choosing seed |",
+            "|---|---|---|---|",
+        ]
+        for m, d in out["paired_vs_sasrec_over_seeds"].items():
+            other = d["ndcg@10"].get("diff_other_seeds")
+            lines.append(
+                f"| {m} | {signed(d['hr@10'])} ({d['hr@10']['within_seed_se']:.4f}) "
+                f"| {signed(d['ndcg@10'])} ({d['ndcg@10']['within_seed_se']:.4f}) "
+                f"| {'–' if other is None else f'{other:+.4f}'} |"
+            )
     lines += ["", "Methods:", ""] + [f"- `{m}`: {r['about']}" for m, r in methods.items()]
     ranked = setup["teacher_rankings"]
     lines += [
         "",
-        f"Teacher: `{setup['teacher']}` (R2END, seed {seeds[0]}), from the teacher outputs "
+        f"R2END (`{setup['text_model']}` with seed {seeds[0]}; each seed's students learn from that seed's R2END) "
+        "and every student learn from the teacher outputs "
         f"{', '.join(f'`{f}`' for f in setup['teacher_outputs']) or 'generated in this storage path'}: "
         f"embedded targets {setup['embedded_targets']}; "
         f"{setup['items_with_description']:,} items have a teacher description (the alphabetically first ids, "

@@ -29,19 +29,21 @@ from ray_jobs.runtime import run_stage
 # about 120: 0.0591): each candidate changes one lever at a time, all stop 30 epochs after their best.
 # The original SASRec's inputs (positions counted back from the latest item, item embeddings scaled by
 # sqrt(d)) are one lever: published full-softmax SASRec is built that way.
-# A second round changes one training lever of the default recipe (ffn 256, dropout 0.5): random batches
+# A second round changes one training lever of that recipe (ffn 256, dropout 0.5): random batches
 # instead of length buckets (which weigh short users' positions more), or buckets with every position
-# weighing the same (as fast as buckets), the batch size, the learning rate.
+# weighing the same (as fast as buckets), the batch size, the learning rate. Position weighting won
+# and is the default now, so the other candidates name the unweighted loss they were trained with.
 ORIGINAL_INPUTS = {"positions_from_end": True, "scale_item_embeddings": True}
+UNWEIGHTED = {"position_weighted_loss": False}
 CANDIDATES = {
-    "sasrec-ffn64-d06": {"model": {"inner_size": 64, "dropout": 0.6}},
-    "sasrec-ffn64-d06-original": {"model": {"inner_size": 64, "dropout": 0.6, **ORIGINAL_INPUTS}},
-    "sasrec-ffn64-d05": {"model": {"inner_size": 64, "dropout": 0.5}},
-    "sasrec-ffn256-d05": {"model": {"inner_size": 256, "dropout": 0.5}},
-    "sasrec-random-batches": {"length_buckets": False},
+    "sasrec-ffn64-d06": {"model": {"inner_size": 64, "dropout": 0.6}, **UNWEIGHTED},
+    "sasrec-ffn64-d06-original": {"model": {"inner_size": 64, "dropout": 0.6, **ORIGINAL_INPUTS}, **UNWEIGHTED},
+    "sasrec-ffn64-d05": {"model": {"inner_size": 64, "dropout": 0.5}, **UNWEIGHTED},
+    "sasrec-ffn256-d05": {"model": {"inner_size": 256, "dropout": 0.5}, **UNWEIGHTED},
+    "sasrec-random-batches": {"length_buckets": False, **UNWEIGHTED},
     "sasrec-position-weighted": {"position_weighted_loss": True},
-    "sasrec-b128": {"batch_size": 128},
-    "sasrec-lr5e-4": {"learning_rate": 5e-4},
+    "sasrec-b128": {"batch_size": 128, **UNWEIGHTED},
+    "sasrec-lr5e-4": {"learning_rate": 5e-4, **UNWEIGHTED},
 }
 SELECTION_METRIC = "ndcg@10"
 # Published full-item ranking on 5-core Beauty, leave-one-out, seen items masked (test split).

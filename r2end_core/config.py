@@ -144,9 +144,10 @@ class SasrecConfig(StrictModel):
         "its predicted positions, so this weighs short users' positions more; False: random batches.",
     )
     position_weighted_loss: bool = Field(
-        False,
+        True,
         description="Divide every batch's summed loss by the epoch's mean positions per batch instead of its own "
-        "count, so every predicted position weighs the same (as with random batches) while keeping length buckets.",
+        "count, so every predicted position weighs the same (as with random batches) while keeping length buckets. "
+        "On all of Beauty: validation NDCG@10 0.0707 against 0.0615 unweighted (bench/results/sasrec_beauty.md).",
     )
     max_epochs: int = Field(200, ge=1)
     patience: int = Field(10, ge=1, description="Stop after this many validations without a better validation NDCG@10.")

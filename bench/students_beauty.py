@@ -9,9 +9,12 @@ student by validation NDCG@10 and trains SASRec, R2END and that student with eve
 A student that learns from R2END learns from the R2END model of its own seed, so a seed repeats the
 whole chain. Every model selects its epoch on validation; the test split is scored once per model.
 
-A finished run is recorded under ``bench_runs/students_beauty/`` with a digest of what made it (its
-whole config, the prepared data, the embedded teacher outputs, the R2END model's version) and is reused
-while that digest holds; a run killed mid-way resumes from its Ray Train checkpoint. Writes
+A finished run is recorded in ``bench/results/students_beauty_runs/`` (its summary, its per-user ranks and
+a digest of what made it: its whole config, the prepared data, the embedded teacher outputs and, for a
+student of R2END, the R2END run's digest) and is reused while that digest holds. The records are committed,
+so the benchmark goes on across sessions and machines that keep no artifacts: a session trains what is not
+yet recorded (and R2END again where a student of it still has to train and its model is not in the storage
+path); a run killed mid-way resumes from its Ray Train checkpoint. Writes
 bench/results/students_beauty.json (``methods.<name>.test.{hr@10,...}``,
 ``paired_vs_sasrec.<name>.test.ndcg@10.{diff,se,z}``, ``tail_paired_vs_sasrec``, ``seeds``,
 ``paired_vs_sasrec_over_seeds``), .md, the per-user ranks (``students_beauty_ranks.parquet``) and two plots.
@@ -19,6 +22,7 @@ bench/results/students_beauty.json (``methods.<name>.test.{hr@10,...}``,
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -125,10 +129,15 @@ def model_name(method: str, seed: int) -> str:
     return teacher_name(seed) if method == TEXT_MODEL else f"{method}-seed{seed}"
 
 
-def train_or_reuse(cfg: PipelineConfig, method: str, seed: int, embedded: str) -> dict:
-    """``{"summary": TrainSummary fields, "seconds": training wall time, "reused": bool}`` for one run;
-    ``embedded``: the digest of the embedded teacher outputs (what every method but SASRec reads)."""
+RUNS = results.FOLDER / f"{BENCHMARK}_runs"  # committed: <model>.json (the record), <model>_ranks.parquet
+
+
+def train_or_reuse(cfg: PipelineConfig, method: str, seed: int, embedded: str, r2end: dict | None) -> dict:
+    """``{"key", "summary": TrainSummary fields, "seconds": training wall time, "provenance", "reused": bool}``
+    for one run. ``embedded``: the digest of the embedded teacher outputs (what every method but SASRec
+    reads); ``r2end``: the record of this seed's R2END run, which a student of R2END learns from."""
     layout, spec, cfg = Layout(cfg.storage_path), METHODS[method], with_teacher(cfg, seed)
+    name = model_name(method, seed)
     # every setting, defaults included (a changed default must not reuse a run made under the old one),
     # without the sections no training reads
     settings = cfg.model_dump(mode="json", exclude={"ray", "generate", "index", "serve"})
@@ -136,20 +145,37 @@ def train_or_reuse(cfg: PipelineConfig, method: str, seed: int, embedded: str) -
     if method != BASELINE:
         made_by["embedded"] = embedded
     if spec.reads_r2end:
-        made_by["r2end"] = models.read_manifest(layout, cfg.fusion.text_model).version
-    key, path = storage.digest(made_by), layout.bench_run(BENCHMARK, model_name(method, seed))
-    if storage.exists(path) and (recorded := storage.read_json(path))["key"] == key:
+        made_by["r2end"] = r2end["key"]  # the recipe that made the teacher: a later session re-makes its model
+    key, record = storage.digest(made_by), RUNS / f"{name}.json"
+    if record.exists() and (recorded := json.loads(record.read_text()))["key"] == key:
         return {**recorded, "reused": True}
+    if spec.reads_r2end and not storage.exists(layout.model_latest(teacher_name(seed))):
+        log.info(f"{BENCHMARK}: re-making R2END with seed {seed} (recorded by an earlier session) for {method}")
+        train_r2end(cfg, seed)
+    # made before the student trains, so that its wall time is not counted as the student's
+    ranked = rankings_cost(cfg, layout) if method in RANKED_BY_TEACHER else None
     log.info(f"{BENCHMARK}: training {method} with seed {seed}")
     started = time.time()
-    summary = spec.train(cfg, seed, model_name(method, seed))
-    run = {"key": key, "summary": summary.model_dump(mode="json"), "seconds": round(time.time() - started, 1)}
-    storage.write_json(run, path)
+    summary = spec.train(cfg, seed, name)
+    run = {
+        "key": key,
+        "summary": summary.model_dump(mode="json"),
+        "seconds": round(time.time() - started, 1),
+        "provenance": results.provenance(settings),
+    }
+    if ranked:
+        run["teacher_rankings"] = ranked
+    if spec.reads_r2end:  # which R2END model it learnt from, beside the one its row reports
+        run["r2end_version"] = models.read_manifest(layout, teacher_name(seed)).version
+    RUNS.mkdir(exist_ok=True)
+    ranks = layout.model_version(summary.model, summary.version, "ranks.parquet")
+    pq.write_table(storage.read_table(ranks), RUNS / f"{name}_ranks.parquet", compression="zstd")
+    record.write_text(json.dumps(run, indent=2, sort_keys=True))
     return {**run, "reused": False}
 
 
-def ranks_of(layout: Layout, summary: dict) -> pa.Table:
-    return storage.read_table(layout.model_version(summary["model"], summary["version"], "ranks.parquet"))
+def ranks_of(summary: dict) -> pa.Table:
+    return pq.read_table(RUNS / f"{summary['model']}_ranks.parquet")
 
 
 def paired_vs(base: pa.Table, others: dict[str, pa.Table]) -> dict:
@@ -182,17 +208,18 @@ def benchmark(cfg: PipelineConfig, args) -> None:
     if any(METHODS[m].reads_r2end for m in chosen) and TEXT_MODEL not in chosen:
         chosen.insert(0, TEXT_MODEL)  # the students' teacher
     embedded = embed.run(cfg)
-    teacher_rankings = None
     runs: dict[str, dict[int, dict]] = {}
+
+    def r2end(seed: int) -> dict | None:
+        return runs.get(TEXT_MODEL, {}).get(seed)
+
     for method in [m for m in METHODS if m in chosen]:  # R2END before its students
-        if method in RANKED_BY_TEACHER and teacher_rankings is None:
-            teacher_rankings = rankings_cost(with_teacher(cfg, seeds[0]), layout)
-        runs[method] = {seeds[0]: train_or_reuse(cfg, method, seeds[0], embedded.inputs_digest)}
+        runs[method] = {seeds[0]: train_or_reuse(cfg, method, seeds[0], embedded.inputs_digest, r2end(seeds[0]))}
     students = [m for m in runs if m not in (BASELINE, TEXT_MODEL)]
     best = max(students, key=lambda m: runs[m][seeds[0]]["summary"]["valid"]["ndcg@10"]) if students else None
     for method in [m for m in (BASELINE, TEXT_MODEL, best) if m in runs]:  # R2END's seeds before its student's
         for seed in seeds[1:]:
-            runs[method][seed] = train_or_reuse(cfg, method, seed, embedded.inputs_digest)
+            runs[method][seed] = train_or_reuse(cfg, method, seed, embedded.inputs_digest, r2end(seed))
     out = summarise(layout, runs, best, seeds)
     out["setup"] = {
         "users": layout.read_users().num_rows,
@@ -202,7 +229,12 @@ def benchmark(cfg: PipelineConfig, args) -> None:
         "teacher_outputs": [str(s) for s in cfg.embed.teacher_outputs or []],
         "embedded_targets": embedded.targets,
         "items_with_description": embedded.items_with_description,
-        "teacher_rankings": teacher_rankings,
+        # the first record that made them says what they cost (a later one found them made)
+        "teacher_rankings": min(
+            (r["teacher_rankings"] for by_seed in runs.values() for r in by_seed.values() if "teacher_rankings" in r),
+            key=lambda ranked: ranked["seconds"] is None,
+            default=None,
+        ),
         "sasrec": cfg.sasrec.model_dump(mode="json"),
     }
     out["total_wall_time_s"] = round(time.time() - started, 1)
@@ -245,7 +277,7 @@ def brief(difference: dict) -> dict:
 
 def summarise(layout: Layout, runs: dict[str, dict[int, dict]], best: str | None, seeds: list[int]) -> dict:
     first = seeds[0]
-    ranks = {m: ranks_of(layout, by_seed[first]["summary"]) for m, by_seed in runs.items()}
+    ranks = {m: ranks_of(by_seed[first]["summary"]) for m, by_seed in runs.items()}
     methods = {
         m: {
             "about": METHODS[m].about,
@@ -284,9 +316,7 @@ def summarise(layout: Layout, runs: dict[str, dict[int, dict]], best: str | None
     if BASELINE in seeded:  # each seed's student against the same seed's SASRec
         out["paired_vs_sasrec_by_seed"] = {
             m: {
-                str(s): paired_vs(
-                    ranks_of(layout, seeded[BASELINE][s]["summary"]), {m: ranks_of(layout, r["summary"])}
-                )[m]["test"]
+                str(s): paired_vs(ranks_of(seeded[BASELINE][s]["summary"]), {m: ranks_of(r["summary"])})[m]["test"]
                 for s, r in by_seed.items()
                 if s in seeded[BASELINE]
             }
@@ -298,7 +328,7 @@ def summarise(layout: Layout, runs: dict[str, dict[int, dict]], best: str | None
             for m, by_seed in out["paired_vs_sasrec_by_seed"].items()
             if len(by_seed) > 1
         }
-    every = {m: ranks_of(layout, by_seed[first]["summary"]) for m, by_seed in runs.items()}
+    every = {m: ranks_of(by_seed[first]["summary"]) for m, by_seed in runs.items()}
     pq.write_table(
         pa.concat_tables(t.append_column("method", pa.array([m] * t.num_rows)) for m, t in every.items()),
         paired.ranks_path(BENCHMARK),

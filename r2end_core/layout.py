@@ -24,8 +24,6 @@
       index/latest.json                 {"version": the version built last}
       caches/text_vectors/<encoder>/    schemas.TEXT_VECTORS: an encoder's embeddings of history texts
       ray_train/<run>/                  Ray Train runs (checkpoints, progress.json)
-      bench_runs/<benchmark>/<run>.json a benchmark's finished run (its summary and the digest of what made
-                                        it), so a killed benchmark resumes without retraining it
       logs/<stage>.log                  everything a stage printed; logs/ray/: its Ray workers' logs
 """
 
@@ -109,9 +107,6 @@ class Layout:
     @property
     def ray_train(self) -> str:
         return self.path("ray_train")
-
-    def bench_run(self, benchmark: str, run: str) -> str:
-        return self.path("bench_runs", benchmark, f"{run}.json")
 
     def logs(self, name: str = "") -> str:
         return self.path("logs", name)

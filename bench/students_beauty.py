@@ -26,6 +26,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -138,15 +139,8 @@ def train_or_reuse(cfg: PipelineConfig, method: str, seed: int, embedded: str, r
     reads); ``r2end``: the record of this seed's R2END run, which a student of R2END learns from."""
     layout, spec, cfg = Layout(cfg.storage_path), METHODS[method], with_teacher(cfg, seed)
     name = model_name(method, seed)
-    # every setting, defaults included (a changed default must not reuse a run made under the old one),
-    # without the sections no training reads
-    settings = cfg.model_dump(mode="json", exclude={"ray", "generate", "index", "serve"})
-    made_by = {"config": settings, "prepared": layout.prepared_digest(), "method": method}
-    if method != BASELINE:
-        made_by["embedded"] = embedded
-    if spec.reads_r2end:
-        made_by["r2end"] = r2end["key"]  # the recipe that made the teacher: a later session re-makes its model
-    key, record = storage.digest(made_by), RUNS / f"{name}.json"
+    settings, key = record_key(cfg, method, seed, embedded, r2end)
+    record = RUNS / f"{name}.json"
     if record.exists() and (recorded := json.loads(record.read_text()))["key"] == key:
         return {**recorded, "reused": True}
     if spec.reads_r2end and not storage.exists(layout.model_latest(teacher_name(seed))):
@@ -172,6 +166,22 @@ def train_or_reuse(cfg: PipelineConfig, method: str, seed: int, embedded: str, r
     pq.write_table(storage.read_table(ranks), RUNS / f"{name}_ranks.parquet", compression="zstd")
     record.write_text(json.dumps(run, indent=2, sort_keys=True))
     return {**run, "reused": False}
+
+
+def record_key(cfg: PipelineConfig, method: str, seed: int, embedded: str, r2end: dict | None) -> tuple[dict, str]:
+    """(the settings a run is keyed by, the digest of everything that made it). ``cfg``: with its seed's
+    teacher. Every setting, defaults included (a changed default must not reuse a run made under the old
+    one), but not the sections no training reads, nor where things lie: what was read is keyed by its
+    content (the prepared tables; the embedded teacher outputs), so a record holds on any machine."""
+    settings = cfg.model_dump(mode="json", exclude={"ray", "generate", "index", "serve", "storage_path"})
+    del settings["prepare"]["dataset_path"], settings["embed"]["teacher_outputs"]
+    prepared = Layout(cfg.storage_path).prepared_digest()
+    made_by = {"config": settings, "prepared": prepared, "method": method, "seed": seed}
+    if method != BASELINE:
+        made_by["embedded"] = embedded
+    if METHODS[method].reads_r2end:
+        made_by["r2end"] = r2end["key"]  # the recipe that made the teacher: a later session re-makes its model
+    return settings, storage.digest(made_by)
 
 
 def ranks_of(summary: dict) -> pa.Table:
@@ -226,7 +236,7 @@ def benchmark(cfg: PipelineConfig, args) -> None:
         "items": layout.read_items().num_rows,
         "seeds": seeds,
         "text_model": teacher_name(seeds[0]),
-        "teacher_outputs": [str(s) for s in cfg.embed.teacher_outputs or []],
+        "teacher_outputs": [relative(s.folder) for s in cfg.embed.teacher_outputs or []],
         "embedded_targets": embedded.targets,
         "items_with_description": embedded.items_with_description,
         # the first record that made them says what they cost (a later one found them made)
@@ -241,6 +251,12 @@ def benchmark(cfg: PipelineConfig, args) -> None:
     out["machine"] = results.machine()
     plot(out)
     results.write(BENCHMARK, out, report(out), cfg.model_dump(mode="json"))
+
+
+def relative(folder: str) -> str:
+    """A folder of this repository as the repository names it (the report is read beside the code)."""
+    path, root = Path(folder), results.FOLDER.parent.parent
+    return str(path.relative_to(root)) if path.is_relative_to(root) else folder
 
 
 def rankings_cost(cfg: PipelineConfig, layout: Layout) -> dict:

@@ -478,7 +478,7 @@ def report(out: dict) -> str:
         "Minutes: the wall time of a method's own stages on this machine (R2END: distill and project). History "
         "texts are encoded once into a shared cache, so the first method to need a text counts its encoding.",
         "",
-        f"Plots: `{BENCHMARK}_metrics.png`, `{BENCHMARK}_seeds.png`.",
+        f"Plots: `{BENCHMARK}_metrics.png`" + (f", `{BENCHMARK}_seeds.png`." if out["seeds"] else "."),
     ]
     return "\n".join(lines) + "\n"
 
@@ -505,6 +505,8 @@ def plot(out: dict) -> None:
     fig.savefig(results.FOLDER / f"{BENCHMARK}_metrics.png", dpi=110)
     plt.close(fig)
 
+    if not out["seeds"]:  # one seed so far: nothing to spread
+        return
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, (m, s) in enumerate(out["seeds"].items()):
         values = [r["ndcg@10"] for r in s["runs"].values()]

@@ -28,6 +28,7 @@ import ray
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from bench import results
 from r2end_core import storage
 from r2end_core.config import load_config
 from r2end_core.layout import Layout
@@ -37,7 +38,6 @@ from r2end_core.teacher.model import resolve_teacher
 from ray_jobs import generate
 from ray_jobs.runtime import connect
 
-RESULTS = Path(__file__).parent / "results"
 TEACHER_OUTPUTS = Path(__file__).parents[1] / "teacher_outputs" / "beauty-cpu"
 
 
@@ -92,7 +92,7 @@ def main() -> None:
     cfg = load_config(
         args.config, [f"generate.max_users={args.prompts}", "generate.kinds=[oracle]", "generate.time_budget_s=null"]
     )
-    gc = cfg.generate
+    gc, settings = cfg.generate, cfg.model_dump(mode="json")  # before the job points the config at its scratch
 
     users, items = Layout(cfg.storage_path).read_users(), Layout(cfg.storage_path).read_items()
     keys = outputs.sample_keys(users.column("user_id").to_pylist(), gc.max_users, gc.sample_seed)
@@ -136,11 +136,7 @@ def main() -> None:
         "speedup_vs_hf_batched": round(job["tokens_per_s"] / batched["tokens_per_s"], 2),
         "job_texts_equal_to_hf_one_at_a_time": sum(a == b for a, b in zip(job_texts, hf_texts)),
         "oracle_users_generated": None if committed is None else committed["run"]["kinds"]["oracle"]["rows"],
-        "command": "python -m bench.generation_cpu "
-        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "generation_cpu.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         f"Generation on this CPU ({args.threads} threads): {len(requests)} oracle prompts, {gc.teacher}, greedy, "
         f"at most {gc.token_cap} new tokens, repetition penalty {gc.repetition_penalty}.",
@@ -156,8 +152,7 @@ def main() -> None:
         f"The job's time includes starting Ray Data and the vLLM engine. Its answers equal HF's (one at a time) "
         f"for {result['job_texts_equal_to_hf_one_at_a_time']} of {len(requests)} prompts.",
     ]
-    (RESULTS / "generation_cpu.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    results.write("generation_cpu", result, "\n".join(lines), settings)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,11 @@ A student that learns from R2END learns from the R2END model of its own seed, so
 whole chain. Every model selects its epoch on validation; the test split is scored once per model.
 
 A finished run is recorded in ``bench/results/students_beauty_runs/`` (its summary, its per-user ranks and
-a digest of what made it: its whole config, the prepared data, the embedded teacher outputs and, for a
-student of R2END, the R2END run's digest) and is reused while that digest holds. The records are committed,
-so the benchmark goes on across sessions and machines that keep no artifacts: a session trains what is not
-yet recorded (and R2END again where a student of it still has to train and its model is not in the storage
-path); a run killed mid-way resumes from its Ray Train checkpoint. Writes
+a digest of what made it: the config sections its training reads, the prepared data, the embedded teacher
+outputs and, for a student of R2END, the R2END run's digest) and is reused while that digest holds. The
+records are committed, so the benchmark goes on across sessions and machines that keep no artifacts: a
+session trains what is not yet recorded (and R2END again where a student of it still has to train and its
+model is not in the storage path); a run killed mid-way resumes from its Ray Train checkpoint. Writes
 bench/results/students_beauty.json (``methods.<name>.test.{hr@10,...}``,
 ``paired_vs_sasrec.<name>.test.ndcg@10.{diff,se,z}``, ``tail_paired_vs_sasrec``, ``seeds``,
 ``paired_vs_sasrec_over_seeds``), .md, the per-user ranks (``students_beauty_ranks.parquet``) and two plots.
@@ -102,25 +102,45 @@ class Method:
 
     train: Callable[[PipelineConfig, int, str], TrainSummary]
     about: str
+    sections: tuple[str, ...]  # the config sections its training reads, beside prepare and resources
     reads_r2end: bool = False  # learns from the R2END model (of its seed), not only from the embedded LLM outputs
 
 
 RANKED_BY_TEACHER = ("dllm2rec", "dllm2rec_no_embedding")  # DLLM2Rec with its ranking term
+DLLM2REC, PROFILE, FUSION = (
+    ("sasrec", "dllm2rec", "embed"),
+    ("sasrec", "profile", "embed"),
+    ("sasrec", "fusion", "embed"),
+)
 METHODS = {
     BASELINE: Method(
         lambda cfg, seed, name: train_sasrec.run(with_seed(cfg, seed).with_section("sasrec", run_name=name)),
         "SASRec, full-softmax CE: the baseline recipe",
+        ("sasrec",),
     ),
-    TEXT_MODEL: Method(lambda cfg, seed, name: train_r2end(cfg, seed), "R2END: distilled text encoder + projection"),
-    "dllm2rec": Method(dllm2rec(), "DLLM2Rec: R2END's rankings + the LLM's item descriptions into SASRec", True),
-    "dllm2rec_no_ranking": Method(dllm2rec(ranking_weight=0.0), "DLLM2Rec without ranking distillation"),
-    "dllm2rec_no_embedding": Method(dllm2rec(embedding_weight=0.0), "DLLM2Rec without embedding distillation", True),
-    "profile_generated": Method(profile_from("generated"), "profile distillation: the LLM's user profiles"),
-    "profile_oracle": Method(profile_from("oracle"), "profile distillation: the LLM's oracle reasoning, embedded"),
-    "profile_student": Method(profile_from("student"), "profile distillation: the R2END student's embeddings", True),
+    TEXT_MODEL: Method(
+        lambda cfg, seed, name: train_r2end(cfg, seed),
+        "R2END: distilled text encoder + projection",
+        ("embed", "distill", "project"),
+    ),
+    "dllm2rec": Method(
+        dllm2rec(), "DLLM2Rec: R2END's rankings + the LLM's item descriptions into SASRec", DLLM2REC, True
+    ),
+    "dllm2rec_no_ranking": Method(dllm2rec(ranking_weight=0.0), "DLLM2Rec without ranking distillation", DLLM2REC),
+    "dllm2rec_no_embedding": Method(
+        dllm2rec(embedding_weight=0.0), "DLLM2Rec without embedding distillation", DLLM2REC, True
+    ),
+    "profile_generated": Method(profile_from("generated"), "profile distillation: the LLM's user profiles", PROFILE),
+    "profile_oracle": Method(
+        profile_from("oracle"), "profile distillation: the LLM's oracle reasoning, embedded", PROFILE
+    ),
+    "profile_student": Method(
+        profile_from("student"), "profile distillation: the R2END student's embeddings", PROFILE, True
+    ),
     "fusion": Method(
         lambda cfg, seed, name: train_fusion.run(with_seed(cfg, seed).with_section("fusion", run_name=name)),
         "ours: SASRec fitted to the residual of R2END's scores",
+        FUSION,
         True,
     ),
 }
@@ -170,11 +190,16 @@ def train_or_reuse(cfg: PipelineConfig, method: str, seed: int, embedded: str, r
 
 def record_key(cfg: PipelineConfig, method: str, seed: int, embedded: str, r2end: dict | None) -> tuple[dict, str]:
     """(the settings a run is keyed by, the digest of everything that made it). ``cfg``: with its seed's
-    teacher. Every setting, defaults included (a changed default must not reuse a run made under the old
-    one), but not the sections no training reads, nor where things lie: what was read is keyed by its
-    content (the prepared tables; the embedded teacher outputs), so a record holds on any machine."""
-    settings = cfg.model_dump(mode="json", exclude={"ray", "generate", "index", "serve", "storage_path"})
-    del settings["prepare"]["dataset_path"], settings["embed"]["teacher_outputs"]
+    teacher. Every setting of the sections its training reads, defaults included (a changed default must
+    not reuse a run made under the old one), so a lever of one method retrains only that method and its
+    students; a student of R2END keys R2END's sections through R2END's record. Not where things lie: what
+    was read is keyed by its content (the prepared tables; the embedded teacher outputs), so a record holds
+    on any machine."""
+    dumped = cfg.model_dump(mode="json")
+    settings = {section: dumped[section] for section in ("prepare", "resources", *METHODS[method].sections)}
+    del settings["prepare"]["dataset_path"]
+    if "embed" in settings:
+        del settings["embed"]["teacher_outputs"]
     prepared = Layout(cfg.storage_path).prepared_digest()
     made_by = {"config": settings, "prepared": prepared, "method": method, "seed": seed}
     if method != BASELINE:

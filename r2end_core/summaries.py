@@ -144,7 +144,7 @@ class TrainSummary(Summary):
     best_epoch: int | None = None
     epochs_trained: int | None = None
     resumed_from_epoch: int | None = None
-    history: list[dict[str, Any]] = []  # per epoch: its losses, and validation metrics where it validated
+    history: list[dict[str, Any]] = []  # per epoch: its losses and validation metrics (a fusion: per weight tried)
     mask_history: bool
     train_users: int
     eval_users: int

@@ -74,10 +74,8 @@ def fit(
     state, users, items = ray_train.final_state(result), layout.read_users(), layout.read_items()
     module = extras.module(items.num_rows, sc.model)
     module.load_state_dict(state["best"]["weights"]["model"])
-    for name, trained in extras.trained_modules().items():  # a fused weight is part of the model
-        trained.load_state_dict(state["best"]["weights"][name])
     manifest = sasrec.manifest(sc.run_name, sc.model, items.num_rows, cfg.prepare.history, inputs)
-    model = extras.recommender(sasrec.SasrecRecommender(module, items.column("item_id").to_pylist(), manifest))
+    model = sasrec.SasrecRecommender(module, items.column("item_id").to_pylist(), manifest)
     model.manifest = models.save(layout, model.manifest, model.write_files)
     torch.set_num_threads(cfg.resources.cpus_per_worker)
     splits = [Split.VALID, Split.TEST] if score_test else [Split.VALID]

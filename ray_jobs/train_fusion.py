@@ -1,47 +1,60 @@
-"""Our student on Ray Train: SASRec fitted to the residual of a trained text model's scores (R2END).
+"""Our student on Ray: trained models' scores summed, the weights chosen on validation.
 
     ray job submit --working-dir . -- python -m ray_jobs.train_fusion --config configs/beauty-sample.yaml
 
-The text model (``fusion.text_model``, frozen) gives a user vector for every position the SASRec predicts
-(its history texts encoded on Ray Data through the shared cache) and for every user's validation history.
-The SASRec trains with full cross-entropy on its own scores plus a learned weight times the text model's
-(``r2end_core.models.fusion``). Writes ``models/<fusion.run_name>/<version>/``: one inner-product model
-that reads item ids and the history text, served like any other.
+Loads the trained parts (``fusion.parts``, each trained by its own Ray Train job; a text model's history
+texts are encoded on Ray Data through the shared cache), embeds the validation users once and scores every
+weight combination of ``fusion.weight_grid`` in Ray tasks, a share of the grid each. Writes
+``models/<fusion.run_name>/<version>/`` with the weights validation chose (its ``metrics.json`` lists every
+combination tried), and scores the test split once. The logic: ``r2end_core.models.fusion``.
 """
 
 from __future__ import annotations
 
+import time
+
+import numpy as np
+import ray
+
 from r2end_core import models
 from r2end_core.config import PipelineConfig
-from r2end_core.data.histories import Histories
-from r2end_core.data.items import Catalogue
 from r2end_core.data.splits import Split
+from r2end_core.eval.evaluate import EvalSet, record
 from r2end_core.layout import Layout
-from r2end_core.models import fusion, instances
+from r2end_core.models import fusion
 from r2end_core.summaries import TrainSummary
-from ray_jobs import ray_data, sequential
-from ray_jobs.runtime import run_stage
+from ray_jobs import ray_data
+from ray_jobs.runtime import log, run_stage
 
 
 def run(cfg: PipelineConfig, score_test: bool = True) -> TrainSummary:
-    layout, fc = Layout(cfg.storage_path), cfg.fusion
+    layout, fc, started = Layout(cfg.storage_path), cfg.fusion, time.time()
     users, items = layout.read_users(), layout.read_items()
-    text = ray_data.with_bulk_encoding(models.load(layout, fc.text_model), layout, cfg.embed, cfg.resources)
-    if text.manifest.kind != "r2end" or text.manifest.reads != "text":
-        raise ValueError(
-            f"fusion.text_model {fc.text_model} is a {text.manifest.kind} model that reads "
-            f"{text.manifest.reads}: the fused model needs a text model (R2END)"
-        )
-    rows, positions = instances.training_instances(users, "all", cfg.sasrec.model.max_len)
-    trained_on = instances.instance_histories(users, Catalogue(items), rows, positions, text.manifest.history)
-    scored = [Histories.of_split(users, split) for split in (Split.VALID, Split.TEST)]
-    text = fusion.known_texts(text, trained_on.texts + [t for h in scored for t in h.texts])
-    user_ids = users.column("user_id").to_pylist()
-    index = instances.InstanceIndex(users, [user_ids[r] for r in rows.tolist()], positions)
-    prior = fusion.TextPrior(index, text.user_vectors(trained_on), text.item_vectors(), fc.initial_weight)
-    inputs = {"text_model": f"{fc.text_model}/{text.manifest.version}"}
-    sc = cfg.sasrec.model_copy(update={"run_name": fc.run_name})
-    return sequential.fit(cfg, sc, fusion.FusionExtras(prior=prior, text_model=text), inputs, score_test)
+    parts = [ray_data.with_bulk_encoding(models.load(layout, p), layout, cfg.embed, cfg.resources) for p in fc.parts]
+    valid = EvalSet.build(users, items, Split.VALID, cfg.sasrec.mask_history)
+    vectors, scored = ray.put([(p.user_vectors(valid.histories), p.item_vectors()) for p in parts]), ray.put(valid)
+    candidates = fusion.weight_grid(len(parts), fc.weight_grid)
+    cpus = cfg.resources.cpus_per_worker
+    tasks = max(1, min(len(candidates), int(ray.cluster_resources().get("CPU", cpus)) // cpus))
+    search = ray.remote(num_cpus=cpus)(fusion.weight_search)
+    shares = [share.tolist() for share in np.array_split(np.arange(len(candidates)), tasks)]
+    pending = [search.remote(vectors, scored, [candidates[i] for i in share]) for share in shares]
+    searched = [found for done in ray.get(pending) for found in done]
+    weights = fusion.best_weights(searched)
+    log.info(f"fusion: {len(searched)} weight combinations in {tasks} Ray tasks; validation chose {weights}")
+    model = fusion.FusionRecommender(parts, weights, fusion.manifest(fc.run_name, parts, weights))
+    model.manifest = models.save(layout, model.manifest, model.write_files)
+    splits = [Split.VALID, Split.TEST] if score_test else [Split.VALID]
+    return record(
+        layout,
+        model,
+        [EvalSet.build(users, items, s, cfg.sasrec.mask_history) for s in splits],
+        history=searched,
+        train_users=users.num_rows,
+        eval_users=users.num_rows,
+        wall_time_s=round(time.time() - started, 1),
+        config=fc.model_dump(mode="json"),
+    )
 
 
 if __name__ == "__main__":

@@ -208,10 +208,14 @@ def r2end_model(zero3_student):
 
 @pytest.fixture(scope="session")
 def fused_student(r2end_model):
-    """(config, train summary): our fused student (``fusion``) of the R2END model, two epochs of a small
-    SASRec: the training test checks it, the serving test serves it."""
-    from ray_jobs import train_fusion
+    """(config, train summary): our fused student (``fusion``): a small SASRec trained two epochs plus the
+    R2END model, their weights searched on validation: the training test checks it, the serving test
+    serves it."""
+    from ray_jobs import train_fusion, train_sasrec
 
-    cfg = r2end_model[0].with_section("sasrec", max_epochs=2, batch_size=8, model={"hidden_size": 16, "inner_size": 16})
-    cfg = cfg.with_section("fusion", text_model="r2end-serve")
+    cfg = r2end_model[0].with_section(
+        "sasrec", max_epochs=2, batch_size=8, run_name="sasrec-fused", model={"hidden_size": 16, "inner_size": 16}
+    )
+    train_sasrec.run(cfg)
+    cfg = cfg.with_section("fusion", parts=["sasrec-fused", "r2end-serve"], weight_grid=[0, 1, 4, 16])
     return cfg, train_fusion.run(cfg)

@@ -1,140 +1,153 @@
-"""Our student: SASRec that learns what R2END's text path misses, served as one inner product.
+"""Our student: trained recommenders' scores summed, with weights chosen on validation.
 
-A user's score for item i is ``h_u · e_i + w · cos(u_u, v_i)``: SASRec's score over item ids plus a
-learned weight ``w`` times R2END's cosine between the user's history text and the item's text. SASRec
-trains with full cross-entropy on the *sum*, so it fits the residual of R2END's scores rather than the
-whole preference: the text path carries the long tail (items with few interactions have little to learn
-an ID embedding from), the ID path what co-purchases teach. R2END stays frozen.
+A user's score for item i is ``sum_k w_k * (u_k · v_k,i)``: for example SASRec's logit (``w = 1``, which
+fixes the scale) plus R2END's cosine between the history text and the item's text, and DLLM2Rec's logit.
+The parts are trained on their own and stay as they are; the fusion learns only the weights, each other
+part's from a grid, every combination scored by validation NDCG@10 in one pass over the users. The ID
+models are strong on the items many users bought, the text path on the long tail (an item with few
+interactions has little to learn an ID embedding from), so their errors differ and the sum beats each.
 
-    text = known_texts(r2end, texts)                                  # R2END, its users embedded once
-    prior = TextPrior(instance_index, text.user_vectors(instance_histories), text.item_vectors())
-    extras = FusionExtras(prior=prior, text_model=text)
-    sasrec.train(users, items, cfg, history, device, extras=extras)   # validates the fused model
-    model = extras.recommender(SasrecRecommender(module, item_ids, manifest))   # what is saved
+    parts = [models.load(layout, "sasrec"), models.load(layout, "r2end")]
+    valid = EvalSet.build(users, items, Split.VALID)
+    vectors = [(p.user_vectors(valid.histories), p.item_vectors()) for p in parts]
+    best = best_weights(weight_search(vectors, valid, weight_grid(len(parts), grid)))   # e.g. [1.0, 10.0]
+    fused = FusionRecommender(parts, best, manifest("fusion", parts, best))
 
-Served, the user vector is ``[h_u, w · u_u]`` and the item vector ``[e_i, v_i]``: a faiss inner-product
-index over the concatenation ranks exactly as the fused score. The model reads item ids and the history
-text (written with R2END's history rule).
+Served, the user vector is ``[w_1 u_1, ..., w_K u_K]`` and the item vector ``[v_1, ..., v_K]``: a faiss
+inner-product index over the concatenation ranks exactly as the fused score. A fused model's folder holds
+its weights and the parts it sums (by name and version), which are loaded from their own folders.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
 from r2end_core import storage
-from r2end_core.data.histories import Histories
+from r2end_core.eval import metrics
+from r2end_core.eval.evaluate import EvalSet
 from r2end_core.layout import Layout
 from r2end_core.models.base import ModelManifest, Recommender
-from r2end_core.models.instances import InstanceIndex
-from r2end_core.models.r2end.recommender import R2endRecommender
-from r2end_core.models.sasrec import Batch, Extras, SasrecRecommender
 
 FUSION_FILE = "fusion.json"
-
-
-class TextPrior(nn.Module):
-    """``w · (u · v_i)`` for each predicted position of a batch: R2END's user vector of that position's
-    history (``vectors``, one per instance of ``index``) against every item's (``item_vectors``)."""
-
-    def __init__(self, index: InstanceIndex, vectors: np.ndarray, item_vectors: np.ndarray, weight: float = 10.0):
-        super().__init__()
-        self.index = index
-        self.register_buffer("vectors", torch.from_numpy(vectors), persistent=False)
-        self.register_buffer("item_vectors", torch.from_numpy(item_vectors), persistent=False)
-        # cosines lie in [-1, 1] and SASRec's logits span tens: the weight starts where the text can count
-        self.weight = nn.Parameter(torch.tensor(float(weight)))
-
-    def forward(self, batch: Batch, real: torch.Tensor) -> torch.Tensor:
-        instance = self.index.of(batch, real)
-        if (instance < 0).any():
-            raise ValueError("a predicted position has no R2END user vector: build the prior on every position")
-        return self.weight * (self.vectors[instance] @ self.item_vectors.T)
+SELECTED_BY = "ndcg@10"
 
 
 class FusionRecommender:
-    """SASRec plus a weighted text model behind the recommender interface (see the module docstring).
-    ``weight``: the learnt ``w``, or a callable giving its current value (during training)."""
+    """The weighted sum of ``parts``' scores behind the recommender interface (see the module docstring)."""
 
-    def __init__(self, sasrec: SasrecRecommender, text: Recommender, weight, manifest: ModelManifest):
-        self.sasrec, self.text, self.manifest = sasrec, text, manifest
-        self.item_ids = sasrec.item_ids
-        self._weight = weight
-        if text.item_ids != sasrec.item_ids:
-            raise ValueError(f"text model {text.manifest.name} holds another catalogue than the SASRec")
+    def __init__(self, parts: Sequence[Recommender], weights: Sequence[float], manifest: ModelManifest):
+        if len(parts) != len(weights) or len(parts) < 2:
+            raise ValueError(f"a fusion sums two or more models, one weight each: got {len(parts)} and {len(weights)}")
+        for part in parts[1:]:
+            if part.item_ids != parts[0].item_ids:
+                raise ValueError(
+                    f"models {parts[0].manifest.name} and {part.manifest.name} hold different catalogues: "
+                    "train every part on the same prepared data"
+                )
+        self.parts, self.weights, self.manifest = list(parts), [float(w) for w in weights], manifest
+        self.item_ids = parts[0].item_ids
 
-    @property
-    def weight(self) -> float:
-        return float(self._weight() if callable(self._weight) else self._weight)
-
-    def user_vectors(self, histories: Histories) -> np.ndarray:
-        return np.concatenate([self.sasrec.user_vectors(histories), self.weight * self.text.user_vectors(histories)], 1)
+    def user_vectors(self, histories) -> np.ndarray:
+        return np.concatenate([w * p.user_vectors(histories) for p, w in zip(self.parts, self.weights)], 1)
 
     def item_vectors(self) -> np.ndarray:
-        return np.concatenate([self.sasrec.item_vectors(), self.text.item_vectors()], 1)
+        return np.concatenate([p.item_vectors() for p in self.parts], 1)
 
     def new_item_vectors(self, metadata_texts: list[str]) -> np.ndarray:
-        raise ValueError("the fused SASRec learns one embedding per item id: new items need a model trained with them")
+        """Every part's vectors for the new items (an ID model among the parts cannot: its ValueError says so)."""
+        return np.concatenate([p.new_item_vectors(metadata_texts) for p in self.parts], 1)
 
     def write_files(self, folder: str) -> None:
-        """The SASRec's files, and the weight with the text model it fuses (by name and version)."""
-        self.sasrec.write_files(folder)
-        text = self.text.manifest
+        """The weights and the parts they weigh, by name and version (the parts keep their own folders)."""
+        parts = [{"name": p.manifest.name, "version": p.manifest.version} for p in self.parts]
         with open(os.path.join(folder, FUSION_FILE), "w") as out:
-            json.dump({"weight": self.weight, "text_model": text.name, "text_version": text.version}, out)
+            json.dump({"parts": parts, "weights": self.weights}, out)
 
     @classmethod
     def load(cls, layout: Layout, manifest: ModelManifest, device: str = "cpu") -> FusionRecommender:
         from r2end_core import models  # the registry imports this module
 
         saved = storage.read_json(storage.join(layout.model_version(manifest.name, manifest.version), FUSION_FILE))
-        sasrec = SasrecRecommender.load(layout, manifest, device)
-        text = models.load(layout, saved["text_model"], saved["text_version"], device)
-        return cls(sasrec, text, saved["weight"], manifest)
+        parts = [models.load(layout, p["name"], p["version"], device) for p in saved["parts"]]
+        return cls(parts, saved["weights"], manifest)
 
 
-def known_texts(model: R2endRecommender, texts: list[str]) -> R2endRecommender:
-    """A copy of ``model`` whose user embeddings come from a table of ``texts``, embedded once now (with the
-    model's own ``embed_users`` if it has a fast one): training and scoring look them up, and a text not
-    in it is an error."""
-    distinct = list(dict.fromkeys(texts))
-    embeddings = dict(zip(distinct, model.user_embeddings(Histories([[] for _ in distinct], texts=distinct))))
-
-    def lookup(histories: Histories) -> np.ndarray:
-        if unknown := [t for t in histories.texts if t not in embeddings]:
-            raise KeyError(f"{len(unknown)} history texts were not embedded ahead, e.g. {unknown[0][:80]!r}")
-        return np.stack([embeddings[t] for t in histories.texts])
-
-    known = copy.copy(model)
-    known.embed_users = lookup
-    return known
-
-
-def manifest(sasrec_manifest: ModelManifest, text: ModelManifest) -> ModelManifest:
-    """The fused model reads item ids and the history text, written by the text model's history rule."""
-    return sasrec_manifest.model_copy(
-        update={
-            "kind": "fusion",
-            "reads": "item_ids+text",
-            "history": text.history,
-            "inputs": {**sasrec_manifest.inputs, "text_model": f"{text.name}/{text.version}"},
-        }
+def manifest(name: str, parts: Sequence[Recommender], weights: Sequence[float]) -> ModelManifest:
+    """A fused model reads what its parts read; a history is written by its text part's rule (the first
+    part's when none reads text). Its inputs name each part's version."""
+    kinds = [p.manifest for p in parts]
+    reads = {r for m in kinds for r in m.reads.split("+")}
+    text = next((m for m in kinds if "text" in m.reads), kinds[0])
+    return ModelManifest(
+        kind="fusion",
+        name=name,
+        args={"parts": [m.name for m in kinds], "weights": [float(w) for w in weights]},
+        reads="item_ids+text" if reads == {"item_ids", "text"} else reads.pop(),
+        similarity="dot",
+        history=text.history,
+        text_encoder=text.text_encoder,
+        item_encoder=text.item_encoder,
+        max_seq_length=text.max_seq_length,
+        items=kinds[0].items,
+        inputs={m.name: m.version for m in kinds},
     )
 
 
-@dataclass
-class FusionExtras(Extras):
-    """The SASRec's training extras when it fuses a text model: the ``prior`` (a ``TextPrior``) and the
-    ``text_model`` validation and the saved model score with."""
+def weight_grid(n_parts: int, grid: Sequence[float]) -> list[tuple[float, ...]]:
+    """Every weight combination: the first part's weight is 1, each other part's from ``grid``.
 
-    text_model: Recommender | None = None
+    >>> weight_grid(3, [0, 2])
+    [(1.0, 0.0, 0.0), (1.0, 0.0, 2.0), (1.0, 2.0, 0.0), (1.0, 2.0, 2.0)]
+    """
+    combos = np.stack(np.meshgrid(*[np.asarray(grid, dtype=float)] * (n_parts - 1), indexing="ij"), -1)
+    return [(1.0, *map(float, c)) for c in combos.reshape(-1, n_parts - 1)]
 
-    def recommender(self, model: SasrecRecommender) -> FusionRecommender:
-        fused = manifest(model.manifest, self.text_model.manifest)
-        return FusionRecommender(model, self.text_model, lambda: self.prior.weight.item(), fused)
+
+def weight_search(
+    vectors: Sequence[tuple[np.ndarray, np.ndarray]],
+    scored: EvalSet,
+    candidates: Sequence[Sequence[float]],
+    chunk_size: int = 1024,
+) -> list[dict]:
+    """``[{"weights", "hr@10", "ndcg@10"}]``, one per candidate: the fused model's full-ranking metrics on
+    ``scored`` (the validation users). ``vectors``: each part's (user vectors of ``scored``'s users, item
+    vectors). Each part's scores are computed once per chunk of users and summed under every candidate."""
+    users = [torch.from_numpy(u) for u, _ in vectors]
+    items = [torch.from_numpy(i) for _, i in vectors]
+    n_users = len(scored.targets)
+    ranks = np.empty((len(candidates), n_users), dtype=np.int64)
+    for start in range(0, n_users, chunk_size):
+        rows = np.arange(start, min(start + chunk_size, n_users))
+        targets = torch.as_tensor(scored.targets[rows], dtype=torch.long)
+        with torch.no_grad():
+            scores = [u[rows] @ i.T for u, i in zip(users, items)]
+            for c, weights in enumerate(candidates):
+                fused = torch.zeros_like(scores[0])
+                for w, part_scores in zip(weights, scores):
+                    if w:
+                        fused.add_(part_scores, alpha=w)
+                if scored.exclude is not None:
+                    metrics.mask_excluded(fused, targets, scored.exclude[start : start + len(rows)])
+                ranks[c, rows] = metrics.target_ranks(fused, targets).numpy()
+    return [
+        {
+            "weights": [float(w) for w in weights],
+            "hr@10": float((r < 10).mean()),
+            "ndcg@10": float(metrics.ndcg_gains(r, 10).mean()),
+        }
+        for weights, r in zip(candidates, ranks)
+    ]
+
+
+def best_weights(searched: Sequence[dict]) -> list[float]:
+    """The candidate with the best validation NDCG@10; among equals, the first (the grid's smaller weights).
+
+    >>> best_weights([{"weights": [1.0, 0.0], "ndcg@10": 0.05}, {"weights": [1.0, 2.0], "ndcg@10": 0.06}])
+    [1.0, 2.0]
+    """
+    return max(searched, key=lambda s: s[SELECTED_BY])["weights"]

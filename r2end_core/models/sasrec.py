@@ -25,7 +25,7 @@ from r2end_core.data.items import UnknownItemsError
 from r2end_core.data.splits import Split, index_sequences, training_part
 from r2end_core.eval.evaluate import EvalSet, evaluate
 from r2end_core.layout import Layout
-from r2end_core.models.base import ModelManifest, Recommender
+from r2end_core.models.base import ModelManifest
 from r2end_core.train import selection, sharding
 
 WEIGHTS_FILE = "model.pt"
@@ -243,11 +243,9 @@ def train_one_epoch(
     world: int = 1,
     auxiliary: AuxiliaryLoss | None = None,
     epoch: int = 1,
-    prior: nn.Module | None = None,
 ) -> dict[str, float]:
-    """One pass of full-softmax cross-entropy (plus ``auxiliary``; on the SASRec's scores plus ``prior``'s,
-    ``prior(batch, real) -> [real positions, n_items]``); returns this rank's mean loss per predicted
-    position (``loss``: the cross-entropy) and the auxiliary term's mean."""
+    """One pass of full-softmax cross-entropy (plus ``auxiliary``); returns this rank's mean loss per
+    predicted position (``loss``: the cross-entropy) and the auxiliary term's mean."""
     core = getattr(model, "module", model)  # unwrap DistributedDataParallel
     model.train()
     totals, count = {"loss": 0.0} | ({auxiliary.name: 0.0} if auxiliary else {}), 0
@@ -257,8 +255,6 @@ def train_one_epoch(
         hidden, layers = model(inputs, return_layers=True) if needs_layers else (model(inputs), None)
         real = targets > 0
         logits = core.catalogue_logits(hidden[real])
-        if prior is not None:
-            logits = logits + prior(batch, real)
         loss = F.cross_entropy(logits, targets[real] - 1)
         n = int(real.sum())
         total = loss
@@ -268,9 +264,8 @@ def train_one_epoch(
             totals[auxiliary.name] += value * n
         optimizer.zero_grad(set_to_none=True)
         (total * sharding.loss_scale(n, batch.loss_positions, world)).backward()
-        for part in (auxiliary, prior):
-            if part is not None:
-                sharding.average_gradients(part.parameters(), world)
+        if auxiliary is not None:
+            sharding.average_gradients(auxiliary.parameters(), world)
         optimizer.step()
         totals["loss"] += loss.item() * n
         count += n
@@ -298,15 +293,10 @@ class Extras:
     item_features: np.ndarray | None = None
     feature_weight: float = 0.0
     auxiliary: AuxiliaryLoss | None = None
-    prior: nn.Module | None = None  # scores added to the SASRec's in training (models.fusion.TextPrior)
 
     def trained_modules(self) -> dict[str, nn.Module]:
         """The student's trained parts besides the SASRec, by name in its checkpoints."""
-        return {name: m for name, m in (("auxiliary", self.auxiliary), ("prior", self.prior)) if m is not None}
-
-    def recommender(self, model: SasrecRecommender) -> Recommender:
-        """What the student is as a recommender, for validation and saving (a subclass fuses more)."""
-        return model
+        return {"auxiliary": self.auxiliary} if self.auxiliary is not None else {}
 
     def module(self, n_items: int, args: SasrecArgs) -> SASRec:
         """The student's module, its item features set."""
@@ -343,7 +333,7 @@ def train(
     parameters = [*model.parameters(), *(p for m in trained.values() for p in m.parameters())]
     optimizer = torch.optim.Adam(parameters, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     sasrec_model = manifest("", cfg.model, items.num_rows, history, {})
-    scorer = extras.recommender(SasrecRecommender(core, valid.item_ids, sasrec_model, str(device)))
+    scorer = SasrecRecommender(core, valid.item_ids, sasrec_model, str(device))
     rng = np.random.default_rng(cfg.seed)
     if restored:  # go on from the last epoch
         core.load_state_dict(restored["current"]["model"])
@@ -364,7 +354,7 @@ def train(
             length_buckets=cfg.length_buckets,
             position_weighted=cfg.position_weighted_loss,
         )
-        return train_one_epoch(model, optimizer, batches, device, world, extras.auxiliary, epoch, extras.prior)
+        return train_one_epoch(model, optimizer, batches, device, world, extras.auxiliary, epoch)
 
     yield from selection.epochs(
         restored,

@@ -26,19 +26,25 @@ def storage_paths(tmp_path, beauty_dir) -> tuple[str, str]:
 
 
 def keys(cfg: PipelineConfig) -> dict[str, str]:
-    """Each method's key for seed 22, its students keyed by that R2END key, as the benchmark chains them."""
-    r2end = {"key": bench.record_key(cfg, bench.TEXT_MODEL, 22, "embedded", None)[1]}
-    return {m: bench.record_key(cfg, m, 22, "embedded", r2end)[1] for m in bench.METHODS}
+    """Each method's key for seed 22, a student keyed by the records of what it learns from, as the
+    benchmark chains them."""
+    records: dict[str, dict] = {}
+    for m in bench.METHODS:
+        records[m] = {"key": bench.record_key(cfg, m, 22, "embedded", records)[1]}
+    return {m: r["key"] for m, r in records.items()}
 
 
 def test_a_lever_retrains_only_the_methods_that_read_it(storage_paths):
     cfg = PipelineConfig(storage_path=storage_paths[0], prepare={"dataset_path": "/data"})
     before = keys(cfg)
     changed = {m for m, key in keys(cfg.with_section("project", epochs=40)).items() if key != before[m]}
-    assert changed == {bench.TEXT_MODEL} | {m for m, spec in bench.METHODS.items() if spec.reads_r2end}
+    students = {m for m, spec in bench.METHODS.items() if bench.TEXT_MODEL in spec.learns_from}
+    assert changed == {bench.TEXT_MODEL} | students
     changed = {m for m, key in keys(cfg.with_section("sasrec", model={"dropout": 0.3})).items() if key != before[m]}
     assert changed == set(bench.METHODS) - {bench.TEXT_MODEL}
-    assert bench.record_key(cfg, bench.BASELINE, 23, "embedded", None)[1] != before[bench.BASELINE]  # the seed
+    changed = {m for m, key in keys(cfg.with_section("fusion", weight_grid=[0, 1])).items() if key != before[m]}
+    assert changed == {"fusion", "fusion_dllm2rec"}
+    assert bench.record_key(cfg, bench.BASELINE, 23, "embedded", {})[1] != before[bench.BASELINE]  # the seed
 
 
 def test_where_things_lie_is_not_keyed_but_their_content_is(storage_paths):

@@ -1,79 +1,72 @@
-"""Our fused student on real Beauty sequences: the text prior looked up per predicted position, training on
-the sum with the weight learnt, and the fused model as one inner product, saved and loaded."""
+"""Our fused student on real Beauty sequences: the weight search scores every combination as the fused
+model ranks, and the fused model is one inner product, saved and loaded with its parts."""
 
 import numpy as np
+import pytest
 import torch
 
 from r2end_core import models
-from r2end_core.config import HistoryRule, SasrecArgs, SasrecConfig
+from r2end_core.config import FusionConfig, HistoryRule, SasrecArgs
 from r2end_core.data.histories import Histories
-from r2end_core.data.items import Catalogue
-from r2end_core.data.splits import Split, index_sequences, training_part
+from r2end_core.data.splits import Split
 from r2end_core.eval.evaluate import EvalSet, evaluate
 from r2end_core.layout import Layout
-from r2end_core.models import fusion, instances, sasrec
+from r2end_core.models import fusion, sasrec
 
 SMALL = SasrecArgs(hidden_size=32, num_heads=2, inner_size=32, max_len=20, dropout=0.2)
 
 
 def sasrec_model(items, name: str, seed: int) -> sasrec.SasrecRecommender:
+    """An untrained SASRec: the fusion only reads the recommender interface."""
     torch.manual_seed(seed)
     manifest = sasrec.manifest(name, SMALL, items.num_rows, HistoryRule(), {})
     return sasrec.SasrecRecommender(sasrec.SASRec(items.num_rows, SMALL).eval(), items["item_id"].to_pylist(), manifest)
 
 
-def prior_of(users, items, text: sasrec.SasrecRecommender) -> fusion.TextPrior:
-    """The text model's user vector for every trained position (a SASRec stands in: only the interface counts)."""
-    rows, positions = instances.training_instances(users, "all", SMALL.max_len)
-    histories = instances.instance_histories(users, Catalogue(items), rows, positions, None)
-    user_ids = users["user_id"].to_pylist()
-    index = instances.InstanceIndex(users, [user_ids[r] for r in rows.tolist()], positions)
-    return fusion.TextPrior(index, text.user_vectors(histories), text.item_vectors(), weight=3.0)
-
-
-def test_the_prior_scores_each_predicted_position_by_its_own_history(prepared_tables):
+def test_the_weight_search_scores_each_combination_as_the_fused_model_ranks(prepared_tables):
     users, items = prepared_tables
-    text = sasrec_model(items, "text", seed=1)
-    prior = prior_of(users, items, text)
-    tokens = [training_part(s) + 1 for s in index_sequences(users, items)]
-    batch = next(sasrec.training_batches(tokens, 16, SMALL.max_len, np.random.default_rng(0)))
-    real = batch.targets > 0
-    scores = prior(batch, real)
-    rows = torch.as_tensor(batch.rows)[:, None].expand_as(batch.positions)[real]
-    for n in [0, 7, int(real.sum()) - 1]:  # against the text model on that one history
-        row, position = int(rows[n]), int(batch.positions[real][n])
-        history = instances.instance_histories(users, Catalogue(items), np.array([row]), np.array([position]), None)
-        expected = 3.0 * text.user_vectors(history)[0] @ text.item_vectors().T
-        assert np.allclose(scores[n].detach().numpy(), expected, atol=1e-4)
-
-
-def test_a_fused_student_learns_its_weight_and_saves_as_one_inner_product(tmp_path, prepared_tables):
-    users, items = prepared_tables
-    text = sasrec_model(items, "text", seed=1)
-    layout = Layout(str(tmp_path))
-    text.manifest = models.save(layout, text.manifest, text.write_files)
-    extras = fusion.FusionExtras(prior=prior_of(users, items, text), text_model=text)
-    cfg = SasrecConfig(model=SMALL, batch_size=64, max_epochs=2, seed=3)
-    *_, (state, _) = sasrec.train(users, items, cfg, HistoryRule(), torch.device("cpu"), extras=extras)
-    assert state["best"]["weights"]["prior"]["weight"].item() != 3.0  # learnt
-
-    module = sasrec.SASRec(items.num_rows, SMALL)
-    module.load_state_dict(state["best"]["weights"]["model"])
-    extras.prior.load_state_dict(state["best"]["weights"]["prior"])
-    base = sasrec.manifest("fused", SMALL, items.num_rows, HistoryRule(), {})
-    fused = extras.recommender(sasrec.SasrecRecommender(module.eval(), items["item_id"].to_pylist(), base))
-    assert fused.manifest.kind == "fusion" and fused.manifest.reads == "item_ids+text"
+    parts = [sasrec_model(items, "a", seed=1), sasrec_model(items, "b", seed=2)]
     valid = EvalSet.build(users, items, Split.VALID)
-    # one inner product: SASRec's score plus the weight times the text model's
-    first = Histories(valid.histories.item_ids[:5])
-    both = fused.user_vectors(first) @ fused.item_vectors().T
-    alone = fused.sasrec.user_vectors(first) @ fused.sasrec.item_vectors().T
-    text_scores = text.user_vectors(first) @ text.item_vectors().T
-    assert np.allclose(both, alone + fused.weight * text_scores, atol=1e-3)
-    # the best validation score during training is the fused model's
-    assert evaluate(fused, valid).metrics["ndcg@10"] == state["best"]["valid"]["ndcg@10"]
+    vectors = [(p.user_vectors(valid.histories), p.item_vectors()) for p in parts]
+    searched = fusion.weight_search(vectors, valid, fusion.weight_grid(2, [0, 0.5, 3]), chunk_size=7)
+    assert [s["weights"] for s in searched] == [[1.0, 0.0], [1.0, 0.5], [1.0, 3.0]]
+    for found in searched:
+        fused = fusion.FusionRecommender(parts, found["weights"], fusion.manifest("f", parts, found["weights"]))
+        scored = evaluate(fused, valid).metrics
+        assert (found["hr@10"], found["ndcg@10"]) == pytest.approx((scored["hr@10"], scored["ndcg@10"]), abs=1e-9)
+    alone = evaluate(parts[0], valid).metrics  # weight 0 leaves the second part out
+    assert searched[0]["ndcg@10"] == pytest.approx(alone["ndcg@10"], abs=1e-9)
+    assert len({s["ndcg@10"] for s in searched}) > 1  # the weights change the ranking
+
+
+def test_a_fused_model_is_one_inner_product_saved_with_its_parts(tmp_path, prepared_tables):
+    users, items = prepared_tables
+    layout = Layout(str(tmp_path))
+    parts = [sasrec_model(items, "a", seed=1), sasrec_model(items, "b", seed=2)]
+    for part in parts:
+        part.manifest = models.save(layout, part.manifest, part.write_files)
+    fused = fusion.FusionRecommender(parts, [1.0, 2.5], fusion.manifest("fused", parts, [1.0, 2.5]))
+    assert fused.manifest.kind == "fusion" and fused.manifest.reads == "item_ids"
+    assert fused.manifest.inputs == {"a": parts[0].manifest.version, "b": parts[1].manifest.version}
+    first = Histories(EvalSet.build(users, items, Split.VALID).histories.item_ids[:5])
+    scores = [p.user_vectors(first) @ p.item_vectors().T for p in parts]
+    assert np.allclose(fused.user_vectors(first) @ fused.item_vectors().T, scores[0] + 2.5 * scores[1], atol=1e-4)
 
     fused.manifest = models.save(layout, fused.manifest, fused.write_files)
     loaded = models.load(layout, "fused")
-    assert loaded.weight == fused.weight and loaded.text.manifest.version == text.manifest.version
-    assert evaluate(loaded, valid).metrics == evaluate(fused, valid).metrics
+    assert loaded.weights == [1.0, 2.5]
+    assert [p.manifest.version for p in loaded.parts] == list(fused.manifest.inputs.values())
+    assert np.array_equal(loaded.user_vectors(first), fused.user_vectors(first))
+    with pytest.raises(ValueError, match="new items need a model trained with them"):
+        loaded.new_item_vectors(["Rose lip balm"])
+
+
+def test_parts_must_share_a_catalogue_and_weights_must_be_non_negative(prepared_tables):
+    _, items = prepared_tables
+    smaller = sasrec_model(items.slice(0, items.num_rows - 1), "b", seed=2)
+    with pytest.raises(ValueError, match="hold different catalogues"):
+        fusion.FusionRecommender([sasrec_model(items, "a", seed=1), smaller], [1.0, 1.0], None)
+    with pytest.raises(ValueError, match="weights must be >= 0"):
+        FusionConfig(weight_grid=[0, -1])
+    with pytest.raises(ValueError, match="at least 2"):
+        FusionConfig(parts=["sasrec"])

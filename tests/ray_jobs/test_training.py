@@ -160,8 +160,8 @@ def test_students_of_a_text_model_dllm2rec_and_fusion(r2end_model, fused_student
     """Two students of a real R2END model (a distilled student on the history texts, encoded on Ray Data),
     on Ray Train.
     DLLM2Rec: the teacher ranks each training instance once, the student trains with the ranking term and
-    the item embeddings, and saves a SASRec. Fusion: a SASRec trained on its scores plus the text model's,
-    saved as one model that reads item ids and text."""
+    the item embeddings, and saves a SASRec. Fusion: a SASRec's scores plus the text model's, weighted as
+    validation chose, saved as one model that reads item ids and text."""
     cfg, teacher = r2end_model
     cfg = cfg.with_section("sasrec", max_epochs=2, batch_size=8, model={"hidden_size": 16, "inner_size": 16})
     cfg = cfg.with_section("dllm2rec", teacher="r2end-serve", positions="all", top_k=5)
@@ -183,9 +183,12 @@ def test_students_of_a_text_model_dllm2rec_and_fusion(r2end_model, fused_student
 
     fused = fused_student[1]
     model = models.load(layout, "fusion")
-    assert model.manifest.kind == "fusion" and model.manifest.inputs["text_model"] == f"r2end-serve/{teacher.version}"
-    assert model.text.manifest.version == teacher.version and model.weight != 10.0  # the weight was learnt
-    assert evaluate(model, valid).metrics["ndcg@10"] == pytest.approx(fused.valid["ndcg@10"], abs=1e-6)
+    assert model.manifest.kind == "fusion" and model.manifest.reads == "item_ids+text"
+    assert model.manifest.inputs["r2end-serve"] == teacher.version == model.parts[1].manifest.version
+    # every weight of the grid tried (in Ray tasks); the best on validation kept, scored as the model ranks
+    assert [w for _, w in (s["weights"] for s in fused.history)] == [0, 1, 4, 16]
+    best = max(fused.history, key=lambda s: s["ndcg@10"])
+    assert model.weights == best["weights"] and fused.valid["ndcg@10"] == pytest.approx(best["ndcg@10"], abs=1e-9)
 
     assert student.manifest.inputs.keys() == {"prepared", "distillation", "teacher", "item_embeddings"}
 

@@ -526,8 +526,9 @@ def report(out: dict) -> str:
         )
     lines += [
         "",
-        "Minutes: the wall time of a method's own stages on this machine (R2END: distill and project). History "
-        "texts are encoded once into a shared cache, so the first method to need a text counts its encoding.",
+        "Minutes: the wall time of a method's own stages on this machine (R2END: distill and project; a fusion: "
+        "its weight search, its parts' minutes are on their rows). History texts are encoded once into a shared "
+        "cache, so the first method to need a text counts its encoding.",
         "",
         f"Plots: `{BENCHMARK}_metrics.png`" + (f", `{BENCHMARK}_seeds.png`." if out["seeds"] else "."),
     ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import tempfile
 import threading
 from collections.abc import Callable
@@ -112,10 +113,25 @@ def fit(
     watcher = threading.Thread(target=_show_progress, args=(progress, describe, done), daemon=True)
     watcher.start()
     try:
-        return trainer.fit()
+        with own_sigint_handler():
+            return trainer.fit()
     finally:
         done.set()
         watcher.join()
+
+
+@contextmanager
+def own_sigint_handler():
+    """Ray Train's ``fit`` installs a SIGINT handler (Ctrl-C aborts the run) and leaves it installed, so a
+    later stage in the same process (the pipeline's endpoint) would never see KeyboardInterrupt: put back
+    the handler that was there before."""
+    main = threading.current_thread() is threading.main_thread()  # only the main thread may set handlers
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        yield
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
 
 
 def _show_progress(path: str, describe: Callable[[dict], str], done: threading.Event) -> None:

@@ -54,8 +54,8 @@ def run(cfg: PipelineConfig) -> dict:
         try:
             while True:
                 time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
+        except KeyboardInterrupt:  # a local cluster this process started ends with it, the endpoint too
+            log.info("Ctrl-C: the endpoint stops.")
     return answer
 
 

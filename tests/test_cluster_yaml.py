@@ -23,6 +23,12 @@ def test_cluster_shape():
     assert any("[gpu]" in cmd for cmd in CLUSTER["setup_commands"])
 
 
+def test_the_dashboard_listens_on_the_heads_loopback_only():
+    """Ray's job API runs whatever it is sent: reachable only through ``ray dashboard``'s SSH tunnel."""
+    (start,) = [cmd for cmd in CLUSTER["head_start_ray_commands"] if "ray start --head" in cmd]
+    assert "--dashboard-host=127.0.0.1" in start and "0.0.0.0" not in start
+
+
 def test_validation_catches_a_misspelt_key():
     broken = copy.deepcopy(CLUSTER)
     broken["available_node_types"]["gpu_worker"]["max_worker"] = 8

@@ -132,14 +132,14 @@ def load(url: str, bodies: list[dict], concurrency: int, seconds: float = PHASE_
 
 
 def encoder_replicas() -> int:
-    states = serve.status().applications[deploy.APP_NAME].deployments["UserModel"].replica_states
+    states = serve.status().applications[deploy.APP_NAME].deployments["Recommender"].replica_states
     return states.get("RUNNING", 0)
 
 
 def encoder_replica_actors() -> dict[str, str]:
     """Live encoder replica actors: name -> namespace."""
     return {
-        a["name"]: a["namespace"] for a in ray.util.list_named_actors(all_namespaces=True) if "UserModel" in a["name"]
+        a["name"]: a["namespace"] for a in ray.util.list_named_actors(all_namespaces=True) if "Recommender" in a["name"]
     }
 
 

@@ -479,18 +479,22 @@ class ServeConfig(StrictModel):
     max_history: int = Field(200, ge=1, description="Most history items a request may carry.")
     max_text_chars: int = Field(20_000, ge=1, description="Longest history text a request may carry.")
     max_body_bytes: int = Field(65_536, ge=256, description="Larger request bodies get 413.")
-    max_batch_size: int = Field(32, ge=1, description="Encoder dynamic batching (1 turns it off).")
+    max_batch_size: int = Field(
+        32, ge=1, description="Dynamic batching: most requests encoded and searched together (1 turns it off)."
+    )
     batch_wait_timeout_s: float = Field(
         0.0,
         ge=0,
         description="How long a batch waits to fill. 0: take what is queued (requests that came in during the "
         "previous batch), so a lone request never waits.",
     )
-    min_replicas: int = Field(1, ge=0, description="Encoder replicas, at least (autoscaling).")
-    max_replicas: int = Field(2, ge=1, description="Encoder replicas, at most (autoscaling).")
-    target_ongoing_requests: float = Field(16, gt=0, description="Autoscaling target per encoder replica.")
+    min_replicas: int = Field(
+        1, ge=0, description="Replicas (each holds the model and the index), at least (autoscaling)."
+    )
+    max_replicas: int = Field(2, ge=1, description="Replicas, at most (autoscaling).")
+    target_ongoing_requests: float = Field(16, gt=0, description="Autoscaling target: ongoing requests per replica.")
     cpus_per_replica: float = Field(
-        1, gt=0, description="CPUs reserved per encoder replica; torch uses as many threads (at least 1)."
+        1, gt=0, description="CPUs reserved per replica; torch uses as many threads (at least 1)."
     )
     keep_serving: bool = Field(
         True, description="Pipeline only: after the first answered query, keep the endpoint up until Ctrl-C."

@@ -22,10 +22,10 @@ from r2end_core.layout import Layout
 
 log = logging.getLogger("r2end")
 
-# Ray Serve's throughput mode (Ray >= 2.55): the ingress replica takes HTTP itself (no proxy hop),
-# replicas talk over gRPC, user code runs on the replica's own event loop. On 2 cores it cuts the
-# endpoint's latency over in-process by about a third (bench/serving_cpu.py). Every process of the
-# cluster reads it at start, so it is set before a local cluster starts (on a cluster: its env).
+# Ray Serve's throughput mode (Ray >= 2.55): user code runs on the replica's own event loop, replicas talk
+# over gRPC, and each ingress replica also takes HTTP on a port of its own (30000-31000, for a load
+# balancer); :8000 still goes through Serve's proxy. Every process of the cluster reads it at start, so
+# it is set before a local cluster starts (on a cluster: its env).
 SERVE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 RAY_LOGS = "/tmp/ray/session_latest/logs"  # a local cluster's logs (Ray's default temp dir)
 

@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+
+def _unicode(text: str) -> str:
+    """JSON's ``\\ud800`` escapes decode to lone surrogates, which no tokenizer or reply can carry."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"not valid Unicode text: a lone surrogate at character {err.start}") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
+#: unix seconds from 1970 to the end of year 9999: the dates a history text can write
+UnixSeconds = Annotated[int, Field(ge=0, le=253_402_300_799)]
 
 
 class RecommendRequest(BaseModel):
@@ -14,16 +30,16 @@ class RecommendRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    history: list[str] | None = Field(
+    history: list[Text] | None = Field(
         None,
         description="Item ids the user bought, oldest first. A text model reads them as training did (its "
         "history rule: the 8 most recent within 60 days of `at` by default); a sequence model reads the latest ones.",
     )
-    timestamps: list[int] | None = Field(
+    timestamps: list[UnixSeconds] | None = Field(
         None, description="Unix seconds, one per history item (optional; the items are ordered by them)."
     )
-    at: int | None = Field(None, description="Prediction time, unix seconds (default: the last timestamp).")
-    history_text: str | None = Field(None, description="The history as text, instead of item ids (text models).")
+    at: UnixSeconds | None = Field(None, description="Prediction time, unix seconds (default: the last timestamp).")
+    history_text: Text | None = Field(None, description="The history as text, instead of item ids (text models).")
     k: int = Field(10, description="How many items to return (1 to the server's max_k).")
     exclude_history: bool = Field(True, description="Leave the history's own items out of the results.")
 

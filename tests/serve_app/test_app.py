@@ -4,6 +4,7 @@ a SASRec trained on the same slice rolled out behind the same endpoint, then our
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -17,7 +18,7 @@ import requests
 from r2end_core.layout import Layout
 from ray_jobs import index, train_sasrec
 from ray_jobs import serve as deploy
-from serve_app.app import ItemIndex, UserModel
+from serve_app.app import Recommender
 from tests.conftest import BEAUTY
 
 
@@ -105,12 +106,33 @@ def test_recommend_items_and_health_over_http(served):
         (json.dumps({"history_text": "lip balm", "user": "u1"}), 422, "user: Extra inputs are not permitted"),
         (json.dumps({"history": ["x"] * 201}), 422, "history has 201 items; at most 200"),
         (json.dumps({"history_text": "x" * 70_000}), 413, "at most 65536"),
+        (json.dumps({"history": ["x"], "timestamps": [99999999999999999]}), 422, "timestamps.0: Input should be less"),
+        (json.dumps({"history": ["x"], "timestamps": [-99999999999999]}), 422, "timestamps.0: Input should be greater"),
+        (json.dumps({"history": ["x"], "timestamps": [5], "at": 10**20}), 422, "at: Input should be less"),
+        (b'{"history_text": "\\ud800 lip balm"}', 422, "history_text: not valid Unicode text: a lone surrogate"),
+        (b'{"history": ["B000052WYN", "\\udfff"]}', 422, "history.1: not valid Unicode text"),
+        (b'{"history_text": "lip balm", "\\ud800": 1}', 422, "unable to parse raw data as a unicode string"),
+        (b"\xff\xfe not utf-8", 400, "malformed JSON"),
     ],
 )
 def test_bad_requests_get_a_4xx_that_names_the_problem(served, raw, status, says):
     url = served[1]
     answer = requests.post(f"{url}/recommend", data=raw, headers={"content-type": "application/json"}, timeout=30)
     assert answer.status_code == status and says in answer.json()["error"], answer.text
+
+
+def test_a_chunked_body_over_the_limit_is_stopped_while_it_is_read(served):
+    """No Content-Length: the limit counts the bytes as they arrive (the 65,536-byte default)."""
+    chunks = [b'{"history_text": "'] + [b"x" * 8192] * 16 + [b'"}']
+    answer = requests.post(
+        f"{served[1]}/recommend", data=iter(chunks), headers={"content-type": "application/json"}, timeout=30
+    )
+    assert answer.status_code == 413 and "at most 65536" in answer.json()["error"], answer.text
+    small = [b'{"history_text": "', b"lip balm", b'", "k": 3}']
+    answer = requests.post(
+        f"{served[1]}/recommend", data=iter(small), headers={"content-type": "application/json"}, timeout=30
+    )
+    assert answer.status_code == 200 and len(answer.json()["items"]) == 3, answer.text
 
 
 def test_unknown_item_is_a_404(served):
@@ -187,10 +209,7 @@ def test_the_fused_student_is_served_from_ids_and_the_text_it_writes(served, fus
     assert text.status_code == 422 and "send 'history'" in text.json()["error"]
 
 
-def test_health_checks_fail_when_nothing_is_loaded():
-    model = object.__new__(UserModel.func_or_class)
-    with pytest.raises(RuntimeError, match="model not loaded"):
-        model.check_health()
-    item_index = object.__new__(ItemIndex.func_or_class)
+def test_the_deep_health_check_fails_when_nothing_is_loaded():
+    replica = object.__new__(Recommender.func_or_class)
     with pytest.raises(RuntimeError, match="item index not loaded"):
-        item_index.check_health()
+        asyncio.run(replica.check_health())

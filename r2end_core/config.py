@@ -496,6 +496,12 @@ class ServeConfig(StrictModel):
     cpus_per_replica: float = Field(
         1, gt=0, description="CPUs reserved per replica; torch uses as many threads (at least 1)."
     )
+    cpu_encoder: Literal["torch", "onnx-fp32", "onnx-int8"] = Field(
+        "onnx-int8",
+        description="A text model's history encoder on CPU replicas: torch, or ONNX Runtime in fp32 or with int8 "
+        "matrix multiplications (bench.serving_cpu measures their speed and ranking). GPU replicas "
+        "(resources.use_gpu) run torch on CUDA.",
+    )
     keep_serving: bool = Field(
         True, description="Pipeline only: after the first answered query, keep the endpoint up until Ctrl-C."
     )

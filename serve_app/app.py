@@ -33,7 +33,7 @@ from r2end_core.config import ServeConfig
 from r2end_core.data.histories import Histories
 from r2end_core.data.items import Catalogue, UnknownItemsError
 from r2end_core.layout import Layout
-from r2end_core.serve import index
+from r2end_core.serve import index, text_tower
 from serve_app.api import Health, Item, RecommendRequest, RecommendResponse
 
 log = logging.getLogger("ray.serve")
@@ -125,6 +125,8 @@ class Recommender:
         self.faiss_index, items, self.index = index.load(layout, version)
         self.catalogue = Catalogue(items)
         self.model = models.load(layout, self.index.model, self.index.model_version, "cuda" if use_gpu else "cpu")
+        if not use_gpu:
+            text_tower.with_cpu_encoder(self.model, layout, self.cfg.cpu_encoder, threads)
         self.compute = ThreadPoolExecutor(max_workers=1)  # one batch at a time: torch and faiss use the threads
         self.batched = self.cfg.max_batch_size > 1
         self.answer_batch.set_max_batch_size(self.cfg.max_batch_size)

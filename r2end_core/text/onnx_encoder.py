@@ -1,0 +1,146 @@
+"""A sentence-transformers text encoder on ONNX Runtime: the served text tower's CPU path.
+
+The transformer is exported once with ``torch.onnx`` (dynamic batch and length); for ``int8`` its matrix
+multiplications are then quantized by onnxruntime's dynamic quantization (int8 weights per output channel,
+activations quantized as they come). Tokenization, mean pooling and normalization run as
+sentence-transformers runs them, so fp32 matches ``encoders.encode`` (cosine 1.0) and int8 comes within
+about 0.999 (``bench.serving_cpu`` measures the ranking it gives)::
+
+    encoder = load("students/student/model", max_seq_length=256, keep="end", precision="int8", threads=2)
+    vectors = encoder.encode(["1. Rose lip balm; brand: ..."])     # [1, 384] float32, unit length
+
+The exported files are kept per encoder (its files' digest, the length and the precision) under the
+local temp dir, written atomically, so each node exports once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from r2end_core import storage
+from r2end_core.text import encoders
+
+PRECISIONS = ("fp32", "int8")
+INPUTS = ("input_ids", "attention_mask")
+
+
+def files_digest(folder: str) -> str:
+    """A digest of every file under ``folder`` (names and bytes): what names an encoder's weights."""
+    sha = hashlib.sha256()
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_file():
+            sha.update(str(path.relative_to(folder)).encode())
+            sha.update(storage.sha256(str(path)).encode())
+    return sha.hexdigest()[:16]
+
+
+def check_supported(model) -> None:
+    """Transformer -> mean pooling (-> normalize): what ``OnnxEncoder`` reproduces outside torch."""
+    kinds = [type(m).__name__ for m in model]
+    pooling = model[1].get_config_dict().get("pooling_mode") if len(kinds) > 1 else None
+    if kinds[:2] != ["Transformer", "Pooling"] or pooling != "mean" or kinds[2:] not in ([], ["Normalize"]):
+        raise ValueError(
+            f"the ONNX encoder runs Transformer -> mean Pooling (-> Normalize); this encoder is {kinds} "
+            f"with pooling {pooling!r}: serve it with serve.cpu_encoder=torch"
+        )
+
+
+def export(model, folder: str, precision: str) -> str:
+    """``model``'s transformer as ``encoder.onnx`` in ``folder`` (quantized to int8 for ``precision="int8"``);
+    returns the file's path."""
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    class LastHidden(torch.nn.Module):
+        def __init__(self, transformer):
+            super().__init__()
+            self.transformer = transformer
+
+        def forward(self, input_ids, attention_mask):
+            return self.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    # an example of two texts of different lengths: a dimension seen as 1 would be fixed at 1
+    example = model.tokenizer(["a rose lip balm", "a"], padding=True, return_tensors="pt")
+    dynamic = torch.export.Dim.DYNAMIC
+    fp32 = os.path.join(folder, "encoder.fp32.onnx")
+    program = torch.onnx.export(
+        LastHidden(model[0].auto_model.eval()),
+        tuple(example[name] for name in INPUTS),
+        dynamo=True,
+        input_names=list(INPUTS),
+        output_names=["last_hidden_state"],
+        dynamic_shapes={name: {0: dynamic, 1: dynamic} for name in INPUTS},
+        external_data=False,
+        verbose=False,
+    )
+    program.save(fp32)
+    path = os.path.join(folder, "encoder.onnx")
+    if precision == "int8":
+        # per-channel weights: per-tensor int8 loses about 1% of cosine to fp32 on history texts
+        quantize_dynamic(fp32, path, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"], per_channel=True)
+        os.remove(fp32)
+    else:
+        os.replace(fp32, path)
+    return path
+
+
+class OnnxEncoder:
+    """Texts -> unit-length embeddings through an exported transformer (see the module docstring)."""
+
+    def __init__(self, path: str, tokenizer, max_seq_length: int, threads: int):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads  # its default (a thread per core) oversubscribes a small replica
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no busy-wait between batches
+        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.tokenizer, self.max_seq_length = tokenizer, max_seq_length
+        self.dim = self.session.get_outputs()[0].shape[-1]  # the hidden size, fixed in the export
+
+    def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        """``[len(texts), dim]`` float32, unit length; texts are batched by length (little padding)."""
+        if not texts:
+            return np.empty((0, self.dim), dtype=np.float32)
+        tokens = self.tokenizer(texts, truncation=True, max_length=self.max_seq_length)
+        order = np.argsort([-len(ids) for ids in tokens["input_ids"]], kind="stable")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(texts), batch_size):
+            rows = order[start : start + batch_size]
+            batch = self.tokenizer.pad({name: [tokens[name][r] for r in rows] for name in INPUTS}, return_tensors="np")
+            feed = {name: batch[name].astype(np.int64) for name in INPUTS}
+            hidden = self.session.run(None, feed)[0]
+            mask = feed["attention_mask"][..., None].astype(np.float32)
+            pooled = (hidden * mask).sum(1) / np.clip(mask.sum(1), 1e-9, None)
+            out[rows] = pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+        return out
+
+
+def load(source: str, max_seq_length: int, keep: str, precision: str, threads: int) -> OnnxEncoder:
+    """The encoder at ``source`` (as ``encoders.load_encoder`` takes it) on ONNX Runtime, exported on first use."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"ONNX precision {precision!r}: expected one of {PRECISIONS}")
+    model = encoders.load_encoder(source, "cpu", max_seq_length, keep=keep)
+    check_supported(model)
+    name = storage.digest(
+        {"files": files_digest(encoders.resolve_encoder(source)), "length": max_seq_length, "precision": precision}
+    )
+    folder = os.path.join(tempfile.gettempdir(), "r2end-onnx", name)
+    if not os.path.exists(os.path.join(folder, "encoder.onnx")):
+        os.makedirs(os.path.dirname(folder), exist_ok=True)
+        staging = tempfile.mkdtemp(dir=os.path.dirname(folder), prefix=".exporting-")
+        try:
+            export(model, staging, precision)
+            try:
+                os.replace(staging, folder)  # atomic: a concurrent replica never sees half a folder
+            except OSError:
+                pass  # another process finished first
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return OnnxEncoder(os.path.join(folder, "encoder.onnx"), model.tokenizer, model.max_seq_length, threads)

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
+from bench import api_fuzz
 from r2end_core.layout import Layout
 from ray_jobs import index, train_sasrec
 from ray_jobs import serve as deploy
@@ -133,6 +134,13 @@ def test_a_chunked_body_over_the_limit_is_stopped_while_it_is_read(served):
         f"{served[1]}/recommend", data=iter(small), headers={"content-type": "application/json"}, timeout=30
     )
     assert answer.status_code == 200 and len(answer.json()["items"]) == 3, answer.text
+
+
+def test_a_fuzz_of_the_api_from_its_openapi_schema_finds_no_server_error(served):
+    """Schema-fitting and schema-breaking requests to every route (bounded: 150 cases or 90 s)."""
+    found = api_fuzz.fuzz(served[1], cases=150, seconds=90)
+    assert found["server_errors"] == 0, found["failures"]
+    assert found["cases"] >= 50 and "200" in found["statuses"] and "422" in found["statuses"], found["statuses"]
 
 
 def test_unknown_item_is_a_404(served):

@@ -1,20 +1,26 @@
-"""Serving on this CPU: the R2END endpoint over HTTP against its floors and the LLM it replaces.
+"""Serving on this CPU: trained models over HTTP against their in-process floors, the CPU text encoder,
+a fuzz of the API, an independent load client, and the LLM the models replace.
 
-    python -m bench.serving_cpu [--config configs/bench/serving-cpu.yaml] [--set index.model=bench-r2end]
+    python -m bench.serving_cpu [--config configs/bench/serving-cpu.yaml] [--models r2end-seed22,dllm2rec-seed22]
 
-One run, one machine, the same real queries (Beauty users' test-time histories as item ids with
-timestamps), in phases:
+For each model (by default the students benchmark's R2END and DLLM2Rec with seed 22: a text model and a
+SASRec-family student), one run, one machine, the same real queries (Beauty users' test-time histories as
+item ids with timestamps), in phases:
 
-1. ``in_process``: Catalogue -> the model's user vector -> faiss in this process, one query at a time (the floor);
-2. ``http``: the Serve app (one encoder replica, dynamic batching on) at concurrency 1, 8 and 32,
-   from an aiohttp load generator on loopback, each phase bounded in time and count;
-3. ``http_unbatched``: the same at concurrency 32 with ``max_batch_size=1``;
-4. ``autoscaling_60s``: the default config (1 to 2 encoder replicas) for 60 s at concurrency 32: errors;
-5. ``replica_killed``: two encoder replicas at concurrency 8; one is killed 5 s in; Serve replaces it;
-6. ``llm_in_the_loop``: the teacher (vLLM, SmolLM2-135M) asked, per request, for the next item from
+1. ``in_process``: the replica's own code (``ServedModel``) in this process: one query at a time (the
+   latency floor) and batches of 32 (the throughput ceiling);
+2. ``encoder`` (a text model): torch fp32 against ONNX Runtime int8 in process, one history text at a time
+   and batches of 32, and HR@10/NDCG@10 on the same validation users, paired;
+3. ``http``: the Serve app (one replica, dynamic batching) at concurrency 1, 8 and 32 from an aiohttp load
+   generator on loopback; ``hey`` (Debian's package, an independent client) at 1 and 32 on the same
+   endpoint; ``fuzz``: schemathesis cases from the OpenAPI schema; ``http_unbatched``: concurrency 32 with
+   ``max_batch_size=1``; ``autoscaling_60s``: the default config (1 to 2 replicas) for 60 s at 32: errors;
+   ``replica_killed``: two replicas at concurrency 8, one killed 5 s in;
+4. ``llm_in_the_loop`` (once): the teacher (vLLM, SmolLM2-135M) asked, per request, for the next item from
    the same history (the unguided prompt), one request at a time.
 
-Writes bench/results/serving_cpu.json and .md.
+Writes bench/results/serving_cpu.json (the first model's measures at the top, every model's under
+``models``) and .md.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import asyncio
 import itertools
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,22 +42,39 @@ import ray
 import torch
 from ray import serve
 
-from bench import results
-from r2end_core import models
+from bench import api_fuzz, results
+from r2end_core import models, storage
 from r2end_core.config import PipelineConfig
-from r2end_core.data.items import Catalogue
+from r2end_core.data.histories import Histories
+from r2end_core.data.splits import Split
+from r2end_core.eval import metrics
+from r2end_core.eval.evaluate import EvalSet, evaluate
 from r2end_core.layout import Layout
-from r2end_core.serve import index
+from r2end_core.serve import text_tower
 from r2end_core.serve.requests import test_time_request
+from r2end_core.serve.served import ServedModel
 from r2end_core.teacher import prompts
 from ray_jobs import index as index_stage
 from ray_jobs import serve as deploy
 from ray_jobs.runtime import run_stage
 
 QUERIES, PHASE_S, PHASE_MAX_REQUESTS, LLM_REQUESTS = 1000, 20.0, 5000, 8
-ERRORS_PHASE_S, KILL_PHASE_S = 60.0, 30.0
-RECENT_ITEMS = 50  # what a client sends: its recent purchases (the server keeps <= 8 within 60 days)
-THREADS = 2  # torch threads, in process and in the (single) encoder replica alike
+ERRORS_PHASE_S, KILL_PHASE_S, HEY_S = 60.0, 30.0, 15
+FUZZ_CASES, FUZZ_S = 1000, 180.0
+ENCODER_USERS, BATCH = 2000, 32  # validation users the quantized encoder is scored on; the batch size
+RECENT_ITEMS = 50  # what a client sends: its recent purchases (a text model keeps <= 8 within 60 days)
+THREADS = 2  # torch (and ONNX Runtime) threads, in process and in the (single) replica alike
+DEPLOYMENT = "Recommender"
+MODELS = "r2end-seed22,dllm2rec-seed22"
+GOALS = {
+    "p50_ratio_http_vs_inprocess": "<= 1.3",
+    "throughput_ratio_c32_vs_inprocess": ">= 0.9",
+    "onnx_speedup": ">= 2",
+    "onnx_rel_ndcg_loss": "<= 0.01",
+    "llm_in_loop_latency_ratio": ">= 100",
+    "errors": "0",
+    "fuzz_5xx": "0",
+}
 
 
 def user_queries(cfg: PipelineConfig, n: int) -> list[dict]:
@@ -60,36 +85,67 @@ def user_queries(cfg: PipelineConfig, n: int) -> list[dict]:
     return [test_time_request(u, 10, RECENT_ITEMS) for u in rows]
 
 
-def summarize(latencies_s: list[float], seconds: float, errors: int) -> dict:
+def summarize(latencies_s: list[float], seconds: float, errors: int, answered: int | None = None) -> dict:
     ms = np.array(latencies_s) * 1000
     return {
         "requests": len(latencies_s) + errors,
         "errors": errors,
-        "qps": round(len(latencies_s) / seconds, 1),
+        "qps": round((answered if answered is not None else len(latencies_s)) / seconds, 1),
         **{f"p{q}_ms": round(float(np.percentile(ms, q)), 1) if len(ms) else None for q in (50, 95, 99)},
     }
 
 
-def in_process(cfg: PipelineConfig, bodies: list[dict]) -> dict:
-    torch.set_num_threads(THREADS)
-    layout = Layout(cfg.storage_path)
-    faiss_index, items, manifest = index.load(layout, "latest")
-    catalogue, model = Catalogue(items), models.load(layout, manifest.model, manifest.model_version)
-
-    def answer(body: dict) -> None:
-        rule = model.manifest.history if model.manifest.reads == "text" else None
-        history = catalogue.history(body["history"], body.get("timestamps"), body.get("at"), text_rule=rule)
-        index.search(faiss_index, model.user_vectors(history), body["k"], [catalogue.rows(body["history"])])
-
-    answer(bodies[0])  # warm-up
-    latencies, started = [], time.perf_counter()
-    for body in bodies:
-        if time.perf_counter() - started > PHASE_S or len(latencies) >= PHASE_MAX_REQUESTS:
+def timed(run, items: list, batch: int) -> dict:
+    """``run(items[i:i+batch])`` over ``items`` for at most ``PHASE_S``: per-call latency and items per second."""
+    run(items[:batch])  # warm-up
+    latencies, done, started = [], 0, time.perf_counter()
+    for start in itertools.cycle(range(0, len(items) - batch + 1, batch)):
+        if time.perf_counter() - started > PHASE_S or done >= PHASE_MAX_REQUESTS:
             break
         t = time.perf_counter()
-        answer(body)
+        run(items[start : start + batch])
         latencies.append(time.perf_counter() - t)
-    return summarize(latencies, time.perf_counter() - started, 0)
+        done += batch
+    return {**summarize(latencies, time.perf_counter() - started, 0, done), "batch": batch}
+
+
+def in_process(served: ServedModel, bodies: list[dict]) -> dict:
+    """What one replica's code does per request, without HTTP or Serve: one at a time, and in batches."""
+
+    def answer(batch: list[dict]) -> None:
+        histories = [served.history(b["history"], b.get("timestamps"), b.get("at")) for b in batch]
+        excludes = [served.catalogue.rows(b["history"]) for b in batch]
+        served.search(histories, [b["k"] for b in batch], excludes)
+
+    return {"c1": timed(answer, bodies, 1), f"batch{BATCH}": timed(answer, bodies, BATCH)}
+
+
+def encoder_comparison(cfg: PipelineConfig, name: str, bodies: list[dict], served: ServedModel) -> dict | None:
+    """A text model's user tower on torch fp32 against ONNX Runtime int8: speed on the queries' history texts,
+    and HR@10/NDCG@10 on ``ENCODER_USERS`` validation users (the same users, paired)."""
+    layout = Layout(cfg.storage_path)
+    backends = {"torch_fp32": models.load(layout, name), "onnx_int8": models.load(layout, name)}
+    if not text_tower.text_towers(backends["onnx_int8"]):
+        return None
+    text_tower.with_cpu_encoder(backends["onnx_int8"], layout, "onnx-int8", THREADS)
+    histories = [served.history(b["history"], b.get("timestamps"), b.get("at")) for b in bodies]
+    out: dict = {}
+    for backend, model in backends.items():
+
+        def encode(batch, model=model):
+            model.user_vectors(Histories.concat(batch))
+
+        out[backend] = {"batch1": timed(encode, histories, 1), f"batch{BATCH}": timed(encode, histories, BATCH)}
+    users = layout.read_users()
+    sample = users.take(np.sort(np.random.default_rng(1).permutation(users.num_rows)[:ENCODER_USERS]))
+    scored = EvalSet.build(sample, layout.read_items(), Split.VALID)
+    ranked = {backend: evaluate(model, scored) for backend, model in backends.items()}
+    for backend, found in ranked.items():
+        out[backend]["valid"] = {k: found.metrics[k] for k in ("hr@10", "ndcg@10")}
+    paired = metrics.paired_difference(ranked["onnx_int8"].ranks, ranked["torch_fp32"].ranks)
+    out["valid_users"] = len(scored.user_ids)
+    out["valid_onnx_minus_torch"] = {m: paired[m] for m in ("hr@10", "ndcg@10")}
+    return out
 
 
 async def _load(url: str, bodies: list[dict], concurrency: int, seconds: float, beside=None) -> dict:
@@ -131,38 +187,62 @@ def load(url: str, bodies: list[dict], concurrency: int, seconds: float = PHASE_
     return asyncio.run(_load(url, bodies, concurrency, seconds, beside))
 
 
-def encoder_replicas() -> int:
-    states = serve.status().applications[deploy.APP_NAME].deployments["Recommender"].replica_states
-    return states.get("RUNNING", 0)
+def hey(url: str, body: dict, concurrency: int) -> dict:
+    """Debian's ``hey`` for ``HEY_S`` seconds on the same endpoint (one body, repeated): QPS, p50/p99, statuses."""
+    if shutil.which("hey") is None:
+        return {"skipped": "hey is not installed (apt-get install hey)"}
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as file:
+        json.dump(body, file)
+        file.flush()
+        command = ["hey", "-z", f"{HEY_S}s", "-c", str(concurrency), "-m", "POST", "-T", "application/json"]
+        out = subprocess.run([*command, "-D", file.name, f"{url}/recommend"], capture_output=True, text=True).stdout
 
+    def number(pattern: str) -> float | None:
+        found = re.search(pattern, out)
+        return float(found.group(1)) if found else None
 
-def encoder_replica_actors() -> dict[str, str]:
-    """Live encoder replica actors: name -> namespace."""
+    p50, p99 = number(r"50%+ in ([\d.]+) secs"), number(r"99%+ in ([\d.]+) secs")
     return {
-        a["name"]: a["namespace"] for a in ray.util.list_named_actors(all_namespaces=True) if "Recommender" in a["name"]
+        "concurrency": concurrency,
+        "qps": number(r"Requests/sec:\s+([\d.]+)"),
+        "p50_ms": None if p50 is None else round(p50 * 1000, 1),
+        "p99_ms": None if p99 is None else round(p99 * 1000, 1),
+        "statuses": {code: int(n) for code, n in re.findall(r"\[(\d+)\]\s+(\d+) responses", out)},
     }
 
 
-def replica_killed(cfg: PipelineConfig, bodies: list[dict]) -> dict:
-    url = deploy.start(cfg, min_replicas=2, max_replicas=2, cpus_per_replica=1)
+def replicas() -> int:
+    states = serve.status().applications[deploy.APP_NAME].deployments[DEPLOYMENT].replica_states
+    return states.get("RUNNING", 0)
+
+
+def replica_actors() -> dict[str, str]:
+    """Live replica actors: name -> namespace."""
+    return {
+        a["name"]: a["namespace"] for a in ray.util.list_named_actors(all_namespaces=True) if DEPLOYMENT in a["name"]
+    }
+
+
+def replica_killed(cfg: PipelineConfig, bodies: list[dict], version: str) -> dict:
+    url = deploy.start(cfg, index_version=version, min_replicas=2, max_replicas=2, cpus_per_replica=1)
     event = {}
 
     async def kill_and_watch():
         await asyncio.sleep(5)
-        before = encoder_replica_actors()
+        before = replica_actors()
         victim = sorted(before)[0]
         ray.kill(ray.get_actor(victim, namespace=before[victim]), no_restart=True)
         event["killed"], killed_at = victim, time.perf_counter()
         # Replaced: two live replicas again, one of them new, and Serve counts both as running.
         while time.perf_counter() - killed_at < 60:
             await asyncio.sleep(0.5)
-            now = encoder_replica_actors()
-            if len(now) == 2 and set(now) - set(before) and encoder_replicas() == 2:
+            now = replica_actors()
+            if len(now) == 2 and set(now) - set(before) and replicas() == 2:
                 event["replaced_after_s"] = round(time.perf_counter() - killed_at, 1)
                 break
 
     stats = load(url, bodies, 8, KILL_PHASE_S, kill_and_watch)
-    return {**stats, **event, "replicas_after": encoder_replicas()}
+    return {**stats, **event, "replicas_after": replicas()}
 
 
 def llm_worker(request_file: str, result_file: str) -> None:
@@ -187,12 +267,13 @@ def llm_worker(request_file: str, result_file: str) -> None:
     open(result_file, "w").write(json.dumps({"latencies_s": latencies, "output_tokens": tokens}))
 
 
-def llm_in_the_loop(cfg: PipelineConfig, bodies: list[dict]) -> dict:
+def llm_in_the_loop(cfg: PipelineConfig, bodies: list[dict], served: ServedModel) -> dict:
     from r2end_core.teacher.model import resolve_teacher
 
     gc = cfg.generate
-    catalogue = Catalogue(index.load_items(Layout(cfg.storage_path), "latest"))
-    texts = [catalogue.history_text(b["history"], b.get("timestamps"), b.get("at")) for b in bodies[:LLM_REQUESTS]]
+    texts = [
+        served.catalogue.history_text(b["history"], b.get("timestamps"), b.get("at")) for b in bodies[:LLM_REQUESTS]
+    ]
     with tempfile.TemporaryDirectory() as scratch:
         request, result = os.path.join(scratch, "request.json"), os.path.join(scratch, "result.json")
         open(request, "w").write(
@@ -228,87 +309,186 @@ def llm_in_the_loop(cfg: PipelineConfig, bodies: list[dict]) -> dict:
     }
 
 
-def benchmark(cfg: PipelineConfig) -> None:
-    started = time.time()
-    cfg.serve = cfg.serve.model_copy(update={"keep_serving": False, "cpus_per_replica": THREADS})
+def bench_model(cfg: PipelineConfig, name: str, bodies: list[dict]) -> tuple[dict, ServedModel]:
+    """Every phase but the LLM's for one model; returns (its result, the model as served in process)."""
+    cfg = cfg.with_section("index", model=name)
     built = index_stage.run(cfg)
-    bodies = user_queries(cfg, QUERIES)
-    phases = {"in_process": in_process(cfg, bodies)}
-
-    url = deploy.start(cfg, min_replicas=1, max_replicas=1)
+    served = ServedModel(Layout(cfg.storage_path), built.version, cfg.serve.cpu_encoder, THREADS)
+    phases = {"in_process": in_process(served, bodies)}
+    if (encoder := encoder_comparison(cfg, name, bodies, served)) is not None:
+        phases["encoder"] = encoder
+    url = deploy.start(cfg, index_version=built.version, min_replicas=1, max_replicas=1)
     phases["http"] = {f"c{c}": load(url, bodies, c) for c in (1, 8, 32)}
-    deploy.start(cfg, min_replicas=1, max_replicas=1, max_batch_size=1)
+    phases["hey"] = {f"c{c}": hey(url, bodies[0], c) for c in (1, 32)}
+    phases["fuzz"] = api_fuzz.fuzz(url, FUZZ_CASES, FUZZ_S)
+    deploy.start(cfg, index_version=built.version, min_replicas=1, max_replicas=1, max_batch_size=1)
     phases["http_unbatched"] = {"c32": load(url, bodies, 32)}
-    deploy.start(cfg)  # the default: autoscaling between min_replicas and max_replicas
-    phases["autoscaling_60s"] = {**load(url, bodies, 32, ERRORS_PHASE_S), "encoder_replicas_at_end": encoder_replicas()}
-    phases["replica_killed"] = replica_killed(cfg, bodies)
+    deploy.start(cfg, index_version=built.version)  # the default: autoscaling between min and max replicas
+    phases["autoscaling_60s"] = {**load(url, bodies, 32, ERRORS_PHASE_S), "replicas_at_end": replicas()}
+    phases["replica_killed"] = replica_killed(cfg, bodies, built.version)
     serve.shutdown()
-    phases["llm_in_the_loop"] = llm_in_the_loop(cfg, bodies)
-
     http, floor = phases["http"], phases["in_process"]
-    out = {
-        "p50_ratio_http_vs_inprocess": round(http["c1"]["p50_ms"] / floor["p50_ms"], 2),
+    result = {
+        "kind": served.manifest.kind,
+        "reads": served.manifest.reads,
+        "p50_ratio_http_vs_inprocess": round(http["c1"]["p50_ms"] / floor["c1"]["p50_ms"], 2),
+        "throughput_ratio_c32_vs_inprocess": round(http["c32"]["qps"] / floor[f"batch{BATCH}"]["qps"], 2),
         "batching_throughput_ratio": round(http["c32"]["qps"] / phases["http_unbatched"]["c32"]["qps"], 2),
-        "llm_in_loop_latency_ratio": round(phases["llm_in_the_loop"]["p50_ms"] / http["c1"]["p50_ms"], 1),
+        "onnx_speedup": None,
+        "onnx_throughput_speedup": None,
+        "onnx_rel_ndcg_loss": None,
         "errors": phases["autoscaling_60s"]["errors"],
-        "goals": {
-            "p50_ratio_http_vs_inprocess": "<= 1.5",
-            "batching_throughput_ratio": ">= 3",
-            "llm_in_loop_latency_ratio": ">= 100",
-            "errors": "0",
-        },
+        "fuzz_cases": phases["fuzz"]["cases"],
+        "fuzz_5xx": phases["fuzz"]["server_errors"],
+        "hey_c1_p50_ms": phases["hey"]["c1"].get("p50_ms"),
+        "hey_c32_qps": phases["hey"]["c32"].get("qps"),
+        "setup": {"index_version": built.version, "model_version": built.model_version, "items": built.items},
         "phases": phases,
+    }
+    if encoder:
+        torch_fp32, int8 = encoder["torch_fp32"], encoder["onnx_int8"]
+        result["onnx_speedup"] = round(torch_fp32["batch1"]["p50_ms"] / int8["batch1"]["p50_ms"], 2)
+        result["onnx_throughput_speedup"] = round(int8[f"batch{BATCH}"]["qps"] / torch_fp32[f"batch{BATCH}"]["qps"], 2)
+        ndcg = torch_fp32["valid"]["ndcg@10"]
+        result["onnx_rel_ndcg_loss"] = round((ndcg - int8["valid"]["ndcg@10"]) / ndcg, 4)
+    return result, served
+
+
+def benchmark(cfg: PipelineConfig, args) -> None:
+    started = time.time()
+    torch.set_num_threads(THREADS)
+    cfg.serve = cfg.serve.model_copy(update={"keep_serving": False, "cpus_per_replica": THREADS})
+    names = args.models.split(",")
+    layout = Layout(cfg.storage_path)
+    if missing := [n for n in names if not storage.exists(layout.model_latest(n))]:
+        raise SystemExit(
+            f"models {missing} are not under {layout.path('models')}: train them first, e.g. "
+            "python -m bench.students_beauty --methods sasrec,r2end,dllm2rec --seeds 22"
+        )
+    bodies = user_queries(cfg, QUERIES)
+    by_model, served = {}, None
+    for name in names:
+        by_model[name], served = bench_model(cfg, name, bodies)
+    llm = llm_in_the_loop(cfg, bodies, served)
+    for result in by_model.values():
+        result["llm_in_loop_latency_ratio"] = round(llm["p50_ms"] / result["phases"]["http"]["c1"]["p50_ms"], 1)
+    first = by_model[names[0]]
+    out = {
+        **{k: first[k] for k in GOALS},  # the first model's measures; every model's are under "models"
+        "headline_model": names[0],
+        "goals": GOALS,
+        "models": by_model,
+        "llm_in_the_loop": llm,
         "setup": {
-            "index_version": built.version,
-            "items": built.items,
-            "model": built.model,
-            "model_version": built.model_version,
             "queries": len(bodies),
             "phase_s": PHASE_S,
             "torch_threads": THREADS,
+            "encoder_valid_users": ENCODER_USERS,
             "serve": cfg.serve.model_dump(),
         },
-        "command": "python -m " + " ".join(["bench.serving_cpu", *sys.argv[1:]]),
         "total_wall_time_s": round(time.time() - started, 1),
         "machine": results.machine(),
     }
-    results.write("serving_cpu", out, report(out))
+    results.write("serving_cpu", out, report(out), cfg.model_dump(mode="json"))
+
+
+def cell(value) -> str:
+    return "–" if value is None else str(value)
 
 
 def report(out: dict) -> str:
-    p, s = out["phases"], out["setup"]
-    rows = [("in process (floor), c=1", p["in_process"])]
-    rows += [(f"HTTP, batched, c={c}", p["http"][f"c{c}"]) for c in (1, 8, 32)]
-    rows += [
-        ("HTTP, unbatched, c=32", p["http_unbatched"]["c32"]),
-        ("HTTP, autoscaling 1-2 replicas, c=32, 60 s", p["autoscaling_60s"]),
-        ("HTTP, 2 replicas, one killed at 5 s, c=8", p["replica_killed"]),
-        (f"LLM in the loop ({p['llm_in_the_loop']['model']}), c=1", p["llm_in_the_loop"]),
-    ]
+    names, s = list(out["models"]), out["setup"]
     lines = [
-        "# Serving on this CPU: R2END over HTTP vs in process, batching, and the LLM it replaces",
+        "# Serving on this CPU: trained models over HTTP against in process, the ONNX encoder, fuzzing, the LLM",
         "",
-        f"{s['items']:,} items (index `{s['index_version']}`), {s['queries']:,} real Beauty test-time histories, "
-        f"k=10, history excluded; torch {s['torch_threads']} threads; phases of {s['phase_s']:.0f} s on loopback.",
+        f"{s['queries']:,} real Beauty test-time histories (ids and timestamps), k=10, history excluded; "
+        f"{s['torch_threads']} torch/ONNX Runtime threads in process and in the one replica; phases of "
+        f"{s['phase_s']:.0f} s on loopback; text encoder `{s['serve']['cpu_encoder']}`.",
         "",
-        "| phase | requests | errors | QPS | p50 ms | p95 ms | p99 ms |",
-        "|---|---|---|---|---|---|---|",
-        *[
-            f"| {name} | {r['requests']} | {r['errors']} | {r['qps']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} |"
-            for name, r in rows
-        ],
+        "| measure | goal | " + " | ".join(f"`{n}` ({out['models'][n]['kind']})" for n in names) + " |",
+        "|---|---|" + "---|" * len(names),
+    ]
+    extra = ["batching_throughput_ratio", "onnx_throughput_speedup", "hey_c1_p50_ms", "hey_c32_qps", "fuzz_cases"]
+    for key in [*GOALS, *extra]:
+        lines.append(
+            f"| {key} | {GOALS.get(key, '')} | " + " | ".join(cell(out["models"][n].get(key)) for n in names) + " |"
+        )
+    for name in names:
+        p = out["models"][name]["phases"]
+        rows = [
+            ("in process, one at a time", p["in_process"]["c1"]),
+            (f"in process, batches of {BATCH}", p["in_process"][f"batch{BATCH}"]),
+            *[(f"HTTP, batched, c={c}", p["http"][f"c{c}"]) for c in (1, 8, 32)],
+            ("HTTP, unbatched, c=32", p["http_unbatched"]["c32"]),
+            ("HTTP, autoscaling 1-2 replicas, c=32, 60 s", p["autoscaling_60s"]),
+            ("HTTP, 2 replicas, one killed at 5 s, c=8", p["replica_killed"]),
+        ]
+        lines += [
+            "",
+            f"## `{name}`",
+            "",
+            "| phase | requests | errors | QPS | p50 ms | p95 ms | p99 ms |",
+            "|---|---|---|---|---|---|---|",
+            *[
+                f"| {what} | {r['requests']} | {r['errors']} | {r['qps']} | "
+                + " | ".join(str(r[f"p{q}_ms"]) for q in (50, 95, 99))
+                + " |"
+                for what, r in rows
+            ],
+        ]
+        hey_rows = [r for r in p["hey"].values() if "skipped" not in r]
+        lines += [""] + [
+            f"`hey`, c={r['concurrency']}, {HEY_S} s, one body: {r['qps']} req/s, p50 {r['p50_ms']} ms, "
+            f"p99 {r['p99_ms']} ms, statuses {r['statuses']}."
+            for r in hey_rows
+        ]
+        fuzz, killed = p["fuzz"], p["replica_killed"]
+        lines += [
+            f"Fuzz: {fuzz['cases']} schemathesis cases from the OpenAPI schema, statuses {fuzz['statuses']}, "
+            f"{fuzz['server_errors']} server errors.",
+            f"Replica kill: `{killed.get('killed')}`; Serve had 2 running again after "
+            f"{killed.get('replaced_after_s')} s; {killed['errors']} failed requests ({killed['statuses']}).",
+        ]
+        if "encoder" in p:
+            e = p["encoder"]
+            lines += [
+                "",
+                f"Text encoder in process ({e['valid_users']:,} validation users for the ranking, paired):",
+                "",
+                f"| backend | p50 ms, one text | texts/s, batches of {BATCH} | valid HR@10 | valid NDCG@10 |",
+                "|---|---|---|---|---|",
+                *[
+                    f"| {b} | {e[b]['batch1']['p50_ms']} | {e[b][f'batch{BATCH}']['qps']} "
+                    f"| {e[b]['valid']['hr@10']:.4f} | {e[b]['valid']['ndcg@10']:.4f} |"
+                    for b in ("torch_fp32", "onnx_int8")
+                ],
+                "",
+                "ONNX int8 minus torch fp32 (paired): "
+                + ", ".join(
+                    f"{m} {d['difference']:+.4f} ± {d['se']:.4f}" for m, d in e["valid_onnx_minus_torch"].items()
+                )
+                + ".",
+            ]
+    llm = out["llm_in_the_loop"]
+    lines += [
         "",
-        "| measure | value | goal |",
-        "|---|---|---|",
-        *[f"| {k} | {out[k]} | {g} |" for k, g in out["goals"].items()],
+        f"LLM in the loop ({llm['model']}, one request at a time): p50 {llm['p50_ms']} ms over {llm['requests']} "
+        f"requests, {llm['mean_output_tokens']} tokens on average.",
         "",
-        f"Replica kill: `{p['replica_killed'].get('killed')}` killed; Serve had 2 running again after "
-        f"{p['replica_killed'].get('replaced_after_s')} s; {p['replica_killed']['errors']} failed requests.",
-        "",
-        f"Command: `{out['command']}` ({out['total_wall_time_s']:.0f} s).",
+        f"The top-level measures in the JSON are `{out['headline_model']}`'s. Total {out['total_wall_time_s']:.0f} s.",
     ]
     return "\n".join(lines) + "\n"
 
 
+def arguments(parser) -> None:
+    parser.add_argument("--models", default=MODELS, help="comma-separated model names (under models/) to serve")
+
+
 if __name__ == "__main__":
-    run_stage(__doc__, benchmark, "bench-serving_cpu", default_config="configs/bench/serving-cpu.yaml")
+    run_stage(
+        __doc__,
+        benchmark,
+        "bench-serving_cpu",
+        default_config="configs/bench/serving-cpu.yaml",
+        add_arguments=arguments,
+    )

@@ -28,12 +28,13 @@ from ray import serve
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from r2end_core import models, storage
+from r2end_core import storage
 from r2end_core.config import ServeConfig
 from r2end_core.data.histories import Histories
-from r2end_core.data.items import Catalogue, UnknownItemsError
+from r2end_core.data.items import UnknownItemsError
 from r2end_core.layout import Layout
-from r2end_core.serve import index, text_tower
+from r2end_core.serve import index
+from r2end_core.serve.served import ServedModel
 from serve_app.api import Health, Item, RecommendRequest, RecommendResponse
 
 log = logging.getLogger("ray.serve")
@@ -121,47 +122,35 @@ class Recommender:
         torch.set_num_threads(threads)
         self.cfg = ServeConfig(**cfg)
         BodyLimit.max_bytes = self.cfg.max_body_bytes
-        layout = Layout(storage_path)
-        self.faiss_index, items, self.index = index.load(layout, version)
-        self.catalogue = Catalogue(items)
-        self.model = models.load(layout, self.index.model, self.index.model_version, "cuda" if use_gpu else "cpu")
-        if not use_gpu:
-            text_tower.with_cpu_encoder(self.model, layout, self.cfg.cpu_encoder, threads)
+        device = "cuda" if use_gpu else "cpu"
+        self.served = ServedModel(Layout(storage_path), version, self.cfg.cpu_encoder, threads, device)
         self.compute = ThreadPoolExecutor(max_workers=1)  # one batch at a time: torch and faiss use the threads
         self.batched = self.cfg.max_batch_size > 1
         self.answer_batch.set_max_batch_size(self.cfg.max_batch_size)
         self.answer_batch.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)
-        rule = self.model.manifest.history if self.model.manifest.reads != "item_ids" else None
-        self.probe = self.catalogue.history(self.catalogue.ids[:1], text_rule=rule)  # what check_health asks
-
-    def search(self, histories: list[Histories], ks: list[int], excludes: list[set[int]]) -> list[tuple]:
-        """Each history's top-k (rows, scores): the batch's user vectors in one call, then faiss."""
-        vectors = self.model.user_vectors(Histories.concat(histories))
-        rows, scores = index.search(self.faiss_index, vectors, max(ks), excludes)
-        return [(rows[i, :k], scores[i, :k]) for i, k in enumerate(ks)]
+        self.probe = self.served.history(self.served.catalogue.ids[:1])  # what check_health asks
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)  # both set from the config in __init__
     async def answer_batch(self, histories: list[Histories], ks: list[int], excludes: list[set[int]]) -> list[tuple]:
-        return await asyncio.get_running_loop().run_in_executor(self.compute, self.search, histories, ks, excludes)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.compute, self.served.search, histories, ks, excludes)
 
     async def answer(self, history: Histories, k: int, exclude: set[int]) -> tuple[np.ndarray, np.ndarray]:
         if self.batched:
             return await self.answer_batch(history, k, exclude)
-        (found,) = await asyncio.get_running_loop().run_in_executor(
-            self.compute, self.search, [history], [k], [exclude]
-        )
+        loop = asyncio.get_running_loop()
+        (found,) = await loop.run_in_executor(self.compute, self.served.search, [history], [k], [exclude])
         return found
 
     def history(self, body: RecommendRequest) -> Histories:
-        """The request's history as the model reads it: text written by the model's history rule, or ids."""
-        model = self.model.manifest
+        """The request's history as the model reads it: its text, or ids (with text written by the model's rule)."""
+        model = self.served.manifest
         if body.history_text is not None:
             if model.reads != "text":
                 raise HTTPException(422, f"model {model.name} ({model.kind}) reads item ids: send 'history'")
             return Histories([[]], texts=[body.history_text])
         try:
-            rule = model.history if model.reads != "item_ids" else None
-            return self.catalogue.history(body.history, body.timestamps, body.at, text_rule=rule)
+            return self.served.history(body.history, body.timestamps, body.at)
         except UnknownItemsError as err:
             shown = ", ".join(err.ids[:10]) + (f" and {len(err.ids) - 10} more" if len(err.ids) > 10 else "")
             raise HTTPException(422, f"unknown item ids in history: {shown}") from None
@@ -179,25 +168,20 @@ class Recommender:
                 422, f"history_text has {len(body.history_text)} characters; at most {cfg.max_text_chars}"
             )
         history = self.history(body)
-        exclude = self.catalogue.rows(body.history) if body.exclude_history and body.history else set()
+        exclude = self.served.catalogue.rows(body.history) if body.exclude_history and body.history else set()
         rows, scores = await self.answer(history, body.k, exclude)
-        catalogue = self.catalogue
         return RecommendResponse(
-            items=[
-                {"item_id": catalogue.ids[r], "title": catalogue.titles[r], "score": float(s)}
-                for r, s in zip(rows, scores)
-                if r >= 0
-            ],
+            items=self.served.items(rows, scores),
             history_text=history.texts[0] if history.texts else None,
-            model=self.model.manifest.name,
-            model_version=self.model.manifest.version,
-            index_version=self.index.version,
+            model=self.served.manifest.name,
+            model_version=self.served.manifest.version,
+            index_version=self.served.index.version,
         )
 
     @api.get("/items/{item_id}", response_model=Item)
     async def item(self, item_id: str) -> Item:
         """One indexed item: id, title, and the metadata text histories are written from."""
-        catalogue = self.catalogue
+        catalogue = self.served.catalogue
         if item_id not in catalogue.row:
             raise HTTPException(404, f"unknown item id: {item_id}")
         row = catalogue.row[item_id]
@@ -206,22 +190,22 @@ class Recommender:
     @api.get("/healthz", response_model=Health)
     async def healthz(self) -> Health:
         """What this replica serves, from its state (no encoding; Serve's check_health asks the model)."""
+        served = self.served
         return Health(
             status="ok",
-            model=self.model.manifest.name,
-            model_version=self.model.manifest.version,
-            index_version=self.index.version,
-            items=self.faiss_index.ntotal,
+            model=served.manifest.name,
+            model_version=served.manifest.version,
+            index_version=served.index.version,
+            items=served.faiss_index.ntotal,
         )
 
     async def check_health(self) -> None:
         """Serve's deep check, every ``health_check_period_s``: the model encodes a one-item history and the
         index answers it; a replica that cannot is replaced."""
-        if getattr(self, "faiss_index", None) is None or self.faiss_index.ntotal == 0:
-            raise RuntimeError("item index not loaded or empty")
-        ((rows, _),) = await asyncio.get_running_loop().run_in_executor(
-            self.compute, self.search, [self.probe], [1], [set()]
-        )
+        if getattr(self, "served", None) is None:
+            raise RuntimeError("model and index not loaded")
+        loop = asyncio.get_running_loop()
+        ((rows, _),) = await loop.run_in_executor(self.compute, self.served.search, [self.probe], [1], [set()])
         if rows[0] < 0:
             raise RuntimeError("the index answered nothing for the probe history")
 

@@ -106,6 +106,6 @@ def load_encoder(source: str, device: str = "cpu", max_seq_length: int | None = 
 
 def encode(model, texts: list[str], batch_size: int = 64) -> np.ndarray:
     """Unit-length float32 embeddings, one row per text."""
-    return model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True).astype(
-        np.float32
-    )
+    return model.encode(
+        texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+    ).astype(np.float32)

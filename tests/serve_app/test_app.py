@@ -185,6 +185,20 @@ def test_new_item_rolls_out_without_dropping_requests(served, tmp_path):
     assert requests.get(f"{url}/items/R2END-NEW-1", timeout=30).json()["title"] == before["items"][0]["title"]
 
 
+def test_the_text_tower_on_onnx_runtime_answers_as_torch_does(served):
+    """serve.cpu_encoder=onnx-fp32: the replica exports the student and encodes on ONNX Runtime; the ranking
+    is torch's."""
+    cfg, url, built, body, _ = served
+    by_torch = requests.post(f"{url}/recommend", json=body, timeout=30).json()
+    deploy.start(cfg, index_version=built.version, cpu_encoder="onnx-fp32")
+    try:
+        by_onnx = requests.post(f"{url}/recommend", json=body, timeout=60).json()
+    finally:
+        deploy.start(cfg, index_version=built.version)  # the default again, for the tests after this one
+    assert [i["item_id"] for i in by_onnx["items"]] == [i["item_id"] for i in by_torch["items"]]
+    assert [i["score"] for i in by_onnx["items"]] == pytest.approx([i["score"] for i in by_torch["items"]], abs=1e-4)
+
+
 def test_a_sequence_model_is_served_behind_the_same_endpoint(served, tmp_path):
     """SASRec trained on the slice, indexed and rolled out: it reads item ids, so text is refused."""
     cfg, url, _, body, _ = served
@@ -219,5 +233,5 @@ def test_the_fused_student_is_served_from_ids_and_the_text_it_writes(served, fus
 
 def test_the_deep_health_check_fails_when_nothing_is_loaded():
     replica = object.__new__(Recommender.func_or_class)
-    with pytest.raises(RuntimeError, match="item index not loaded"):
+    with pytest.raises(RuntimeError, match="model and index not loaded"):
         asyncio.run(replica.check_health())

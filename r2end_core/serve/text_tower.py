@@ -35,6 +35,7 @@ def with_cpu_encoder(model: Recommender, layout: Layout, backend: str, threads: 
         manifest = tower.manifest
         source = model_path(manifest.text_encoder, layout)
         precision = backend.removeprefix("onnx-")
-        encoder = onnx_encoder.load(source, manifest.max_seq_length, "end", precision, threads)
+        weights = manifest.inputs["user_encoder"]  # what names them in the text-vector cache too
+        encoder = onnx_encoder.load(source, weights, manifest.max_seq_length, "end", precision, threads)
         tower.embed_users = lambda histories, encoder=encoder: encoder.encode(histories.texts)
     return model

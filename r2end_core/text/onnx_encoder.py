@@ -7,38 +7,28 @@ sentence-transformers runs them, so fp32 matches ``encoders.encode`` (cosine 1.0
 int8 comes within about 0.999 of cosine, which still moved R2END's validation NDCG@10 by about -4% (2,000
 users, seed 22; ``bench.serving_cpu`` measures it beside the speed)::
 
-    encoder = load("students/student/model", max_seq_length=256, keep="end", precision="int8", threads=2)
+    encoder = load("students/student/model", "<weights id>", 256, keep="end", precision="int8", threads=2)
     vectors = encoder.encode(["1. Rose lip balm; brand: ..."])     # [1, 384] float32, unit length
 
-The exported files are kept per encoder (its files' digest, the length and the precision) under the
-local temp dir, written atomically, so each node exports once.
+The exported files are kept per encoder (named as the text-vector cache names it: the weights' id, the
+length, the kept end; and the precision) under the local temp dir, written atomically, so each node
+exports once.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
-from pathlib import Path
 
 import numpy as np
 
 from r2end_core import storage
 from r2end_core.text import encoders
+from r2end_core.text.cache import encoder_id
 
 PRECISIONS = ("fp32", "int8")
 INPUTS = ("input_ids", "attention_mask")
-
-
-def files_digest(folder: str) -> str:
-    """A digest of every file under ``folder`` (names and bytes): what names an encoder's weights."""
-    sha = hashlib.sha256()
-    for path in sorted(Path(folder).rglob("*")):
-        if path.is_file():
-            sha.update(str(path.relative_to(folder)).encode())
-            sha.update(storage.sha256(str(path)).encode())
-    return sha.hexdigest()[:16]
 
 
 def check_supported(model) -> None:
@@ -123,15 +113,14 @@ class OnnxEncoder:
         return out
 
 
-def load(source: str, max_seq_length: int, keep: str, precision: str, threads: int) -> OnnxEncoder:
-    """The encoder at ``source`` (as ``encoders.load_encoder`` takes it) on ONNX Runtime, exported on first use."""
+def load(source: str, weights: str, max_seq_length: int, keep: str, precision: str, threads: int) -> OnnxEncoder:
+    """The encoder at ``source`` (as ``encoders.load_encoder`` takes it) on ONNX Runtime, exported on first use.
+    ``weights``: what names its weights (a student's weights id, a bundled name), as ``cache.encoder_id``."""
     if precision not in PRECISIONS:
         raise ValueError(f"ONNX precision {precision!r}: expected one of {PRECISIONS}")
     model = encoders.load_encoder(source, "cpu", max_seq_length, keep=keep)
     check_supported(model)
-    name = storage.digest(
-        {"files": files_digest(encoders.resolve_encoder(source)), "length": max_seq_length, "precision": precision}
-    )
+    name = storage.digest({"encoder": encoder_id(weights, max_seq_length, keep), "precision": precision})
     folder = os.path.join(tempfile.gettempdir(), "r2end-onnx", name)
     if not os.path.exists(os.path.join(folder, "encoder.onnx")):
         os.makedirs(os.path.dirname(folder), exist_ok=True)

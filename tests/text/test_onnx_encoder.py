@@ -21,12 +21,12 @@ def test_fp32_matches_sentence_transformers_and_int8_comes_close(prepared_tables
     reference = encoders.encode(encoders.load_encoder(MINILM, max_seq_length=64, keep="end"), texts)
     assert len({len(t) for t in texts}) > 10 and max(len(t) for t in texts) > 64 * 4  # some are cut at 64 tokens
 
-    fp32 = onnx_encoder.load(MINILM, max_seq_length=64, keep="end", precision="fp32", threads=1)
+    fp32 = onnx_encoder.load(MINILM, MINILM, max_seq_length=64, keep="end", precision="fp32", threads=1)
     for batch_size in (1, 3, 17):
         got = fp32.encode(texts, batch_size=batch_size)
         assert got.shape == reference.shape and np.allclose(np.linalg.norm(got, axis=1), 1, atol=1e-5)
         assert (got * reference).sum(1).min() > 0.99999
-    int8 = onnx_encoder.load(MINILM, max_seq_length=64, keep="end", precision="int8", threads=1)
+    int8 = onnx_encoder.load(MINILM, MINILM, max_seq_length=64, keep="end", precision="int8", threads=1)
     cosines = (int8.encode(texts) * reference).sum(1)
     assert cosines.min() > 0.99 and not np.allclose(cosines, 1, atol=1e-6)  # close, and really quantized
     assert int8.encode([]).shape == (0, reference.shape[1])
@@ -34,7 +34,7 @@ def test_fp32_matches_sentence_transformers_and_int8_comes_close(prepared_tables
     exported = sorted(str(p) for p in tmp_path.rglob("encoder.onnx"))
     assert len(exported) == 2  # one per precision
     before = [os.stat(p).st_mtime_ns for p in exported]
-    onnx_encoder.load(MINILM, max_seq_length=64, keep="end", precision="int8", threads=1)
+    onnx_encoder.load(MINILM, MINILM, max_seq_length=64, keep="end", precision="int8", threads=1)
     assert [os.stat(p).st_mtime_ns for p in exported] == before  # reused, not exported again
 
 
@@ -43,6 +43,6 @@ def test_an_encoder_it_cannot_reproduce_is_refused(tmp_path):
     cls_pooled = SentenceTransformer(modules=[models.Transformer(folder), models.Pooling(384, pooling_mode="cls")])
     cls_pooled.save(str(tmp_path / "cls"))
     with pytest.raises(ValueError, match="pooling 'cls'.*serve.cpu_encoder=torch"):
-        onnx_encoder.load(str(tmp_path / "cls"), max_seq_length=64, keep="end", precision="int8", threads=1)
+        onnx_encoder.load(str(tmp_path / "cls"), "cls", max_seq_length=64, keep="end", precision="int8", threads=1)
     with pytest.raises(ValueError, match="precision 'int4'"):
-        onnx_encoder.load(MINILM, max_seq_length=64, keep="end", precision="int4", threads=1)
+        onnx_encoder.load(MINILM, MINILM, max_seq_length=64, keep="end", precision="int4", threads=1)

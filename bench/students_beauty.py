@@ -12,7 +12,7 @@ its epoch (a fusion its weights) on validation; the test split is scored once pe
 
 A finished run is recorded in ``bench/results/students_beauty_runs/`` (its summary, its per-user ranks and
 a digest of what made it: the config sections its training reads, the prepared data, the embedded teacher
-outputs and, for a student of R2END, the R2END run's digest) and is reused while that digest holds. The
+outputs and the records of the models it learns from) and is reused while that digest holds. The
 records are committed, so the benchmark goes on across sessions and machines that keep no artifacts: a
 session trains what is not yet recorded (and a model a student learns from again, where that student still
 has to train and the model is not in the storage path); a run killed mid-way resumes from its Ray Train
@@ -177,9 +177,7 @@ def train_or_reuse(cfg: PipelineConfig, method: str, seed: int, embedded: str, l
     if record.exists() and (recorded := json.loads(record.read_text()))["key"] == key:
         return {**recorded, "reused": True}
     for part in spec.learns_from:
-        if not storage.exists(layout.model_latest(model_name(part, seed))):
-            log.info(f"{BENCHMARK}: re-making {part} with seed {seed} (recorded by an earlier session) for {method}")
-            METHODS[part].train(cfg, seed, model_name(part, seed))
+        in_storage(cfg, part, seed, method)
     # made before the student trains, so that its wall time is not counted as the student's
     ranked = rankings_cost(cfg, layout) if method in RANKED_BY_TEACHER else None
     log.info(f"{BENCHMARK}: training {method} with seed {seed}")
@@ -200,6 +198,16 @@ def train_or_reuse(cfg: PipelineConfig, method: str, seed: int, embedded: str, l
     pq.write_table(storage.read_table(ranks), RUNS / f"{name}_ranks.parquet", compression="zstd")
     record.write_text(json.dumps(run, indent=2, sort_keys=True))
     return {**run, "reused": False}
+
+
+def in_storage(cfg: PipelineConfig, method: str, seed: int, student: str) -> None:
+    """``method``'s model of ``seed`` in the storage path, for ``student`` to learn from: trained again (what
+    it learns from first) where its record came from an earlier session's machine."""
+    for part in METHODS[method].learns_from:
+        in_storage(cfg, part, seed, method)
+    if not storage.exists(Layout(cfg.storage_path).model_latest(model_name(method, seed))):
+        log.info(f"{BENCHMARK}: re-making {method} with seed {seed} (recorded by an earlier session) for {student}")
+        METHODS[method].train(cfg, seed, model_name(method, seed))
 
 
 def record_key(

@@ -499,8 +499,8 @@ class ServeConfig(StrictModel):
     cpu_encoder: Literal["torch", "onnx-fp32", "onnx-int8"] = Field(
         "torch",
         description="A text model's history encoder on CPU replicas: torch, or ONNX Runtime in fp32 or with int8 "
-        "matrix multiplications (bench.serving_cpu measures their speed and ranking: int8 cost R2END about 4% of "
-        "its validation NDCG@10, so it is not the default). GPU replicas (resources.use_gpu) run torch on CUDA.",
+        "matrix multiplications (bench.serving_cpu measures their speed and ranking; int8 moves the ranking, so it "
+        "is not the default). GPU replicas (resources.use_gpu) run torch on CUDA.",
     )
     keep_serving: bool = Field(
         True, description="Pipeline only: after the first answered query, keep the endpoint up until Ctrl-C."

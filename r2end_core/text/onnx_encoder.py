@@ -4,8 +4,8 @@ The transformer is exported once with ``torch.onnx`` (dynamic batch and length);
 multiplications are then quantized by onnxruntime's dynamic quantization (int8 weights per output channel,
 activations quantized as they come). Tokenization, mean pooling and normalization run as
 sentence-transformers runs them, so fp32 matches ``encoders.encode`` (cosine 1.0, the same ranking) and
-int8 comes within about 0.999 of cosine, which still moved R2END's validation NDCG@10 by about -4% (2,000
-users, seed 22; ``bench.serving_cpu`` measures it beside the speed)::
+int8 comes within about 0.999 of cosine, which can still move a ranking (``bench.serving_cpu`` measures
+HR@10 and NDCG@10 against fp32 on the same validation users, beside the speed)::
 
     encoder = load("students/student/model", "<weights id>", 256, keep="end", precision="int8", threads=2)
     vectors = encoder.encode(["1. Rose lip balm; brand: ..."])     # [1, 384] float32, unit length

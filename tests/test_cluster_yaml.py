@@ -29,6 +29,16 @@ def test_the_dashboard_listens_on_the_heads_loopback_only():
     assert "--dashboard-host=127.0.0.1" in start and "0.0.0.0" not in start
 
 
+def test_every_node_starts_ray_with_the_serving_environment():
+    """Serve's throughput mode and HAProxy ingress are read as each node's processes start."""
+    from ray_jobs.runtime import SERVE_ENV
+
+    exported = " ".join(f"{k}={v}" for k, v in SERVE_ENV.items())
+    for commands in (CLUSTER["head_start_ray_commands"], CLUSTER["worker_start_ray_commands"]):
+        (start,) = [cmd for cmd in commands if "ray start" in cmd]
+        assert start.startswith(f"export {exported};")
+
+
 def test_validation_catches_a_misspelt_key():
     broken = copy.deepcopy(CLUSTER)
     broken["available_node_types"]["gpu_worker"]["max_worker"] = 8

@@ -9,6 +9,7 @@ import json
 import socket
 import threading
 
+import psutil
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -79,6 +80,15 @@ def test_recommend_items_and_health_over_http(served):
     }
     assert "/recommend" in requests.get(f"{url}/openapi.json", timeout=30).json()["paths"]
     assert requests.get(f"{url}/docs", timeout=30).status_code == 200
+
+
+def test_the_endpoint_is_haproxy_not_serves_python_proxy(served):
+    """HAProxy ingress (ray_jobs.runtime.SERVE_ENV): one process of C between the client and the replica."""
+    port = int(served[1].rsplit(":", 1)[1])
+    listening = {
+        c.pid for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+    }
+    assert [psutil.Process(pid).name() for pid in listening] == ["haproxy"]
 
 
 @pytest.mark.parametrize(

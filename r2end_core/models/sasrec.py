@@ -209,13 +209,16 @@ def training_batches(
 class StepOutputs:
     """What one forward pass gives an auxiliary loss: ``hidden`` [batch, length, hidden]; ``layers``, each
     block's output (only when the loss ``needs_layers``); ``real``, the mask of predicted positions;
-    ``logits`` [real positions, n_items], the catalogue's scores there; ``cross_entropy``, the batch's
-    recommendation loss (detached: for a term that scales itself to it)."""
+    ``logits`` [real positions, n_items], the catalogue's scores there, and ``log_probs``, their log-softmax
+    (made once for the cross-entropy: a term over the catalogue reuses it rather than pay for another pass
+    over [positions, n_items]); ``cross_entropy``, the batch's recommendation loss (detached: for a term that
+    scales itself to it)."""
 
     hidden: torch.Tensor
     layers: list[torch.Tensor] | None
     real: torch.Tensor
     logits: torch.Tensor
+    log_probs: torch.Tensor
     cross_entropy: torch.Tensor
 
 
@@ -255,11 +258,12 @@ def train_one_epoch(
         hidden, layers = model(inputs, return_layers=True) if needs_layers else (model(inputs), None)
         real = targets > 0
         logits = core.catalogue_logits(hidden[real])
-        loss = F.cross_entropy(logits, targets[real] - 1)
+        log_probs = F.log_softmax(logits, dim=1)
+        loss = F.nll_loss(log_probs, targets[real] - 1)  # the cross-entropy
         n = int(real.sum())
         total = loss
         if auxiliary is not None:
-            extra, value = auxiliary(batch, StepOutputs(hidden, layers, real, logits, loss.detach()), epoch)
+            extra, value = auxiliary(batch, StepOutputs(hidden, layers, real, logits, log_probs, loss.detach()), epoch)
             total = total + extra
             totals[auxiliary.name] += value * n
         optimizer.zero_grad(set_to_none=True)

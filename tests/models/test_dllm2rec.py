@@ -3,6 +3,7 @@ learns what the teacher ranks and reads item features (saved and loaded with the
 
 import numpy as np
 import pyarrow as pa
+import pytest
 import torch
 
 from r2end_core import models
@@ -61,6 +62,43 @@ def test_importance_weights_follow_rank_confidence_and_agreement(prepared_tables
     assert weights[0, 0] > weights[0, 1] > weights[0, 2]  # rank, and item 4 agrees with the student
     assert torch.all(weights[0] > weights[1])  # more confident instance
     assert torch.isclose(weights[0, 1] - weights[0, 2], weights[1, 1] - weights[1, 2])  # rank alone
+
+
+@pytest.mark.parametrize("positions", ["last", "all"])
+def test_the_ranking_term_is_the_weighted_soft_label_cross_entropy(prepared_tables, positions):
+    """The term, computed from the log-probabilities the cross-entropy already made, against the formula
+    written out position by position: every predicted position with a ranking (``all``: each one) adds
+    ``-sum_k w_k log p(item_k)``, and the sum is divided by the batch's predicted positions."""
+    users, items = prepared_tables
+    rows, at = instances.training_instances(users, positions, SMALL.max_len)
+    rankings = dllm2rec.teacher_rankings(untrained_teacher(items), users, items, (rows, at), 5, HistoryRule())
+    cfg = Dllm2recConfig(ranking_weight=0.7)
+    loss = dllm2rec.RankingDistillation(rankings, users, cfg)
+    tokens = [training_part(s) + 1 for s in index_sequences(users, items)]
+    batch = next(sasrec.training_batches(tokens, 16, SMALL.max_len, np.random.default_rng(0)))
+    model = sasrec.SASRec(items.num_rows, SMALL)
+    hidden = model(batch.inputs)
+    real = batch.targets > 0
+    logits = model.catalogue_logits(hidden[real])
+    log_probs = torch.log_softmax(logits, 1)
+    outputs = sasrec.StepOutputs(hidden, None, real, logits, log_probs, torch.tensor(0.0))
+    term, value = loss(batch, outputs, epoch=1)
+
+    instance_of = {
+        (u, p): n for n, (u, p) in enumerate(zip(rankings["user_id"].to_pylist(), rankings["position"].to_pylist()))
+    }
+    user_ids = users["user_id"].to_pylist()
+    expected, ranked = 0.0, 0
+    for n, (b, t) in enumerate(real.nonzero().tolist()):
+        instance = instance_of.get((user_ids[batch.rows[b]], int(batch.positions[b, t])))
+        if instance is None:
+            continue
+        ranked += 1
+        weights = loss.importance(torch.tensor([instance]), logits[n : n + 1].detach())[0]
+        expected -= float((weights * log_probs[n, loss.items[instance]]).sum().detach())
+    assert ranked == (int(real.sum()) if positions == "all" else len(batch.rows))
+    assert value == pytest.approx(expected / int(real.sum()), rel=1e-5)
+    assert term.item() == pytest.approx(0.7 * value, rel=1e-6)
 
 
 def test_a_student_learns_what_the_teacher_ranks(prepared_tables):

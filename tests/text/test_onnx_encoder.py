@@ -6,6 +6,7 @@ import os
 import tempfile
 
 import numpy as np
+import onnx
 import pytest
 from sentence_transformers import SentenceTransformer, models
 
@@ -33,6 +34,10 @@ def test_fp32_matches_sentence_transformers_and_int8_comes_close(prepared_tables
 
     exported = sorted(str(p) for p in tmp_path.rglob("encoder.onnx"))
     assert len(exported) == 2  # one per precision
+    graphs = {p: [node.op_type for node in onnx.load(p).graph.node] for p in exported}
+    assert all(ops.count("Attention") == 6 for ops in graphs.values())  # every layer's attention fused
+    int8_ops = next(ops for ops in graphs.values() if "DynamicQuantizeMatMul" in ops or "MatMulInteger" in ops)
+    assert int8_ops.count("MatMul") == 6  # each feed-forward output stays fp32, the rest is int8
     before = [os.stat(p).st_mtime_ns for p in exported]
     onnx_encoder.load(MINILM, MINILM, max_seq_length=64, keep="end", precision="int8", threads=1)
     assert [os.stat(p).st_mtime_ns for p in exported] == before  # reused, not exported again

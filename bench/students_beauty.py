@@ -156,6 +156,14 @@ METHODS = {
         FUSION,
         (BASELINE, "dllm2rec", TEXT_MODEL),
     ),
+    # whether the fusion needs plain SASRec: DLLM2Rec already leads SASRec on the tail, which SASRec's
+    # share of a fused score gives back
+    "fusion_without_sasrec": Method(
+        fusion_of("dllm2rec", TEXT_MODEL),
+        "ours: DLLM2Rec's and R2END's scores, summed with the weight validation chose",
+        FUSION,
+        ("dllm2rec", TEXT_MODEL),
+    ),
 }
 
 

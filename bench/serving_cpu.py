@@ -1,9 +1,9 @@
 """Serving on this CPU: trained models over HTTP against their in-process floors, the CPU text encoder,
 a fuzz of the API, an independent load client, and the LLM the models replace.
 
-    python -m bench.serving_cpu [--config configs/bench/serving-cpu.yaml] [--models r2end-seed22,dllm2rec-seed22]
+    python -m bench.serving_cpu [--config configs/bench/serving-cpu.yaml] [--models r2end-seed23,dllm2rec-seed23]
 
-For each model (by default the students benchmark's R2END and DLLM2Rec with seed 22: a text model and a
+For each model (by default the students benchmark's R2END and DLLM2Rec with seed 23: a text model and a
 SASRec-family student), one run, one machine, the same real queries (Beauty users' test-time histories as
 item ids with timestamps), in phases:
 
@@ -65,7 +65,7 @@ ENCODER_USERS, BATCH = 2000, 32  # validation users the quantized encoder is sco
 RECENT_ITEMS = 50  # what a client sends: its recent purchases (a text model keeps <= 8 within 60 days)
 THREADS = 2  # torch (and ONNX Runtime) threads, in process and in the (single) replica alike
 DEPLOYMENT = "Recommender"
-MODELS = "r2end-seed22,dllm2rec-seed22"
+MODELS = "r2end-seed23,dllm2rec-seed23"
 GOALS = {
     "p50_ratio_http_vs_inprocess": "<= 1.3",
     "throughput_ratio_c32_vs_inprocess": ">= 0.9",

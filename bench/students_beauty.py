@@ -47,7 +47,9 @@ from ray_jobs import distill, embed, project, train_dllm2rec, train_fusion, trai
 from ray_jobs.runtime import log, run_stage
 
 BENCHMARK = "students_beauty"
-SEEDS = (22, 23, 24)
+# the first trains every method; 23 first since seed 22's R2END (the teacher of three students) was made on a
+# machine since lost, and re-making it costs 85 min on 2 cores
+SEEDS = (23, 22, 24)
 BASELINE, TEXT_MODEL = "sasrec", "r2end"
 METRICS = [f"{m}@{k}" for k in (5, 10, 20) for m in ("hr", "ndcg")] + ["tail_hr@10", "tail_ndcg@10"]
 

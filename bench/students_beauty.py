@@ -363,8 +363,10 @@ def summarise(layout: Layout, runs: dict[str, dict[int, dict]], best: str | None
             "test": by_seed[first]["summary"]["test"],
             "best_epoch": by_seed[first]["summary"]["best_epoch"],
             "training_s": by_seed[first]["seconds"],
-            # a run that resumed another's checkpoint: training_s covers only the rest
+            # a run that resumed another's checkpoint: training_s covers only the rest; epochs_s, what its
+            # epochs took over every attempt (None: a run made before epochs were timed, or no epochs)
             "resumed_from_epoch": by_seed[first]["summary"].get("resumed_from_epoch") or 0,
+            "epochs_s": by_seed[first]["summary"].get("train_seconds"),
             "reused": by_seed[first]["reused"],
         }
         for m, by_seed in runs.items()
@@ -442,6 +444,15 @@ def times(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}x"
 
 
+def minutes(method: dict) -> str:
+    """A method's training minutes, and for a resumed run where it resumed and what its epochs took in all."""
+    shown = f"{method['training_s'] / 60:.0f}"
+    if method["resumed_from_epoch"]:
+        shown += f" (from epoch {method['resumed_from_epoch'] + 1}"
+        shown += f"; epochs {method['epochs_s'] / 60:.0f} in all)" if method.get("epochs_s") else ")"
+    return shown
+
+
 def report(out: dict) -> str:
     methods, setup = out["methods"], out["setup"]
     seeds = setup["seeds"]
@@ -466,14 +477,13 @@ def report(out: dict) -> str:
         lines.append(
             f"| {m} | "
             + " | ".join(f"{t[k]:.4f}" for k in METRICS)
-            + f" | {t['coverage@10']:.3f} | {r['valid']['ndcg@10']:.4f} | {r['training_s'] / 60:.0f}"
-            + (f" (from epoch {r['resumed_from_epoch'] + 1})" if r["resumed_from_epoch"] else "")
-            + " |"
+            + f" | {t['coverage@10']:.3f} | {r['valid']['ndcg@10']:.4f} | {minutes(r)} |"
         )
     if any(r["resumed_from_epoch"] for r in methods.values()):
         lines += [
             "",
-            "(from epoch N): the run resumed an earlier run's checkpoint, so its minutes cover epochs N on only.",
+            "(from epoch N): the run resumed an earlier run's checkpoint, so its minutes cover epochs N on only; "
+            "(epochs M in all): what its epochs took over every attempt.",
         ]
     if out.get("paired_vs_sasrec"):
         lines += [

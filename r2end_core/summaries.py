@@ -148,7 +148,7 @@ class TrainSummary(Summary):
     mask_history: bool
     train_users: int
     eval_users: int
-    train_seconds: float | None = None
+    train_seconds: float | None = None  # its epochs, summed over every attempt (wall_time_s: this attempt's)
     wall_time_s: float
     config: dict[str, Any]  # the stage's section: how it trained, with the model arguments
 

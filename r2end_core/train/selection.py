@@ -5,6 +5,7 @@ after each epoch (a run resumed from it continues where it stopped and keeps its
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable, Iterator
 
 from r2end_core.summaries import Metrics
@@ -22,8 +23,10 @@ def epochs(
 ) -> Iterator[tuple[dict, dict]]:
     """Yields ``(state, record)`` after each epoch: ``record`` is the epoch's ``train_epoch`` output (and
     ``valid`` metrics when it validated); ``state`` holds ``epoch``, ``history`` (the records), ``best``
-    (``epoch``, ``valid``, ``weights``: a deep copy of ``snapshot()``), ``current`` (``snapshot()``) and
-    ``resumed_from_epoch``. Pass a yielded state back in to resume after it.
+    (``epoch``, ``valid``, ``weights``: a deep copy of ``snapshot()``), ``current`` (``snapshot()``),
+    ``resumed_from_epoch`` and ``train_seconds`` (what its epochs took, training and validating, summed over
+    every attempt: a resumed run's own wall time covers only the rest). Pass a yielded state back in to
+    resume after it.
 
     >>> scores = iter([0.1, 0.3, 0.2, 0.2, 0.5])
     >>> run = epochs(None, 5, lambda e: {"loss": 1 / e}, lambda: {"ndcg@10": next(scores)}, lambda: {}, patience=2)
@@ -32,9 +35,11 @@ def epochs(
     """
     state = state or {"epoch": 0, "best": None, "history": [], "checks_without_gain": 0}
     state["resumed_from_epoch"] = state["epoch"]
+    state.setdefault("train_seconds", 0.0)  # (a checkpoint written before it was counted: from here on)
     if patience is not None and state["checks_without_gain"] >= patience:
         return  # a finished run
     for epoch in range(state["epoch"] + 1, max_epochs + 1):
+        started = time.perf_counter()
         record = {"epoch": epoch, **train_epoch(epoch)}
         if epoch % eval_every == 0:
             record["valid"] = validate()
@@ -44,6 +49,7 @@ def epochs(
             else:
                 state["checks_without_gain"] += 1
         state["history"].append(record)
+        state["train_seconds"] += time.perf_counter() - started
         state.update(epoch=epoch, current=snapshot())
         yield state, record
         if patience is not None and state["checks_without_gain"] >= patience:
@@ -56,6 +62,8 @@ def summary_fields(state: dict) -> dict:
         "best_epoch": state["best"]["epoch"],
         "epochs_trained": state["epoch"],
         "resumed_from_epoch": state["resumed_from_epoch"],
+        # None: a checkpoint from before epochs were timed
+        "train_seconds": round(state["train_seconds"], 1) if "train_seconds" in state else None,
         "history": state["history"],
     }
 

@@ -157,6 +157,8 @@ def test_the_training_loop_selects_on_validation_and_resumes_where_it_stopped(pr
     assert (
         resumed[-1]["history"] == states[-1]["history"] and resumed[-1]["best"]["epoch"] == states[-1]["best"]["epoch"]
     )
+    # its epochs' time counts the first attempt's epoch too
+    assert 0 < states[0]["train_seconds"] < resumed[0]["train_seconds"] < resumed[-1]["train_seconds"]
 
 
 def test_a_run_is_named_by_what_changes_its_weights():

@@ -33,9 +33,9 @@ def epochs(
     >>> [record["epoch"] for _, record in run]  # the last two checks found no better score: stop
     [1, 2, 3, 4]
     """
-    state = state or {"epoch": 0, "best": None, "history": [], "checks_without_gain": 0}
+    state = state or {"epoch": 0, "best": None, "history": [], "checks_without_gain": 0, "train_seconds": 0.0}
     state["resumed_from_epoch"] = state["epoch"]
-    state.setdefault("train_seconds", 0.0)  # (a checkpoint written before it was counted: from here on)
+    timed = "train_seconds" in state  # not in a checkpoint written before epochs were timed: a part is no total
     if patience is not None and state["checks_without_gain"] >= patience:
         return  # a finished run
     for epoch in range(state["epoch"] + 1, max_epochs + 1):
@@ -49,7 +49,8 @@ def epochs(
             else:
                 state["checks_without_gain"] += 1
         state["history"].append(record)
-        state["train_seconds"] += time.perf_counter() - started
+        if timed:
+            state["train_seconds"] += time.perf_counter() - started
         state.update(epoch=epoch, current=snapshot())
         yield state, record
         if patience is not None and state["checks_without_gain"] >= patience:

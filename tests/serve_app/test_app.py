@@ -197,17 +197,17 @@ def test_new_item_rolls_out_without_dropping_requests(served, tmp_path):
 
 
 def test_the_text_tower_on_onnx_runtime_answers_as_torch_does(served):
-    """serve.cpu_encoder=onnx-fp32: the replica exports the student and encodes on ONNX Runtime; the ranking
-    is torch's: the same items with the same scores."""
+    """serve.cpu_encoder=onnx-fp32 (the default): the replica exports the student and encodes on ONNX Runtime;
+    the ranking is torch's: the same items with the same scores."""
     cfg, url, _, body, _ = served
-    by_torch = requests.post(f"{url}/recommend", json=body, timeout=30).json()
-    version = by_torch["index_version"]  # what an earlier test rolled out
-    deploy.start(cfg, index_version=version, cpu_encoder="onnx-fp32")
+    by_onnx = requests.post(f"{url}/recommend", json=body, timeout=30).json()
+    version = by_onnx["index_version"]  # what an earlier test rolled out
+    deploy.start(cfg, index_version=version, cpu_encoder="torch")
     try:
-        by_onnx = requests.post(f"{url}/recommend", json=body, timeout=60).json()
+        by_torch = requests.post(f"{url}/recommend", json=body, timeout=60).json()
     finally:
         deploy.start(cfg, index_version=version)  # the default again, for the tests after this one
-    assert by_onnx["index_version"] == version
+    assert by_torch["index_version"] == version
     # Compared item by item, not position by position: an earlier test added "R2END-NEW-1" with the title of
     # the top item, so the two tie exactly and either order is right.
     onnx_scores = {i["item_id"]: i["score"] for i in by_onnx["items"]}

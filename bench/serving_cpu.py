@@ -8,7 +8,7 @@ SASRec-family student), one run, one machine, the same real queries (Beauty user
 item ids with timestamps), in phases:
 
 1. ``in_process``: the replica's own code (``ServedModel``) in this process: one query at a time (the
-   latency floor) and batches of 32 (the throughput ceiling);
+   latency floor) and batches of 32 (the throughput ceiling is the faster of the two);
 2. ``encoder`` (a text model): torch fp32 against ONNX Runtime fp32 and int8 in process, one history text at a time
    and batches of 32, and HR@10/NDCG@10 on the same validation users, paired;
 3. ``http``: the Serve app (one replica, dynamic batching) at concurrency 1, 8 and 32 from an aiohttp load
@@ -121,6 +121,9 @@ def in_process(served: ServedModel, bodies: list[dict]) -> dict:
 
 
 ENCODERS = {"torch_fp32": "torch", "onnx_fp32": "onnx-fp32", "onnx_int8": "onnx-int8"}  # report name: backend
+# the JSON's onnx_* measures are the default backend's (fp32), onnx_int8_* the quantized one's, against torch
+ONNX_MEASURES = {"onnx": "onnx_fp32", "onnx_int8": "onnx_int8"}
+ONNX_MEASURED = ("speedup", "throughput_speedup", "rel_ndcg_loss")
 
 
 def encoder_comparison(cfg: PipelineConfig, name: str, bodies: list[dict], served: ServedModel) -> dict | None:
@@ -340,12 +343,12 @@ def bench_model(cfg: PipelineConfig, name: str, bodies: list[dict]) -> tuple[dic
         "kind": served.manifest.kind,
         "reads": served.manifest.reads,
         "p50_ratio_http_vs_inprocess": round(http["c1"]["p50_ms"] / floor["c1"]["p50_ms"], 2),
-        "throughput_ratio_c32_vs_inprocess": round(http["c32"]["qps"] / floor[f"batch{BATCH}"]["qps"], 2),
+        # against the better of the two in-process paces: one at a time can outrun batches (padding)
+        "throughput_ratio_c32_vs_inprocess": round(
+            http["c32"]["qps"] / max(floor["c1"]["qps"], floor[f"batch{BATCH}"]["qps"]), 2
+        ),
         "batching_throughput_ratio": round(http["c32"]["qps"] / phases["http_unbatched"]["c32"]["qps"], 2),
-        "onnx_speedup": None,
-        "onnx_throughput_speedup": None,
-        "onnx_fp32_speedup": None,
-        "onnx_rel_ndcg_loss": None,
+        **{f"{prefix}_{measure}": None for prefix in ONNX_MEASURES for measure in ONNX_MEASURED},
         "errors": phases["autoscaling_60s"]["errors"],
         "fuzz_cases": phases["fuzz"]["cases"],
         "fuzz_5xx": phases["fuzz"]["server_errors"],
@@ -355,12 +358,15 @@ def bench_model(cfg: PipelineConfig, name: str, bodies: list[dict]) -> tuple[dic
         "phases": phases,
     }
     if encoder:
-        torch_fp32, fp32, int8 = (encoder[b] for b in ENCODERS)
-        result["onnx_speedup"] = round(torch_fp32["batch1"]["p50_ms"] / int8["batch1"]["p50_ms"], 2)
-        result["onnx_throughput_speedup"] = round(int8[f"batch{BATCH}"]["qps"] / torch_fp32[f"batch{BATCH}"]["qps"], 2)
-        result["onnx_fp32_speedup"] = round(torch_fp32["batch1"]["p50_ms"] / fp32["batch1"]["p50_ms"], 2)
-        ndcg = torch_fp32["valid"]["ndcg@10"]
-        result["onnx_rel_ndcg_loss"] = round((ndcg - int8["valid"]["ndcg@10"]) / ndcg, 4)
+        torch_fp32 = encoder["torch_fp32"]
+        for prefix, backend in ONNX_MEASURES.items():
+            onnx = encoder[backend]
+            result[f"{prefix}_speedup"] = round(torch_fp32["batch1"]["p50_ms"] / onnx["batch1"]["p50_ms"], 2)
+            result[f"{prefix}_throughput_speedup"] = round(
+                onnx[f"batch{BATCH}"]["qps"] / torch_fp32[f"batch{BATCH}"]["qps"], 2
+            )
+            ndcg = torch_fp32["valid"]["ndcg@10"]
+            result[f"{prefix}_rel_ndcg_loss"] = round((ndcg - onnx["valid"]["ndcg@10"]) / ndcg, 4)
     return result, served
 
 
@@ -421,7 +427,9 @@ def report(out: dict) -> str:
     extra = [
         "batching_throughput_ratio",
         "onnx_throughput_speedup",
-        "onnx_fp32_speedup",
+        "onnx_int8_speedup",
+        "onnx_int8_throughput_speedup",
+        "onnx_int8_rel_ndcg_loss",
         "hey_c1_p50_ms",
         "hey_c32_qps",
         "fuzz_cases",

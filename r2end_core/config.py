@@ -440,6 +440,13 @@ class FusionConfig(StrictModel):
         description="Weights tried for each other part, every combination scored by validation NDCG@10 (0 leaves "
         "a part out; an R2END cosine lies in [-1, 1], a SASRec logit spans tens).",
     )
+    min_long_tail_ratio: float = Field(
+        0.0,
+        ge=0,
+        description="A floor on the chosen weights' long-tail HR@10 on validation, as a multiple of the first "
+        "part's alone (e.g. 1.5: keep 1.5x SASRec's on the items outside the 20% most bought); the best NDCG@10 "
+        "above it is chosen, and no combination above it is an error. 0: no floor.",
+    )
 
     @field_validator("weight_grid")
     @classmethod

@@ -4,7 +4,8 @@
 
 Loads the trained parts (``fusion.parts``, each trained by its own Ray Train job; a text model's history
 texts are encoded on Ray Data through the shared cache), embeds the validation users once and scores every
-weight combination of ``fusion.weight_grid`` in Ray tasks, a share of the grid each. Writes
+weight combination of ``fusion.weight_grid`` in Ray tasks, a share of the grid each (the best validation
+NDCG@10 wins, above ``fusion.min_long_tail_ratio`` times the first part's long-tail HR@10 if set). Writes
 ``models/<fusion.run_name>/<version>/`` with the weights validation chose (its ``metrics.json`` lists every
 combination tried), and scores the test split once. The logic: ``r2end_core.models.fusion``.
 """
@@ -40,7 +41,7 @@ def run(cfg: PipelineConfig, score_test: bool = True) -> TrainSummary:
     shares = [share.tolist() for share in np.array_split(np.arange(len(candidates)), tasks)]
     pending = [search.remote(vectors, scored, [candidates[i] for i in share]) for share in shares]
     searched = [found for done in ray.get(pending) for found in done]
-    weights = fusion.best_weights(searched)
+    weights = fusion.best_weights(searched, fc.min_long_tail_ratio)
     log.info(f"fusion: {len(searched)} weight combinations in {tasks} Ray tasks; validation chose {weights}")
     model = fusion.FusionRecommender(parts, weights, fusion.manifest(fc.run_name, parts, weights))
     model.manifest = models.save(layout, model.manifest, model.write_files)

@@ -6,6 +6,9 @@ The parts are trained on their own and stay as they are; the fusion learns only 
 part's from a grid, every combination scored by validation NDCG@10 in one pass over the users. The ID
 models are strong on the items many users bought, the text path on the long tail (an item with few
 interactions has little to learn an ID embedding from), so their errors differ and the sum beats each.
+The best NDCG@10 leans on the first part (SASRec) and gives back some of the tail; with a floor
+(``min_long_tail_ratio``) the weights are the best among those whose long-tail HR@10 on validation is at
+least that multiple of the first part's alone.
 
     parts = [models.load(layout, "sasrec"), models.load(layout, "r2end")]
     valid = EvalSet.build(users, items, Split.VALID)
@@ -114,9 +117,10 @@ def weight_search(
     candidates: Sequence[Sequence[float]],
     chunk_size: int = 1024,
 ) -> list[dict]:
-    """``[{"weights", "hr@10", "ndcg@10"}]``, one per candidate: the fused model's full-ranking metrics on
-    ``scored`` (the validation users). ``vectors``: each part's (user vectors of ``scored``'s users, item
-    vectors). Each part's scores are computed once per chunk of users and summed under every candidate."""
+    """``[{"weights", "hr@10", "ndcg@10", "tail_hr@10"}]``, one per candidate: the fused model's full-ranking
+    metrics on ``scored`` (the validation users; ``tail_hr@10`` over those whose target is a long-tail item).
+    ``vectors``: each part's (user vectors of ``scored``'s users, item vectors). Each part's scores are
+    computed once per chunk of users and summed under every candidate."""
     users = [torch.from_numpy(u) for u, _ in vectors]
     items = [torch.from_numpy(i) for _, i in vectors]
     n_users = len(scored.targets)
@@ -134,20 +138,41 @@ def weight_search(
                 if scored.exclude is not None:
                     metrics.mask_excluded(fused, targets, scored.exclude[start : start + len(rows)])
                 ranks[c, rows] = metrics.target_ranks(fused, targets).numpy()
+    in_tail = scored.tail[scored.targets]
     return [
         {
             "weights": [float(w) for w in weights],
             "hr@10": float((r < 10).mean()),
             "ndcg@10": float(metrics.ndcg_gains(r, 10).mean()),
+            "tail_hr@10": float((r[in_tail] < 10).mean()) if in_tail.any() else 0.0,
         }
         for weights, r in zip(candidates, ranks)
     ]
 
 
-def best_weights(searched: Sequence[dict]) -> list[float]:
-    """The candidate with the best validation NDCG@10; among equals, the first (the grid's smaller weights).
+def best_weights(searched: Sequence[dict], min_long_tail_ratio: float = 0.0) -> list[float]:
+    """The candidate with the best validation NDCG@10 among those whose ``tail_hr@10`` is at least
+    ``min_long_tail_ratio`` times the first part's alone (the candidate weighing every other part 0); among
+    equals, the first (the grid's smaller weights). Raises ``ValueError`` when no candidate reaches the floor.
 
-    >>> best_weights([{"weights": [1.0, 0.0], "ndcg@10": 0.05}, {"weights": [1.0, 2.0], "ndcg@10": 0.06}])
-    [1.0, 2.0]
+    >>> searched = [{"weights": [1.0, 0.0], "ndcg@10": 0.05, "tail_hr@10": 0.02},
+    ...             {"weights": [1.0, 2.0], "ndcg@10": 0.06, "tail_hr@10": 0.025},
+    ...             {"weights": [1.0, 8.0], "ndcg@10": 0.055, "tail_hr@10": 0.03}]
+    >>> best_weights(searched), best_weights(searched, min_long_tail_ratio=1.5)
+    ([1.0, 2.0], [1.0, 8.0])
     """
-    return max(searched, key=lambda s: s[SELECTED_BY])["weights"]
+    floor = 0.0
+    if min_long_tail_ratio > 0:
+        alone = [s for s in searched if not any(s["weights"][1:])]
+        if not alone:
+            raise ValueError("a long-tail floor needs the first part alone among the candidates: put 0 in the grid")
+        floor = min_long_tail_ratio * alone[0]["tail_hr@10"]
+    eligible = [s for s in searched if s["tail_hr@10"] >= floor]
+    if not eligible:
+        most = max(searched, key=lambda s: s["tail_hr@10"])
+        raise ValueError(
+            f"no weight combination reaches {min_long_tail_ratio}x the first part's long-tail HR@10 on validation "
+            f"({floor:.4f}); the most is {most['tail_hr@10']:.4f} at weights {most['weights']}: lower "
+            "fusion.min_long_tail_ratio or widen fusion.weight_grid"
+        )
+    return max(eligible, key=lambda s: s[SELECTED_BY])["weights"]

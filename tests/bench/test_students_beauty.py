@@ -43,7 +43,7 @@ def test_a_lever_retrains_only_the_methods_that_read_it(storage_paths):
     changed = {m for m, key in keys(cfg.with_section("sasrec", model={"dropout": 0.3})).items() if key != before[m]}
     assert changed == set(bench.METHODS) - {bench.TEXT_MODEL}
     changed = {m for m, key in keys(cfg.with_section("fusion", weight_grid=[0, 1])).items() if key != before[m]}
-    assert changed == {"fusion", "fusion_dllm2rec", "fusion_without_sasrec"}
+    assert changed == {"fusion", "fusion_dllm2rec", "fusion_dllm2rec_tail", "fusion_without_sasrec"}
     assert bench.record_key(cfg, bench.BASELINE, 23, "embedded", {})[1] != before[bench.BASELINE]  # the seed
 
 

@@ -34,9 +34,31 @@ def test_the_weight_search_scores_each_combination_as_the_fused_model_ranks(prep
         fused = fusion.FusionRecommender(parts, found["weights"], fusion.manifest("f", parts, found["weights"]))
         scored = evaluate(fused, valid).metrics
         assert (found["hr@10"], found["ndcg@10"]) == pytest.approx((scored["hr@10"], scored["ndcg@10"]), abs=1e-9)
+        assert found["tail_hr@10"] == pytest.approx(scored["tail_hr@10"], abs=1e-9)
     alone = evaluate(parts[0], valid).metrics  # weight 0 leaves the second part out
     assert searched[0]["ndcg@10"] == pytest.approx(alone["ndcg@10"], abs=1e-9)
     assert len({s["ndcg@10"] for s in searched}) > 1  # the weights change the ranking
+
+
+def test_a_long_tail_floor_picks_the_best_ndcg_among_the_weights_above_it(prepared_tables):
+    users, items = prepared_tables
+    parts = [sasrec_model(items, "a", seed=1), sasrec_model(items, "b", seed=2)]
+    valid = EvalSet.build(users, items, Split.VALID)
+    vectors = [(p.user_vectors(valid.histories), p.item_vectors()) for p in parts]
+    searched = fusion.weight_search(vectors, valid, fusion.weight_grid(2, [0, 0.5, 1, 3, 10]))
+    first_alone = searched[0]["tail_hr@10"]
+    assert first_alone > 0 and len({s["tail_hr@10"] for s in searched}) > 1
+    # a floor between the first part's and the most any combination reaches
+    ratio = (first_alone + max(s["tail_hr@10"] for s in searched)) / 2 / first_alone
+    chosen = fusion.best_weights(searched, min_long_tail_ratio=ratio)
+    above = [s for s in searched if s["tail_hr@10"] >= ratio * first_alone]
+    assert chosen == max(above, key=lambda s: s["ndcg@10"])["weights"]
+    assert fusion.best_weights(searched, 0.0) == max(searched, key=lambda s: s["ndcg@10"])["weights"]
+    unreachable = max(s["tail_hr@10"] for s in searched) / first_alone + 0.1
+    with pytest.raises(ValueError, match="no weight combination reaches .* lower fusion.min_long_tail_ratio"):
+        fusion.best_weights(searched, unreachable)
+    with pytest.raises(ValueError, match="needs the first part alone"):
+        fusion.best_weights(searched[1:], ratio)
 
 
 def test_a_fused_model_is_one_inner_product_saved_with_its_parts(tmp_path, prepared_tables):

@@ -27,8 +27,14 @@ log = logging.getLogger("r2end")
 # replica's own port (30000-31000) instead of through Serve's Python proxy, a hop that cost ~15 ms per
 # request on 2 cores. Every process of the cluster reads these at start, so they are set before a local
 # cluster starts (on a cluster: in cluster.yaml's start commands); one set in the environment beforehand
-# wins (RAY_SERVE_ENABLE_HA_PROXY=0: Serve's proxy).
-SERVE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
+# wins (RAY_SERVE_ENABLE_HA_PROXY=0: Serve's proxy). HAProxy replays a request on another replica when the
+# one it went to closed the connection without answering (a replica killed mid-request), not only when it
+# could not connect: every route of ours is a read, so a replay cannot do anything twice.
+SERVE_ENV = {
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
+}
 RAY_LOGS = "/tmp/ray/session_latest/logs"  # a local cluster's logs (Ray's default temp dir)
 
 

@@ -1,6 +1,7 @@
 """cluster.yaml must pass Ray's own autoscaler validation (the same check `ray up` runs)."""
 
 import copy
+import shlex
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,7 @@ def test_every_node_starts_ray_with_the_serving_environment():
     """Serve's throughput mode and HAProxy ingress are read as each node's processes start."""
     from ray_jobs.runtime import SERVE_ENV
 
-    exported = " ".join(f"{k}={v}" for k, v in SERVE_ENV.items())
+    exported = " ".join(f"{k}={shlex.quote(v)}" for k, v in SERVE_ENV.items())
     for commands in (CLUSTER["head_start_ray_commands"], CLUSTER["worker_start_ray_commands"]):
         (start,) = [cmd for cmd in commands if "ray start" in cmd]
         assert start.startswith(f"export {exported};")

@@ -10,7 +10,8 @@ item ids with timestamps), in phases:
 1. ``in_process``: the replica's own code (``ServedModel``) in this process: one query at a time (the
    latency floor) and batches of 32 (the throughput ceiling is the faster of the two);
 2. ``encoder`` (a text model): torch fp32 against ONNX Runtime fp32 and int8 in process, one history text at a time
-   and batches of 32, and HR@10/NDCG@10 on the same validation users, paired;
+   and batches of 32, taking turns on the same texts (``side_by_side``), and HR@10/NDCG@10 on the same
+   validation users, paired;
 3. ``http``: the Serve app (one replica, dynamic batching) at concurrency 1, 8 and 32 from an aiohttp load
    generator on loopback; ``hey`` (Debian's package, an independent client) at 1 and 32 on the same
    endpoint; ``fuzz``: schemathesis cases from the OpenAPI schema; ``http_unbatched``: concurrency 32 with
@@ -35,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 import aiohttp
 import numpy as np
@@ -61,7 +63,8 @@ from ray_jobs.runtime import run_stage
 QUERIES, PHASE_S, PHASE_MAX_REQUESTS, LLM_REQUESTS = 1000, 20.0, 5000, 8
 ERRORS_PHASE_S, KILL_PHASE_S, HEY_S = 60.0, 30.0, 15
 FUZZ_CASES, FUZZ_S = 1000, 180.0
-ENCODER_USERS, BATCH = 2000, 32  # validation users the quantized encoder is scored on; the batch size
+# validation users the quantized encoder is scored on; the batch size; the encoder phase's rounds (side_by_side)
+ENCODER_USERS, BATCH, ROUNDS = 2000, 32, 10
 RECENT_ITEMS = 50  # what a client sends: its recent purchases (a text model keeps <= 8 within 60 days)
 THREADS = 2  # torch (and ONNX Runtime) threads, in process and in the (single) replica alike
 DEPLOYMENT = "Recommender"
@@ -109,6 +112,33 @@ def timed(run, items: list, batch: int) -> dict:
     return {**summarize(latencies, time.perf_counter() - started, 0, done), "batch": batch}
 
 
+def side_by_side(runs: dict[str, Callable[[list], None]], items: list, batch: int) -> dict[str, dict]:
+    """``timed`` for several ways of doing the same work, in turns: in each of ``ROUNDS`` rounds the first run
+    takes the round's items ``batch`` at a time for ``PHASE_S / ROUNDS``, then each other run takes exactly the
+    same calls; a change in the machine's pace falls on all alike, so their ratios hold where times drift."""
+    for run in runs.values():
+        run(items[:batch])  # warm-up
+    latencies, done = {name: [] for name in runs}, dict.fromkeys(runs, 0)
+    position = 0
+    for _ in range(ROUNDS):
+        calls = None
+        for name, run in runs.items():
+            started, made = time.perf_counter(), 0
+            while made != calls and (calls is not None or time.perf_counter() - started < PHASE_S / ROUNDS):
+                chunk = [items[(position + made * batch + i) % len(items)] for i in range(batch)]
+                t = time.perf_counter()
+                run(chunk)
+                latencies[name].append(time.perf_counter() - t)
+                made += 1
+            calls = made
+            done[name] += made * batch
+        position += calls * batch
+    return {
+        name: {**summarize(lat, sum(lat), 0, done[name]), "batch": batch, "rounds": ROUNDS}
+        for name, lat in latencies.items()
+    }
+
+
 def in_process(served: ServedModel, bodies: list[dict]) -> dict:
     """What one replica's code does per request, without HTTP or Serve: one at a time, and in batches."""
 
@@ -138,13 +168,12 @@ def encoder_comparison(cfg: PipelineConfig, name: str, bodies: list[dict], serve
     if not text_tower.text_towers(backends["torch_fp32"]):
         return None
     histories = [served.history(b["history"], b.get("timestamps"), b.get("at")) for b in bodies]
-    out: dict = {}
-    for backend, model in backends.items():
-
-        def encode(batch, model=model):
-            model.user_vectors(Histories.concat(batch))
-
-        out[backend] = {"batch1": timed(encode, histories, 1), f"batch{BATCH}": timed(encode, histories, BATCH)}
+    encoders = {
+        backend: lambda batch, model=model: model.user_vectors(Histories.concat(batch))
+        for backend, model in backends.items()
+    }
+    one, batched = side_by_side(encoders, histories, 1), side_by_side(encoders, histories, BATCH)
+    out: dict = {backend: {"batch1": one[backend], f"batch{BATCH}": batched[backend]} for backend in backends}
     users = layout.read_users()
     sample = users.take(np.sort(np.random.default_rng(1).permutation(users.num_rows)[:ENCODER_USERS]))
     scored = EvalSet.build(sample, layout.read_items(), Split.VALID)

@@ -129,17 +129,12 @@ class OnnxEncoder:
         self.dim = self.session.get_outputs()[0].shape[-1]  # the hidden size, fixed in the export
 
     def encode(self, texts: list[str], batch_size: int = 8) -> np.ndarray:
-        """``[len(texts), dim]`` float32, unit length; texts are batched by length (little padding)."""
-        # Small batches: a served batch holds a few dozen histories of 10 to 256 tokens, and one batch of 32
-        # pads them all to the longest, whose attention grows with its square (Beauty test histories, 2
-        # threads: 46 texts/s in batches of 8 and one at a time, 22 in batches of 32).
+        """``[len(texts), dim]`` float32, unit length; texts are batched by length (``length_batches``)."""
         if not texts:
             return np.empty((0, self.dim), dtype=np.float32)
         tokens = self.tokenizer(texts, truncation=True, max_length=self.max_seq_length)
-        order = np.argsort([-len(ids) for ids in tokens["input_ids"]], kind="stable")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        for start in range(0, len(texts), batch_size):
-            rows = order[start : start + batch_size]
+        for rows in length_batches([len(ids) for ids in tokens["input_ids"]], batch_size):
             batch = self.tokenizer.pad({name: [tokens[name][r] for r in rows] for name in INPUTS}, return_tensors="np")
             feed = {name: batch[name].astype(np.int64) for name in INPUTS}
             hidden = self.session.run(None, feed)[0]
@@ -147,6 +142,24 @@ class OnnxEncoder:
             pooled = (hidden * mask).sum(1) / np.clip(mask.sum(1), 1e-9, None)
             out[rows] = pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
         return out
+
+
+def length_batches(lengths: list[int], batch_size: int, fill: float = 0.8) -> list[np.ndarray]:
+    """Rows in batches of at most ``batch_size``, longest first, each holding texts at least ``fill`` times as long
+    as its longest, so padding stays small: [30, 100, 95, 12] -> [[1, 2], [0], [3]].
+
+    A served batch holds a few dozen histories of 10 to 256 tokens: padded together, the short ones cost as much as
+    the longest (Beauty test histories on 2 threads: 24 texts/s in batches of 8 served texts, 40 one at a time,
+    46 with batches of 8 within 80% of their longest's length)."""
+    order = np.argsort([-n for n in lengths], kind="stable")
+    batches, start = [], 0
+    while start < len(order):
+        end = start + 1
+        while end < min(start + batch_size, len(order)) and lengths[order[end]] >= fill * lengths[order[start]]:
+            end += 1
+        batches.append(order[start:end])
+        start = end
+    return batches
 
 
 def load(source: str, weights: str, max_seq_length: int, keep: str, precision: str, threads: int) -> OnnxEncoder:

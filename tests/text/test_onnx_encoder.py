@@ -51,3 +51,13 @@ def test_an_encoder_it_cannot_reproduce_is_refused(tmp_path):
         onnx_encoder.load(str(tmp_path / "cls"), "cls", max_seq_length=64, keep="end", precision="int8", threads=1)
     with pytest.raises(ValueError, match="precision 'int4'"):
         onnx_encoder.load(MINILM, MINILM, max_seq_length=64, keep="end", precision="int4", threads=1)
+
+
+def test_texts_are_batched_with_others_of_nearly_their_length():
+    assert [b.tolist() for b in onnx_encoder.length_batches([30, 100, 95, 12], 8)] == [[1, 2], [0], [3]]
+    lengths = np.random.default_rng(0).integers(10, 257, 500).tolist()
+    batches = onnx_encoder.length_batches(lengths, 8)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(500))  # every text once
+    assert max(len(b) for b in batches) == 8 and len(batches) < 500 / 4  # 500 lengths are dense: most batches fill
+    assert all(min(lengths[r] for r in b) >= 0.8 * max(lengths[r] for r in b) for b in batches)
+    assert [len(b) for b in onnx_encoder.length_batches([5] * 5, 2)] == [2, 2, 1]

@@ -507,7 +507,7 @@ class ServeConfig(StrictModel):
         "onnx-fp32",
         description="A text model's history encoder on CPU replicas: ONNX Runtime in fp32 (the same ranking as "
         "torch, faster; exported in seconds when a replica starts) or with int8 matrix multiplications, or torch "
-        "(bench.serving_cpu measures their speed and ranking; int8 moves the ranking, so it is not the default). "
+        "(bench.serving_cpu measures their speed and ranking: int8 moves single ranks; the default keeps torch's). "
         "GPU replicas (resources.use_gpu) run torch on CUDA.",
     )
     keep_serving: bool = Field(

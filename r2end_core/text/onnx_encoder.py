@@ -149,8 +149,8 @@ def length_batches(lengths: list[int], batch_size: int, fill: float = 0.8) -> li
     as its longest, so padding stays small: [30, 100, 95, 12] -> [[1, 2], [0], [3]].
 
     A served batch holds a few dozen histories of 10 to 256 tokens: padded together, the short ones cost as much as
-    the longest (Beauty test histories on 2 threads: 24 texts/s in batches of 8 served texts, 40 one at a time,
-    46 with batches of 8 within 80% of their longest's length)."""
+    the longest (bench.serving_cpu, R2END at concurrency 8: 25.3 req/s with any 8 sorted neighbours per batch,
+    30.4 with this)."""
     order = np.argsort([-n for n in lengths], kind="stable")
     batches, start = [], 0
     while start < len(order):

@@ -191,9 +191,10 @@ RUNS = results.FOLDER / f"{BENCHMARK}_runs"  # committed: <model>.json (the reco
 
 
 def train_or_reuse(cfg: PipelineConfig, method: str, seed: int, embedded: str, learnt_from: dict[str, dict]) -> dict:
-    """``{"key", "summary": TrainSummary fields, "seconds": training wall time, "provenance", "reused": bool}``
-    for one run. ``embedded``: the digest of the embedded teacher outputs (what every method but SASRec
-    reads); ``learnt_from``: the records of this seed's runs of the methods it learns from."""
+    """``{"key", "summary": TrainSummary fields, "seconds": training wall time over its attempts, "attempts",
+    "provenance", "reused": bool}`` for one run. ``embedded``: the digest of the embedded teacher outputs
+    (what every method but SASRec reads); ``learnt_from``: the records of this seed's runs of the methods it
+    learns from."""
     layout, spec, cfg = Layout(cfg.storage_path), METHODS[method], with_teacher(cfg, seed)
     name = model_name(method, seed)
     settings, key = record_key(cfg, method, seed, embedded, learnt_from)
@@ -205,12 +206,14 @@ def train_or_reuse(cfg: PipelineConfig, method: str, seed: int, embedded: str, l
     # made before the student trains, so that its wall time is not counted as the student's
     ranked = rankings_cost(cfg, layout) if method in RANKED_BY_TEACHER else None
     log.info(f"{BENCHMARK}: training {method} with seed {seed}")
-    started = time.time()
-    summary = spec.train(cfg, seed, name)
+    summary, seconds, attempts = over_attempts(
+        layout.logs(f"{BENCHMARK}-{name}.attempts.json"), key, spec.train, cfg, seed, name
+    )
     run = {
         "key": key,
         "summary": summary.model_dump(mode="json"),
-        "seconds": round(time.time() - started, 1),
+        "seconds": seconds,
+        "attempts": attempts,
         "provenance": results.provenance(settings),
     }
     if ranked:
@@ -222,6 +225,23 @@ def train_or_reuse(cfg: PipelineConfig, method: str, seed: int, embedded: str, l
     pq.write_table(storage.read_table(ranks), RUNS / f"{name}_ranks.parquet", compression="zstd")
     record.write_text(json.dumps(run, indent=2, sort_keys=True))
     return {**run, "reused": False}
+
+
+def over_attempts(ledger: str, key: str, train: Callable[..., TrainSummary], *args) -> tuple[TrainSummary, float, int]:
+    """(``train(*args)``, its wall seconds summed over every attempt, how many attempts). An attempt that does
+    not finish (a time budget's SIGINT, a failure) adds its seconds to ``ledger`` (for the run ``key``) before
+    it ends; the next resumes from its checkpoints, so what the run cost is the sum, not the last attempt."""
+    earlier = storage.read_json(ledger) if storage.exists(ledger) else {}
+    spent = earlier["seconds"] if earlier.get("key") == key else []  # another key: a different run
+    started = time.time()
+    try:
+        summary = train(*args)
+    except BaseException:  # SIGINT raises KeyboardInterrupt, or SystemExit inside Ray Train's fit
+        storage.write_json({"key": key, "seconds": [*spent, round(time.time() - started, 1)]}, ledger)
+        raise
+    if earlier:
+        storage.delete_file(ledger)
+    return summary, round(sum(spent) + time.time() - started, 1), len(spent) + 1
 
 
 def in_storage(cfg: PipelineConfig, method: str, seed: int, student: str) -> None:
@@ -391,8 +411,10 @@ def summarise(layout: Layout, runs: dict[str, dict[int, dict]], best: str | None
             "test": by_seed[first]["summary"]["test"],
             "best_epoch": by_seed[first]["summary"]["best_epoch"],
             "training_s": by_seed[first]["seconds"],
-            # a run that resumed another's checkpoint: training_s covers only the rest; epochs_s, what its
-            # epochs took over every attempt (None: a run made before epochs were timed, or no epochs)
+            # None: a record made before its attempts were summed, whose training_s covers only the last
+            "attempts": by_seed[first].get("attempts"),
+            # such a run that resumed another's checkpoint: epochs_s, what its epochs took over every attempt
+            # (None: a run made before epochs were timed, or no epochs)
             "resumed_from_epoch": by_seed[first]["summary"].get("resumed_from_epoch") or 0,
             "epochs_s": by_seed[first]["summary"].get("train_seconds"),
             "reused": by_seed[first]["reused"],
@@ -476,9 +498,12 @@ def times(value: float | None) -> str:
 
 
 def minutes(method: dict) -> str:
-    """A method's training minutes, and for a resumed run where it resumed and what its epochs took in all."""
+    """A method's training minutes over its attempts; for a record made before attempts were summed that
+    resumed another's checkpoint, where it resumed and what its epochs took in all."""
     shown = f"{method['training_s'] / 60:.0f}"
-    if method["resumed_from_epoch"]:
+    if (method.get("attempts") or 1) > 1:
+        shown += f" ({method['attempts']} attempts)"
+    elif method["resumed_from_epoch"] and not method.get("attempts"):
         shown += f" (from epoch {method['resumed_from_epoch'] + 1}"
         shown += f"; epochs {method['epochs_s'] / 60:.0f} in all)" if method.get("epochs_s") else ")"
     return shown
@@ -510,12 +535,17 @@ def report(out: dict) -> str:
             + " | ".join(f"{t[k]:.4f}" for k in METRICS)
             + f" | {t['coverage@10']:.3f} | {r['valid']['ndcg@10']:.4f} | {minutes(r)} |"
         )
-    if any(r["resumed_from_epoch"] for r in methods.values()):
-        lines += [
-            "",
-            "(from epoch N): the run resumed an earlier run's checkpoint, so its minutes cover epochs N on only; "
-            "(epochs M in all): what its epochs took over every attempt.",
-        ]
+    footnotes = []
+    if any(r["resumed_from_epoch"] and not r.get("attempts") for r in methods.values()):
+        footnotes.append(
+            "(from epoch N): a run recorded before a run's attempts were summed resumed an earlier attempt's "
+            "checkpoint, so its minutes cover epochs N on only; (epochs M in all): what its epochs took over every "
+            "attempt."
+        )
+    if any((r.get("attempts") or 1) > 1 for r in methods.values()):
+        footnotes.append("(N attempts): a time budget cut the run N − 1 times; its minutes sum every attempt.")
+    if footnotes:
+        lines += ["", " ".join(footnotes)]
     if out.get("paired_vs_sasrec"):
         lines += [
             "",

@@ -1,5 +1,6 @@
 """The students benchmark's run records: what a record's key holds decides which runs a change retrains."""
 
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -54,3 +55,25 @@ def test_where_things_lie_is_not_keyed_but_their_content_is(storage_paths):
     assert keys(moved) == keys(cfg)
     pq.write_table(pq.read_table(Layout(elsewhere).items).slice(1), Layout(elsewhere).items)  # other content
     assert all(key != keys(cfg)[m] for m, key in keys(moved).items())
+
+
+def test_a_run_cut_by_its_time_budget_counts_every_attempt(tmp_path):
+    ledger, attempts_made = str(tmp_path / "logs" / "run.attempts.json"), []
+
+    def train(cut_first: bool) -> str:
+        attempts_made.append(1)
+        time.sleep(0.3)
+        if cut_first and len(attempts_made) == 1:
+            raise KeyboardInterrupt  # what the budget's SIGINT raises
+        return "summary"
+
+    with pytest.raises(KeyboardInterrupt):
+        bench.over_attempts(ledger, "key-a", train, True)
+    summary, seconds, attempts = bench.over_attempts(ledger, "key-a", train, True)
+    assert (summary, attempts) == ("summary", 2) and 0.6 <= seconds < 3
+    assert not Path(ledger).exists()  # the record holds it now
+    attempts_made.clear()
+    with pytest.raises(KeyboardInterrupt):
+        bench.over_attempts(ledger, "key-a", train, True)
+    _, seconds, attempts = bench.over_attempts(ledger, "key-b", train, True)  # another run: its own count
+    assert attempts == 1 and 0.3 <= seconds < 1.5

@@ -24,7 +24,8 @@
       index/latest.json                 {"version": the version built last}
       caches/text_vectors/<encoder>/    schemas.TEXT_VECTORS: an encoder's embeddings of history texts
       ray_train/<run>/                  Ray Train runs (checkpoints, progress.json)
-      logs/<stage>.log                  everything a stage printed; logs/ray/: its Ray workers' logs
+      logs/<stage>.log                  everything a stage printed; logs/ray/: its Ray workers' logs;
+                                        logs/<benchmark>-<model>.attempts.json: a benchmark run's cut attempts
 """
 
 from __future__ import annotations

@@ -434,11 +434,12 @@ def bench_model(cfg: PipelineConfig, name: str, bodies: list[dict]) -> tuple[dic
 
 
 def steals(tree: dict):
-    """Every ``cpu`` share the hypervisor stole in a result tree (its phases and their parts)."""
-    for key, value in tree.items():
-        if key == "cpu" and "steal" in value:
-            yield value["steal"]
-        elif isinstance(value, dict):
+    """Every share the hypervisor stole (``with_machine_cpu``'s) in a result tree, at any depth."""
+    if set(tree) == {"busy", "steal"}:
+        yield tree["steal"]
+        return
+    for value in tree.values():
+        if isinstance(value, dict):
             yield from steals(value)
 
 

@@ -43,5 +43,9 @@ def test_with_machine_cpu_reports_the_cores_busy_while_a_phase_ran():
 
 
 def test_steals_finds_every_phase_share_at_any_depth():
-    phases = {"c1": {"qps": 3, "cpu": {"busy": 0.5, "steal": 0.01}}, "hey": {"c32": {"cpu": {"busy": 1, "steal": 0.2}}}}
-    assert sorted(serving_cpu.steals(phases)) == [0.01, 0.2]
+    phases = {
+        "c1": {"qps": 3, "cpu": {"busy": 0.5, "steal": 0.01}},
+        "hey": {"c32": {"cpu": {"busy": 1, "steal": 0.2}}},
+        "encoder": {"torch": {"qps": 2}, "cpu": {"batch1": {"busy": 1, "steal": 0.3}}},
+    }
+    assert sorted(serving_cpu.steals(phases)) == [0.01, 0.2, 0.3]

@@ -20,6 +20,7 @@ item ids with timestamps), in phases:
 4. ``llm_in_the_loop`` (once): the teacher (vLLM, SmolLM2-135M) asked, per request, for the next item from
    the same history (the unguided prompt), one request at a time.
 
+Every timed phase records the machine's CPU busy and stolen shares while it ran (``with_machine_cpu``).
 Writes bench/results/serving_cpu.json (the first model's measures at the top, every model's under
 ``models``) and .md.
 """

@@ -62,6 +62,7 @@ class ProfileDistillation(AuxiliaryLoss):
     def __init__(self, profiles: np.ndarray, has_profile: np.ndarray, hidden_size: int, cfg: ProfileConfig):
         super().__init__()
         self.cfg = cfg
+        self.last_epoch = cfg.distill_epochs
         self.register_buffer("profiles", torch.from_numpy(profiles), persistent=False)
         self.register_buffer("has_profile", torch.from_numpy(has_profile), persistent=False)
         self.to_hidden = nn.Linear(profiles.shape[1], hidden_size)

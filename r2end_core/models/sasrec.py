@@ -233,6 +233,8 @@ class AuxiliaryLoss(nn.Module):
 
     name = "auxiliary"
     needs_layers = False
+    #: the last epoch the term trains in (0: every epoch); early stopping counts validations only after it
+    last_epoch = 0
 
     def forward(self, batch: Batch, outputs: StepOutputs, epoch: int) -> tuple[torch.Tensor, float]:
         raise NotImplementedError
@@ -374,6 +376,7 @@ def train(
         },  # batch order and dropout masks go on as they would have
         cfg.eval_every,
         cfg.patience,
+        patience_after=extras.auxiliary.last_epoch if extras.auxiliary else 0,
     )
 
 

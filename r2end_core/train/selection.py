@@ -20,18 +20,24 @@ def epochs(
     eval_every: int = 1,
     patience: int | None = None,
     metric: str = "ndcg@10",
+    patience_after: int = 0,
 ) -> Iterator[tuple[dict, dict]]:
     """Yields ``(state, record)`` after each epoch: ``record`` is the epoch's ``train_epoch`` output (and
     ``valid`` metrics when it validated); ``state`` holds ``epoch``, ``history`` (the records), ``best``
     (``epoch``, ``valid``, ``weights``: a deep copy of ``snapshot()``), ``current`` (``snapshot()``),
     ``resumed_from_epoch`` and ``train_seconds`` (what its epochs took, training and validating, summed over
     every attempt: a resumed run's own wall time covers only the rest). Pass a yielded state back in to
-    resume after it.
+    resume after it. Checks up to epoch ``patience_after`` do not count towards ``patience``: in a first phase
+    that trains towards another loss (a distillation term), validation can stall without the run being done.
 
     >>> scores = iter([0.1, 0.3, 0.2, 0.2, 0.5])
     >>> run = epochs(None, 5, lambda e: {"loss": 1 / e}, lambda: {"ndcg@10": next(scores)}, lambda: {}, patience=2)
     >>> [record["epoch"] for _, record in run]  # the last two checks found no better score: stop
     [1, 2, 3, 4]
+    >>> scores = iter([0.3, 0.1, 0.1, 0.2, 0.2, 0.2])
+    >>> run = epochs(None, 6, lambda e: {}, lambda: {"ndcg@10": next(scores)}, lambda: {}, patience=2, patience_after=3)
+    >>> [record["epoch"] for _, record in run]  # epochs 2 and 3 stall in the first phase: not counted
+    [1, 2, 3, 4, 5]
     """
     state = state or {"epoch": 0, "best": None, "history": [], "checks_without_gain": 0, "train_seconds": 0.0}
     state["resumed_from_epoch"] = state["epoch"]
@@ -46,8 +52,8 @@ def epochs(
             if state["best"] is None or record["valid"][metric] > state["best"]["valid"][metric]:
                 state["best"] = {"epoch": epoch, "valid": record["valid"], "weights": copy.deepcopy(snapshot())}
                 state["checks_without_gain"] = 0
-            else:
-                state["checks_without_gain"] += 1
+            else:  # zero through the first phase, also for a state saved under a rule that counted it
+                state["checks_without_gain"] = state["checks_without_gain"] + 1 if epoch > patience_after else 0
         state["history"].append(record)
         if timed:
             state["train_seconds"] += time.perf_counter() - started

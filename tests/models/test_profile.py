@@ -39,6 +39,19 @@ def test_the_term_trains_in_its_phase_and_then_stops(prepared_tables):
     assert terms[2] < terms[0] and terms[3] == 0.0  # learnt during the phase; cross-entropy alone after it
 
 
+def test_early_stopping_waits_for_the_phase_to_end(prepared_tables):
+    """Checks that find no gain while the term trains do not count towards patience."""
+    users, items = prepared_tables
+    everyone = np.ones(users.num_rows, dtype=bool)
+    loss = profile.ProfileDistillation(
+        np.ones((users.num_rows, 8), np.float32), everyone, SMALL.hidden_size, ProfileConfig(distill_epochs=3)
+    )
+    # steps too small to move a float32 weight: every check ties the first, so none is a gain
+    stalled = CFG.model_copy(update={"learning_rate": 1e-12, "eval_every": 1, "patience": 1, "max_epochs": 6})
+    run = sasrec.train(users, items, stalled, HistoryRule(), torch.device("cpu"), extras=sasrec.Extras(auxiliary=loss))
+    assert [record["epoch"] for _, record in run] == [1, 2, 3, 4]  # the first check after the phase stops it
+
+
 def test_users_without_a_profile_train_as_plain_sasrec(prepared_tables):
     users, items = prepared_tables
     nobody = np.zeros(users.num_rows, dtype=bool)

@@ -68,7 +68,7 @@ class ProfileDistillation(AuxiliaryLoss):
         self.to_hidden = nn.Linear(profiles.shape[1], hidden_size)
 
     def forward(self, batch: Batch, outputs: StepOutputs, epoch: int) -> tuple[torch.Tensor, float]:
-        if epoch > self.cfg.distill_epochs:
+        if epoch > self.last_epoch:
             return torch.zeros((), device=outputs.logits.device), 0.0
         if self.cfg.layer > len(outputs.layers):
             raise ValueError(f"profile.layer {self.cfg.layer}: the model has {len(outputs.layers)} blocks")

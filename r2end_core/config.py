@@ -150,7 +150,12 @@ class SasrecConfig(StrictModel):
         "On all of Beauty: validation NDCG@10 0.0707 against 0.0615 unweighted (bench/results/sasrec_beauty.md).",
     )
     max_epochs: int = Field(200, ge=1)
-    patience: int = Field(10, ge=1, description="Stop after this many validations without a better validation NDCG@10.")
+    patience: int = Field(
+        10,
+        ge=1,
+        description="Stop after this many validations without a better validation NDCG@10 (a student's "
+        "distillation phase, such as profile.distill_epochs, does not count).",
+    )
     eval_every: int = Field(1, ge=1, description="Validate every this many epochs.")
     seed: int = 22
     num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP when more than one).")
@@ -421,7 +426,12 @@ class ProfileConfig(StrictModel):
     student_run: str = Field("student", description="source student: distill.run_name of the student.")
     alpha: float = Field(0.4, gt=0, lt=1, description="Share of the distillation term in the loss (reference: 0.4).")
     layer: int = Field(1, ge=1, description="The block (1-based) whose mean-pooled outputs learn the profile.")
-    distill_epochs: int = Field(40, ge=1, description="Epochs with the distillation term; cross-entropy alone after.")
+    distill_epochs: int = Field(
+        40,
+        ge=1,
+        description="Epochs with the distillation term; cross-entropy alone after, and early stopping counts "
+        "only the validations after them.",
+    )
 
 
 class FusionConfig(StrictModel):

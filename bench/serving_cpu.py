@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 
 import aiohttp
@@ -255,6 +256,21 @@ async def _load(url: str, bodies: list[dict], concurrency: int, seconds: float, 
     }
 
 
+def with_batch_sizes(url: str, measure: Callable[[], dict]) -> dict:
+    """``measure()``'s result and, as ``mean_batch``, the requests per batch that the one replica computed
+    meanwhile (its /healthz counts before and after; Serve's health probes count as batches of one)."""
+
+    def counts() -> np.ndarray:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=30) as reply:
+            health = json.load(reply)
+        return np.array([health["batches"], health["batched_requests"]])
+
+    before = counts()
+    result = measure()
+    batches, answered = counts() - before
+    return {**result, "mean_batch": round(float(answered / max(batches, 1)), 1)}
+
+
 def load(url: str, bodies: list[dict], concurrency: int, seconds: float = PHASE_S, beside=None) -> dict:
     asyncio.run(_load(url, bodies, concurrency, 1.0))  # warm-up, not counted
     return asyncio.run(_load(url, bodies, concurrency, seconds, beside))
@@ -391,11 +407,13 @@ def bench_model(cfg: PipelineConfig, name: str, bodies: list[dict]) -> tuple[dic
     if (encoder := encoder_comparison(cfg, name, bodies, served)) is not None:
         phases["encoder"] = encoder
     url = deploy.start(cfg, index_version=built.version, min_replicas=1, max_replicas=1)
-    phases["http"] = {f"c{c}": with_machine_cpu(lambda c=c: load(url, bodies, c)) for c in (1, 8, 32)}
+    phases["http"] = {
+        f"c{c}": with_batch_sizes(url, lambda c=c: with_machine_cpu(lambda: load(url, bodies, c))) for c in (1, 8, 32)
+    }
     phases["hey"] = {f"c{c}": with_machine_cpu(lambda c=c: hey(url, bodies[0], c)) for c in (1, 32)}
     phases["fuzz"] = api_fuzz.fuzz(url, FUZZ_CASES, FUZZ_S)
     deploy.start(cfg, index_version=built.version, min_replicas=1, max_replicas=1, max_batch_size=1)
-    phases["http_unbatched"] = {"c32": with_machine_cpu(lambda: load(url, bodies, 32))}
+    phases["http_unbatched"] = {"c32": with_batch_sizes(url, lambda: with_machine_cpu(lambda: load(url, bodies, 32)))}
     deploy.start(cfg, index_version=built.version)  # the default: autoscaling between min and max replicas
     autoscaling = with_machine_cpu(lambda: load(url, bodies, 32, ERRORS_PHASE_S))
     phases["autoscaling_60s"] = {**autoscaling, "replicas_at_end": replicas()}
@@ -531,12 +549,13 @@ def report(out: dict) -> str:
             "",
             f"## `{name}`",
             "",
-            "| phase | requests | errors | QPS | p50 ms | p95 ms | p99 ms | machine CPU busy / stolen |",
-            "|---|---|---|---|---|---|---|---|",
+            "| phase | requests | errors | QPS | p50 ms | p95 ms | p99 ms | requests per batch "
+            "| machine CPU busy / stolen |",
+            "|---|---|---|---|---|---|---|---|---|",
             *[
                 f"| {what} | {r['requests']} | {r['errors']} | {r['qps']} | "
                 + " | ".join(str(r[f"p{q}_ms"]) for q in (50, 95, 99))
-                + f" | {cpu_shares(r['cpu'])} |"
+                + f" | {cell(r.get('mean_batch', r.get('batch')))} | {cpu_shares(r['cpu'])} |"
                 for what, r in rows
             ],
         ]

@@ -502,8 +502,8 @@ class ServeConfig(StrictModel):
     batch_wait_timeout_s: float = Field(
         0.0,
         ge=0,
-        description="How long a batch waits to fill. 0: take what is queued (requests that came in during the "
-        "previous batch), so a lone request never waits.",
+        description="How long a batch waits to fill once the replica is free to compute it. 0: take what is "
+        "queued (requests that came in during the previous batch), so a lone request never waits.",
     )
     min_replicas: int = Field(
         1, ge=0, description="Replicas (each holds the model and the index), at least (autoscaling)."

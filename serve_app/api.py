@@ -95,3 +95,5 @@ class Health(BaseModel):
     model_version: str
     index_version: str
     items: int
+    batches: int = Field(description="Batches this replica has encoded and searched since it started.")
+    batched_requests: int = Field(description="Requests in those batches (and Serve's health probes).")

@@ -8,16 +8,14 @@ over its item vectors, in one replica. No LLM.
 One deployment, ``Recommender``: the FastAPI ingress (validation, the history as the model reads it) with
 the model, the faiss index and the item map of one index version (which pins the model and its version)
 in each replica, so a request makes no hop between deployments. Concurrent requests are batched
-(``@serve.batch``): one batch at a time is encoded and searched on a worker thread, so the replica's event
-loop keeps taking requests and the next batch forms meanwhile. Replicas autoscale on ongoing requests; a
+(``r2end_core.serve.batching``): one batch at a time is encoded and searched on a worker thread, so the
+replica's event loop keeps taking requests and the next batch forms meanwhile. Replicas autoscale on ongoing requests; a
 new version rolls out by redeploying with another ``index_version`` (Serve's rolling update).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -34,6 +32,7 @@ from r2end_core.data.histories import Histories
 from r2end_core.data.items import UnknownItemsError
 from r2end_core.layout import Layout
 from r2end_core.serve import index
+from r2end_core.serve.batching import Batcher
 from r2end_core.serve.served import ServedModel
 from serve_app.api import Health, Item, RecommendRequest, RecommendResponse
 
@@ -124,23 +123,13 @@ class Recommender:
         BodyLimit.max_bytes = self.cfg.max_body_bytes
         device = "cuda" if use_gpu else "cpu"
         self.served = ServedModel(Layout(storage_path), version, self.cfg.cpu_encoder, threads, device)
-        self.compute = ThreadPoolExecutor(max_workers=1)  # one batch at a time: torch and faiss use the threads
-        self.batched = self.cfg.max_batch_size > 1
-        self.answer_batch.set_max_batch_size(self.cfg.max_batch_size)
-        self.answer_batch.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)
+        self.batcher = Batcher(self.search, self.cfg.max_batch_size, self.cfg.batch_wait_timeout_s)
         self.probe = self.served.history(self.served.catalogue.ids[:1])  # what check_health asks
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)  # both set from the config in __init__
-    async def answer_batch(self, histories: list[Histories], ks: list[int], excludes: list[set[int]]) -> list[tuple]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.compute, self.served.search, histories, ks, excludes)
-
-    async def answer(self, history: Histories, k: int, exclude: set[int]) -> tuple[np.ndarray, np.ndarray]:
-        if self.batched:
-            return await self.answer_batch(history, k, exclude)
-        loop = asyncio.get_running_loop()
-        (found,) = await loop.run_in_executor(self.compute, self.served.search, [history], [k], [exclude])
-        return found
+    def search(self, requests: list[tuple[Histories, int, set[int]]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """A batch of (history, k, excluded rows) -> each one's top-k (rows, scores), on the batcher's thread."""
+        histories, ks, excludes = zip(*requests)
+        return self.served.search(list(histories), list(ks), list(excludes))
 
     def history(self, body: RecommendRequest) -> Histories:
         """The request's history as the model reads it: its text, or ids (with text written by the model's rule)."""
@@ -169,7 +158,7 @@ class Recommender:
             )
         history = self.history(body)
         exclude = self.served.catalogue.rows(body.history) if body.exclude_history and body.history else set()
-        rows, scores = await self.answer(history, body.k, exclude)
+        rows, scores = await self.batcher.answer((history, body.k, exclude))
         return RecommendResponse(
             items=self.served.items(rows, scores),
             history_text=history.texts[0] if history.texts else None,
@@ -197,6 +186,8 @@ class Recommender:
             model_version=served.manifest.version,
             index_version=served.index.version,
             items=served.faiss_index.ntotal,
+            batches=self.batcher.batches,
+            batched_requests=self.batcher.requests,
         )
 
     async def check_health(self) -> None:
@@ -204,8 +195,7 @@ class Recommender:
         index answers it; a replica that cannot is replaced."""
         if getattr(self, "served", None) is None:
             raise RuntimeError("model and index not loaded")
-        loop = asyncio.get_running_loop()
-        ((rows, _),) = await loop.run_in_executor(self.compute, self.served.search, [self.probe], [1], [set()])
+        rows, _ = await self.batcher.answer((self.probe, 1, set()))
         if rows[0] < 0:
             raise RuntimeError("the index answered nothing for the probe history")
 

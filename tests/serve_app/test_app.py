@@ -71,6 +71,8 @@ def test_recommend_items_and_health_over_http(served):
     item = requests.get(f"{url}/items/{got['items'][0]['item_id']}", timeout=30).json()
     assert item["title"] == got["items"][0]["title"] and item["metadata_text"]
     health = requests.get(f"{url}/healthz", timeout=30).json()
+    batches, batched = health.pop("batches"), health.pop("batched_requests")
+    assert 1 <= batches <= batched and batched >= 3  # the three answers above (and health probes)
     assert health == {
         "status": "ok",
         "model": "r2end-serve",

@@ -1,0 +1,105 @@
+"""A replica's dynamic batching (no Ray): what a batch holds, and what its requests get back."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from r2end_core.serve.batching import Batcher
+
+
+class Gated:
+    """compute(): records each batch; the first one holds until ``release`` (a batch being computed)."""
+
+    def __init__(self):
+        self.batches: list[list[int]] = []
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def __call__(self, requests: list[int]) -> list[int]:
+        self.batches.append(requests)
+        self.started.set()
+        self.release.wait(10)
+        return [-r for r in requests]
+
+
+async def while_first_batch_computes(batcher: Batcher, gate: Gated, then) -> list:
+    """Send request 0; once its batch is computing, run ``then()`` (it sends more), release, gather all."""
+    first = asyncio.create_task(batcher.answer(0))
+    await asyncio.to_thread(gate.started.wait, 10)
+    more = await then()
+    gate.release.set()
+    return await asyncio.gather(first, *more, return_exceptions=True)
+
+
+def test_requests_that_arrive_during_a_batch_form_the_next_batch_together():
+    gate = Gated()
+    batcher = Batcher(gate, max_batch_size=4)
+
+    async def five_more():
+        tasks = [asyncio.create_task(batcher.answer(r)) for r in range(1, 6)]
+        await asyncio.sleep(0.05)  # they queue one by one, each in its own turn of the event loop
+        return tasks
+
+    answers = asyncio.run(while_first_batch_computes(batcher, gate, five_more))
+    assert answers == [0, -1, -2, -3, -4, -5]
+    assert gate.batches == [[0], [1, 2, 3, 4], [5]]  # a lone request went at once; then full batches
+    assert (batcher.batches, batcher.requests) == (3, 6)
+
+
+def test_a_wait_fills_a_batch_and_ends_when_it_is_full():
+    batches = []
+    batcher = Batcher(lambda rs: batches.append(rs) or rs, max_batch_size=2, wait_s=30)
+
+    async def two_apart():
+        first = asyncio.create_task(batcher.answer("a"))
+        await asyncio.sleep(0.05)
+        return await asyncio.wait_for(asyncio.gather(first, batcher.answer("b")), 10)  # not the 30 s wait
+
+    assert asyncio.run(two_apart()) == ["a", "b"]
+    assert batches == [["a", "b"]]
+
+
+def test_a_failed_batch_fails_its_requests_and_the_next_batch_is_computed():
+    def compute(requests: list[int]) -> list[int]:
+        if 13 in requests:
+            raise ValueError("unlucky batch")
+        return requests
+
+    batcher = Batcher(compute, max_batch_size=2)
+
+    async def four():
+        return await asyncio.gather(*(batcher.answer(r) for r in (12, 13, 14, 15)), return_exceptions=True)
+
+    twelve, thirteen, fourteen, fifteen = asyncio.run(four())
+    assert isinstance(twelve, ValueError) and isinstance(thirteen, ValueError)
+    assert (fourteen, fifteen) == (14, 15)
+
+
+def test_a_compute_that_answers_the_wrong_number_of_requests_is_an_error():
+    batcher = Batcher(lambda requests: requests[:1], max_batch_size=2)
+
+    async def two():
+        return await asyncio.gather(batcher.answer(1), batcher.answer(2), return_exceptions=True)
+
+    assert all(isinstance(e, RuntimeError) and "1 answers to a batch of 2" in str(e) for e in asyncio.run(two()))
+
+
+def test_a_request_whose_client_left_is_not_computed():
+    gate = Gated()
+    batcher = Batcher(gate, max_batch_size=4)
+
+    async def one_left():
+        gone, kept = asyncio.create_task(batcher.answer(1)), asyncio.create_task(batcher.answer(2))
+        await asyncio.sleep(0.05)
+        gone.cancel()
+        return [kept]
+
+    assert asyncio.run(while_first_batch_computes(batcher, gate, one_left)) == [0, -2]
+    assert gate.batches == [[0], [2]]
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="max_batch_size must be >= 1"):
+        Batcher(list, max_batch_size=0)

@@ -258,7 +258,8 @@ async def _load(url: str, bodies: list[dict], concurrency: int, seconds: float, 
 
 def with_batch_sizes(url: str, measure: Callable[[], dict]) -> dict:
     """``measure()``'s result and, as ``mean_batch``, the requests per batch that the one replica computed
-    meanwhile (its /healthz counts before and after; Serve's health probes count as batches of one)."""
+    meanwhile (its /healthz counts before and after, the load's 1 s warm-up included; Serve's health probes
+    count as batches of one)."""
 
     def counts() -> np.ndarray:
         with urllib.request.urlopen(f"{url}/healthz", timeout=30) as reply:

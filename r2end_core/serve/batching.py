@@ -46,40 +46,56 @@ class Batcher(Generic[Request, Answer]):
         self.loop_task: asyncio.Task | None = None
 
     async def answer(self, request: Request) -> Answer:
-        loop = asyncio.get_running_loop()
-        if self.loop_task is None or self.loop_task.done() or self.loop_task.get_loop() is not loop:
+        if self.loop_task is None or self.loop_task.done():  # first use, or a loop that ended (asyncio.run)
             self.arrived = asyncio.Event()
             self.loop_task = asyncio.create_task(self._compute_batches())
-        answer = loop.create_future()
+        answer = asyncio.get_running_loop().create_future()
         self.queued.append((request, answer))
         self.arrived.set()
         return await answer
 
     async def _compute_batches(self) -> None:
+        batch: list[tuple[Request, asyncio.Future]] = []
+        try:
+            await self._compute_each_batch(batch)
+        finally:  # cancelled (the replica stops) or broken: no request is left waiting for an answer
+            stopped = RuntimeError("the replica's batch loop stopped")
+            for _, answer in [*batch, *self.queued]:
+                if not answer.done():
+                    answer.set_exception(stopped)
+            self.queued = []
+
+    async def _compute_each_batch(self, batch: list[tuple[Request, asyncio.Future]]) -> None:
+        """The loop; ``batch`` holds the batch being computed, for ``_compute_batches`` to fail if it stops."""
         loop = asyncio.get_running_loop()
         while True:
             await self.arrived.wait()
             deadline = loop.time() + self.wait_s
-            while len(self.queued) < self.max_batch_size and (left := deadline - loop.time()) > 0:
+            while True:
+                self.queued = [(request, answer) for request, answer in self.queued if not answer.done()]  # gone
+                if len(self.queued) >= self.max_batch_size or (left := deadline - loop.time()) <= 0:
+                    break
                 self.arrived.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.arrived.wait(), left)
-            taken, self.queued = self.queued[: self.max_batch_size], self.queued[self.max_batch_size :]
+            batch[:], self.queued = self.queued[: self.max_batch_size], self.queued[self.max_batch_size :]
             if not self.queued:
                 self.arrived.clear()
-            batch = [(request, answer) for request, answer in taken if not answer.done()]  # a client gone
             if not batch:
                 continue
             self.batches, self.requests = self.batches + 1, self.requests + len(batch)
+            failed = None
             try:
                 answers = await loop.run_in_executor(self.worker, self.compute, [request for request, _ in batch])
                 if len(answers) != len(batch):
                     raise RuntimeError(f"compute gave {len(answers)} answers to a batch of {len(batch)}")
             except Exception as err:  # the batch's requests carry it; the loop goes on
-                for _, answer in batch:
-                    if not answer.done():
-                        answer.set_exception(err)
-                continue
-            for (_, answer), found in zip(batch, answers):
-                if not answer.done():
-                    answer.set_result(found)
+                failed = err
+            for i, (_, answer) in enumerate(batch):
+                if answer.done():  # its client left while it was computed
+                    continue
+                if failed is None:
+                    answer.set_result(answers[i])
+                else:
+                    answer.set_exception(failed)
+            batch.clear()

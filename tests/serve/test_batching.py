@@ -30,7 +30,7 @@ async def while_first_batch_computes(batcher: Batcher, gate: Gated, then) -> lis
     await asyncio.to_thread(gate.started.wait, 10)
     more = await then()
     gate.release.set()
-    return await asyncio.gather(first, *more, return_exceptions=True)
+    return await asyncio.wait_for(asyncio.gather(first, *more, return_exceptions=True), 10)
 
 
 def test_requests_that_arrive_during_a_batch_form_the_next_batch_together():
@@ -61,6 +61,29 @@ def test_a_wait_fills_a_batch_and_ends_when_it_is_full():
     assert batches == [["a", "b"]]
 
 
+def test_a_lone_request_goes_alone_once_the_wait_is_over():
+    batches = []
+    batcher = Batcher(lambda rs: batches.append(rs) or rs, max_batch_size=4, wait_s=0.05)
+
+    async def alone():
+        return await asyncio.wait_for(batcher.answer("a"), 10)
+
+    assert asyncio.run(alone()) == "a" and batches == [["a"]]
+
+
+def test_requests_waiting_when_the_batch_loop_stops_get_an_error_not_silence():
+    gate = Gated()
+    batcher = Batcher(gate, max_batch_size=4)
+
+    async def stop_the_loop():
+        batcher.loop_task.cancel()  # what the replica's shutdown does to it
+        return [asyncio.create_task(batcher.answer(1))]  # a new request starts a new loop
+
+    answers = asyncio.run(while_first_batch_computes(batcher, gate, stop_the_loop))
+    assert isinstance(answers[0], RuntimeError) and "batch loop stopped" in str(answers[0])
+    assert answers[1] == -1
+
+
 def test_a_failed_batch_fails_its_requests_and_the_next_batch_is_computed():
     def compute(requests: list[int]) -> list[int]:
         if 13 in requests:
@@ -70,7 +93,8 @@ def test_a_failed_batch_fails_its_requests_and_the_next_batch_is_computed():
     batcher = Batcher(compute, max_batch_size=2)
 
     async def four():
-        return await asyncio.gather(*(batcher.answer(r) for r in (12, 13, 14, 15)), return_exceptions=True)
+        answers = asyncio.gather(*(batcher.answer(r) for r in (12, 13, 14, 15)), return_exceptions=True)
+        return await asyncio.wait_for(answers, 10)
 
     twelve, thirteen, fourteen, fifteen = asyncio.run(four())
     assert isinstance(twelve, ValueError) and isinstance(thirteen, ValueError)
@@ -81,7 +105,7 @@ def test_a_compute_that_answers_the_wrong_number_of_requests_is_an_error():
     batcher = Batcher(lambda requests: requests[:1], max_batch_size=2)
 
     async def two():
-        return await asyncio.gather(batcher.answer(1), batcher.answer(2), return_exceptions=True)
+        return await asyncio.wait_for(asyncio.gather(batcher.answer(1), batcher.answer(2), return_exceptions=True), 10)
 
     assert all(isinstance(e, RuntimeError) and "1 answers to a batch of 2" in str(e) for e in asyncio.run(two()))
 

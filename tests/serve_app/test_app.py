@@ -72,7 +72,7 @@ def test_recommend_items_and_health_over_http(served):
     assert item["title"] == got["items"][0]["title"] and item["metadata_text"]
     health = requests.get(f"{url}/healthz", timeout=30).json()
     batches, batched = health.pop("batches"), health.pop("batched_requests")
-    assert 1 <= batches <= batched and batched >= 3  # the three answers above (and health probes)
+    assert 3 <= batches <= batched  # the three answers above, one after another (and health probes)
     assert health == {
         "status": "ok",
         "model": "r2end-serve",

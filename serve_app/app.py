@@ -9,8 +9,9 @@ One deployment, ``Recommender``: the FastAPI ingress (validation, the history as
 the model, the faiss index and the item map of one index version (which pins the model and its version)
 in each replica, so a request makes no hop between deployments. Concurrent requests are batched
 (``r2end_core.serve.batching``): one batch at a time is encoded and searched on a worker thread, so the
-replica's event loop keeps taking requests and the next batch forms meanwhile. Replicas autoscale on ongoing requests; a
-new version rolls out by redeploying with another ``index_version`` (Serve's rolling update).
+replica's event loop keeps taking requests and the next batch forms meanwhile. Replicas autoscale on
+ongoing requests; a new version rolls out by redeploying with another ``index_version`` (Serve's rolling
+update).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Dynamic batching for a replica: the requests that arrive while one batch is computed form the next.
 
 Serve's ``@serve.batch`` forms a batch as soon as a request arrives (with ``batch_wait_timeout_s=0``) and
-queues it behind the running one, so under load a replica computes a string of batches of one or two. Here
+queues it behind the running one, so requests that arrive one at a time during a batch each become a batch
+of one. Here
 a batch is taken only when the compute is free: a lone request starts at once, and under load each batch
 holds everything that queued meanwhile (up to ``max_batch_size``).
 """

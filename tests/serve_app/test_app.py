@@ -90,7 +90,13 @@ def test_the_endpoint_is_haproxy_not_serves_python_proxy(served):
     listening = {
         c.pid for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == port
     }
-    assert [psutil.Process(pid).name() for pid in listening] == ["haproxy"]
+    names = []
+    for pid in listening:
+        try:
+            names.append(psutil.Process(pid).name())
+        except psutil.NoSuchProcess:  # an HAProxy reload: the old process exits once the new one listens
+            continue
+    assert names and set(names) == {"haproxy"}
 
 
 @pytest.mark.parametrize(

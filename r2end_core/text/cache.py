@@ -24,23 +24,30 @@ def encoder_id(weights: str, max_seq_length: int, keep: str) -> str:
 
 
 def cached_encode(
-    texts: list[str], layout: Layout, encoder: str, encode: Callable[[list[str]], np.ndarray]
+    texts: list[str],
+    layout: Layout,
+    encoder: str,
+    encode: Callable[[list[str]], np.ndarray],
+    part_size: int = 16_384,
 ) -> np.ndarray:
     """``[len(texts), dim]`` vectors of ``texts`` by the encoder ``encoder`` (an ``encoder_id``): from its
-    cache where present; the rest through ``encode`` (each distinct text once), then cached."""
+    cache where present; the rest through ``encode`` (each distinct text once), shortest first, ``part_size``
+    texts at a time, each part cached as soon as it is encoded, so a run stopped midway keeps what it did."""
     folder = layout.text_vectors(encoder)
     files = storage.list_files(folder)
     cached = pa.concat_tables([storage.read_table(f) for f in files]) if files else schemas.TEXT_VECTORS.empty_table()
     row = {key: i for i, key in enumerate(cached.column("text_sha256").to_pylist())}
     keys = [hashlib.sha256(t.encode()).hexdigest() for t in texts]
-    missing = list(dict.fromkeys(k for k in keys if k not in row))
-    if missing:
-        text_of = dict(zip(keys, texts))
+    text_of = dict(zip(keys, texts))
+    # Parts of similar lengths pad less (the encoder batches within a part).
+    missing = sorted(dict.fromkeys(k for k in keys if k not in row), key=lambda k: len(text_of[k]))
+    for start in range(0, len(missing), part_size):
+        part = missing[start : start + part_size]
         added = pa.table(
-            {"text_sha256": missing, "embedding": schemas.vector_column(encode([text_of[k] for k in missing]))},
+            {"text_sha256": part, "embedding": schemas.vector_column(encode([text_of[k] for k in part]))},
             schema=schemas.TEXT_VECTORS,
         )
         storage.write_table_atomic(added, storage.join(folder, f"part-{uuid.uuid4().hex}.parquet"))
-        row.update({k: cached.num_rows + i for i, k in enumerate(missing)})
+        row.update({k: cached.num_rows + i for i, k in enumerate(part)})
         cached = pa.concat_tables([cached, added])
     return schemas.to_matrix(cached["embedding"])[[row[k] for k in keys]]

@@ -455,7 +455,7 @@ class FusionConfig(StrictModel):
         ge=0,
         description="A floor on the chosen weights' long-tail HR@10 on validation, as a multiple of the first "
         "part's alone (e.g. 1.5: keep 1.5x SASRec's on the items outside the 20% most bought); the best NDCG@10 "
-        "above it is chosen, and no combination above it is an error. 0: no floor.",
+        "above it is chosen; when none reaches it, the most long-tail HR@10 there is (logged). 0: no floor.",
     )
 
     @field_validator("weight_grid")

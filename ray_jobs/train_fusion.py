@@ -42,6 +42,8 @@ def run(cfg: PipelineConfig, score_test: bool = True) -> TrainSummary:
     pending = [search.remote(vectors, scored, [candidates[i] for i in share]) for share in shares]
     searched = [found for done in ray.get(pending) for found in done]
     weights = fusion.best_weights(searched, fc.min_long_tail_ratio)
+    if missed := fusion.floor_missed(searched, weights, fc.min_long_tail_ratio):
+        log.warning(f"fusion: {missed}")
     log.info(f"fusion: {len(searched)} weight combinations in {tasks} Ray tasks; validation chose {weights}")
     model = fusion.FusionRecommender(parts, weights, fusion.manifest(fc.run_name, parts, weights))
     model.manifest = models.save(layout, model.manifest, model.write_files)

@@ -153,13 +153,14 @@ def weight_search(
 def best_weights(searched: Sequence[dict], min_long_tail_ratio: float = 0.0) -> list[float]:
     """The candidate with the best validation NDCG@10 among those whose ``tail_hr@10`` is at least
     ``min_long_tail_ratio`` times the first part's alone (the candidate weighing every other part 0); among
-    equals, the first (the grid's smaller weights). Raises ``ValueError`` when no candidate reaches the floor.
+    equals, the first (the grid's smaller weights). When no candidate reaches the floor, the one with the most
+    long-tail HR@10 (the floor comes first; among equals, the best NDCG@10): ``floor_missed`` says so.
 
     >>> searched = [{"weights": [1.0, 0.0], "ndcg@10": 0.05, "tail_hr@10": 0.02},
     ...             {"weights": [1.0, 2.0], "ndcg@10": 0.06, "tail_hr@10": 0.025},
     ...             {"weights": [1.0, 8.0], "ndcg@10": 0.055, "tail_hr@10": 0.03}]
-    >>> best_weights(searched), best_weights(searched, min_long_tail_ratio=1.5)
-    ([1.0, 2.0], [1.0, 8.0])
+    >>> best_weights(searched), best_weights(searched, min_long_tail_ratio=1.5), best_weights(searched, 2.0)
+    ([1.0, 2.0], [1.0, 8.0], [1.0, 8.0])
     """
     floor = 0.0
     if min_long_tail_ratio > 0:
@@ -169,10 +170,20 @@ def best_weights(searched: Sequence[dict], min_long_tail_ratio: float = 0.0) -> 
         floor = min_long_tail_ratio * alone[0]["tail_hr@10"]
     eligible = [s for s in searched if s["tail_hr@10"] >= floor]
     if not eligible:
-        most = max(searched, key=lambda s: s["tail_hr@10"])
-        raise ValueError(
-            f"no weight combination reaches {min_long_tail_ratio}x the first part's long-tail HR@10 on validation "
-            f"({floor:.4f}); the most is {most['tail_hr@10']:.4f} at weights {most['weights']}: lower "
-            "fusion.min_long_tail_ratio or widen fusion.weight_grid"
-        )
+        return max(searched, key=lambda s: (s["tail_hr@10"], s[SELECTED_BY]))["weights"]
     return max(eligible, key=lambda s: s[SELECTED_BY])["weights"]
+
+
+def floor_missed(searched: Sequence[dict], weights: list[float], min_long_tail_ratio: float) -> str | None:
+    """What to report when ``weights`` (``best_weights``'s choice) fall below the long-tail floor on
+    validation, else None."""
+    if min_long_tail_ratio <= 0:
+        return None
+    alone = next(s["tail_hr@10"] for s in searched if not any(s["weights"][1:]))
+    chosen = next(s["tail_hr@10"] for s in searched if s["weights"] == weights)
+    if chosen >= min_long_tail_ratio * alone:
+        return None
+    return (
+        f"no weight combination reaches {min_long_tail_ratio}x the first part's long-tail HR@10 on validation "
+        f"({min_long_tail_ratio * alone:.4f}); chose the most, {chosen:.4f} ({chosen / alone:.2f}x) at {weights}"
+    )

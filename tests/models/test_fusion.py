@@ -54,9 +54,12 @@ def test_a_long_tail_floor_picks_the_best_ndcg_among_the_weights_above_it(prepar
     above = [s for s in searched if s["tail_hr@10"] >= ratio * first_alone]
     assert chosen == max(above, key=lambda s: s["ndcg@10"])["weights"]
     assert fusion.best_weights(searched, 0.0) == max(searched, key=lambda s: s["ndcg@10"])["weights"]
+    assert fusion.floor_missed(searched, chosen, ratio) is None
+    # a floor none reaches: the most long-tail HR@10 there is, reported
     unreachable = max(s["tail_hr@10"] for s in searched) / first_alone + 0.1
-    with pytest.raises(ValueError, match="no weight combination reaches .* lower fusion.min_long_tail_ratio"):
-        fusion.best_weights(searched, unreachable)
+    most = fusion.best_weights(searched, unreachable)
+    assert next(s for s in searched if s["weights"] == most)["tail_hr@10"] == max(s["tail_hr@10"] for s in searched)
+    assert "no weight combination reaches" in fusion.floor_missed(searched, most, unreachable)
     with pytest.raises(ValueError, match="needs the first part alone"):
         fusion.best_weights(searched[1:], ratio)
 

@@ -162,28 +162,31 @@ def best_weights(searched: Sequence[dict], min_long_tail_ratio: float = 0.0) -> 
     >>> best_weights(searched), best_weights(searched, min_long_tail_ratio=1.5), best_weights(searched, 2.0)
     ([1.0, 2.0], [1.0, 8.0], [1.0, 8.0])
     """
-    floor = 0.0
-    if min_long_tail_ratio > 0:
-        alone = [s for s in searched if not any(s["weights"][1:])]
-        if not alone:
-            raise ValueError("a long-tail floor needs the first part alone among the candidates: put 0 in the grid")
-        floor = min_long_tail_ratio * alone[0]["tail_hr@10"]
+    floor = tail_floor(searched, min_long_tail_ratio)
     eligible = [s for s in searched if s["tail_hr@10"] >= floor]
     if not eligible:
         return max(searched, key=lambda s: (s["tail_hr@10"], s[SELECTED_BY]))["weights"]
     return max(eligible, key=lambda s: s[SELECTED_BY])["weights"]
 
 
+def tail_floor(searched: Sequence[dict], min_long_tail_ratio: float) -> float:
+    """``min_long_tail_ratio`` times the first part's validation ``tail_hr@10`` alone; 0 without a floor."""
+    if min_long_tail_ratio <= 0:
+        return 0.0
+    alone = [s for s in searched if not any(s["weights"][1:])]
+    if not alone:
+        raise ValueError("a long-tail floor needs the first part alone among the candidates: put 0 in the grid")
+    return min_long_tail_ratio * alone[0]["tail_hr@10"]
+
+
 def floor_missed(searched: Sequence[dict], weights: list[float], min_long_tail_ratio: float) -> str | None:
     """What to report when ``weights`` (``best_weights``'s choice) fall below the long-tail floor on
     validation, else None."""
-    if min_long_tail_ratio <= 0:
-        return None
-    alone = next(s["tail_hr@10"] for s in searched if not any(s["weights"][1:]))
+    floor = tail_floor(searched, min_long_tail_ratio)
     chosen = next(s["tail_hr@10"] for s in searched if s["weights"] == weights)
-    if chosen >= min_long_tail_ratio * alone:
+    if chosen >= floor:
         return None
     return (
         f"no weight combination reaches {min_long_tail_ratio}x the first part's long-tail HR@10 on validation "
-        f"({min_long_tail_ratio * alone:.4f}); chose the most, {chosen:.4f} ({chosen / alone:.2f}x) at {weights}"
+        f"({floor:.4f}); chose the most, {chosen:.4f} at weights {weights}"
     )

@@ -2,9 +2,8 @@
 
 Serve's ``@serve.batch`` forms a batch as soon as a request arrives (with ``batch_wait_timeout_s=0``) and
 queues it behind the running one, so requests that arrive one at a time during a batch each become a batch
-of one. Here
-a batch is taken only when the compute is free: a lone request starts at once, and under load each batch
-holds everything that queued meanwhile (up to ``max_batch_size``).
+of one. Here a batch is taken only when the compute is free: a lone request starts at once, and under load
+each batch holds everything that queued meanwhile (up to ``max_batch_size``).
 """
 
 from __future__ import annotations

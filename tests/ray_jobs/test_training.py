@@ -166,10 +166,12 @@ def test_students_of_a_text_model_dllm2rec_and_fusion(r2end_model, fused_student
     cfg = cfg.with_section("sasrec", max_epochs=2, batch_size=8, model={"hidden_size": 16, "inner_size": 16})
     cfg = cfg.with_section("dllm2rec", teacher="r2end-serve", positions="all", top_k=5)
     layout = Layout(cfg.storage_path)
+    # SIG_IGN where the suite runs as a background job, Python's own handler in a terminal
+    ctrl_c = signal.getsignal(signal.SIGINT)
     summary = train_dllm2rec.run(cfg)
     assert summary.epochs_trained == 2 and all(epoch["rank_distill"] > 0 for epoch in summary.history)
     # Ray Train's Ctrl-C handler is gone once fit returns: the pipeline's endpoint, served next, gets Ctrl-C
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is ctrl_c
     student = models.load(layout, "dllm2rec")
     assert student.manifest.kind == "sasrec" and student.manifest.inputs["teacher"] == f"r2end-serve/{teacher.version}"
     assert student.module.feature_dim == 384 and student.manifest.version == summary.version

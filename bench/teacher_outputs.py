@@ -11,8 +11,12 @@ outputs of the kinds generated, zstd-compressed, schemas in ``r2end_core.generat
 2, when unguided answers were generated) and ``summary.json``: the run's own summary, the
 rejection-sampling counts and the projected time for every Beauty user and item. A run that
 extends a committed folder (``generate.extends``) exports only its new keys; the training stage
-joins the folders (``embed.teacher_outputs``). The projection uses the exact prompt tokens of
-every prompt and the run's mean output tokens per kind:
+joins the folders (``embed.teacher_outputs``). A run exported to a folder that already holds outputs
+of the same teacher and prompts (one it extends, or an earlier export of the same storage path) adds
+its keys to it, and ``summary.json`` lists every run that made the folder (``runs``): so a generation
+cut by time budgets across sessions, each run resuming what the committed folder holds, is committed
+as one folder. The projection uses the exact prompt tokens of every prompt and the run's mean output
+tokens per kind:
 
 * this CPU: the run's seconds per token (prompt + output), times all tokens;
 * one GPU (L4, H100): prefill at 40% of bf16 peak FLOPs (2 x parameters per token); decoding in
@@ -28,6 +32,7 @@ import json
 import os
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
@@ -81,6 +86,13 @@ def gpu_seconds(model_config, prompt_total: int, output_total: int, mean_context
     return prefill + output_total / DECODE_BATCH * step
 
 
+def added_to(folder: pa.Table, new: pa.Table, kind, teacher: str) -> pa.Table:
+    """``folder``'s rows of ``kind`` with ``new``'s added, one row per key (a key's success over its failure,
+    the latest of two); rows of another prompt version or teacher are refused, as ``generate.extends`` does."""
+    outputs.extended_keys(folder.cast(kind.schema), kind, teacher, ["the folder exported to"])
+    return outputs.latest_per_key(pa.concat_tables([folder.cast(kind.schema), new.cast(kind.schema)]), kind)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", default="configs/beauty-teacher-cpu.yaml")
@@ -103,14 +115,18 @@ def main() -> None:
             f"`python -m ray_jobs.generate --config {args.config}{overrides}` first"
         )
     run = GenerateSummary.read(layout.generation_summary, "generate").model_dump()
-    extended = read_teacher_outputs(gc.extends, layout) if gc.extends else {}
+    into = out.resolve() if (out / "summary.json").exists() else None  # a folder this run adds to
+    others = [f for f in gc.extends if Path(f).resolve() != into]
+    extended = read_teacher_outputs(others, layout) if others else {}
     for kind in map(KINDS.get, gc.kinds):
         table = outputs.read_generated(layout, kind)
         if table is None:
             raise SystemExit(f"no {kind.name} outputs in {layout.generated(kind.folder)}: nothing to export")
-        if extended.get(kind.name) is not None:  # the folders this run extends already hold these keys
+        if extended.get(kind.name) is not None:  # the other folders this run extends already hold these keys
             key = kind.key_column
             table = table.filter(pc.invert(pc.is_in(table[key], extended[kind.name][key])))
+        if into and (out / kind.export_file).exists():
+            table = added_to(pq.read_table(out / kind.export_file), table, kind, gc.teacher)
         pq.write_table(table, out / kind.export_file, compression="zstd", compression_level=19)
     (out / "config.yaml").write_text(
         f"# The config the run resolved: {args.config}{overrides}\n" + yaml.safe_dump(as_given(cfg), sort_keys=False)
@@ -137,7 +153,7 @@ def main() -> None:
     prompt_total = sum(k["prompt_tokens"] for k in full.values())
     output_total = sum(k["output_tokens"] for k in full.values())
     run_tokens = sum(k["prompt_tokens"] + k["output_tokens"] for k in run["kinds"].values())
-    cpu_hours = run["seconds"] / run_tokens * (prompt_total + output_total) / 3600
+    cpu_hours = run["seconds"] / max(1, run_tokens) * (prompt_total + output_total) / 3600
     mean_context = (prompt_total + output_total / 2) / sum(k["rows"] for k in full.values())
     projection = {
         "all_of_beauty": full,
@@ -150,8 +166,9 @@ def main() -> None:
         },
         "assumptions": __doc__.split("* this CPU:")[1].strip(),
     }
+    earlier = json.loads((out / "summary.json").read_text()).get("runs", []) if into else []
     summary = {
-        "run": run,
+        "runs": [r for r in earlier if r.get("finished_at") != run["finished_at"]] + [run],
         "projection": projection,
         "command": f"python -m ray_jobs.generate --config {args.config}{overrides}",
         "export": f"python -m bench.teacher_outputs --config {args.config}{overrides} --out {args.out}",

@@ -71,6 +71,8 @@ class GenerateSummary(Summary):
     output_tokens_per_s: float | None
     kinds: dict[str, KindSummary]
     extends: list[str]
+    engine: dict[str, Any] = {}  # the vLLM engine's settings (dtype, KV block, sequences at once)
+    finished_at: str | None = None  # UTC, ISO 8601: names the run among a folder's runs
 
     def lines(self) -> list[str]:
         """What a run did, for the console."""

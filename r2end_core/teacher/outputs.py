@@ -292,4 +292,6 @@ def summarize(
         output_tokens_per_s=round(output_tokens / seconds, 2) if new is not None else None,
         kinds=kinds,
         extends=gc.extends,
+        engine=gc.engine_kwargs,
+        finished_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )

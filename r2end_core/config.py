@@ -45,7 +45,23 @@ class DistillTarget(StrEnum):
     ORACLE = "oracle"  # Enc(target metadata + oracle reasoning): R2END
     UNGUIDED_ALL = "unguided_all"  # the unguided reasoning instead, every answer (ablation 1)
     UNGUIDED_GROUNDED = "unguided_grounded"  # only rejection-sampled users' answers (ablation 2)
-    METADATA = "metadata"  # Enc(target metadata) alone (ablation 3)
+    METADATA = "metadata"  # Enc(target metadata) alone (ablation 3; with users=all, the no-LLM twin)
+
+
+class DistillUsers(StrEnum):
+    """Whose targets the student learns from."""
+
+    WITH_REASONING = "with_reasoning"  # the users the teacher wrote reasoning for (the paper's setting)
+    # every user: the teacher's target where it wrote one, Enc(target metadata) alone elsewhere, so a student
+    # and its no-LLM twin (target=metadata) learn from the same users and differ only by the LLM's text
+    ALL = "all"
+
+
+class ItemText(StrEnum):
+    """What the encoder's item vectors embed."""
+
+    DESCRIBED = "described"  # M_i then the teacher's description D_i, where the teacher wrote one
+    METADATA = "metadata"  # M_i alone for every item: no LLM text (the no-LLM twins)
 
 
 class IndexKind(StrEnum):
@@ -290,16 +306,36 @@ class TeacherOutputsFolder(StrictModel):
         "descriptions are not filtered.",
     )
 
+    sample_users: int | None = Field(
+        None,
+        ge=0,
+        description="Keep the reasoning (oracle, unguided, profile) of this many users only: a fixed random "
+        "sample of the folder's users (sample_seed), nested (a smaller sample lies inside a larger one), for a "
+        "teacher-data curve. None: every user.",
+    )
+    sample_items: int | None = Field(
+        None, ge=0, description="Keep the descriptions of this many items only, sampled as sample_users."
+    )
+    sample_seed: int = 22
+
     def __str__(self) -> str:
         """The folder, with what is read of it.
 
         >>> str(TeacherOutputsFolder(folder="to/qwen", same_users_as="to/smol"))
         'to/qwen [users of to/smol]'
+        >>> str(TeacherOutputsFolder(folder="to/smol", sample_users=4000))
+        'to/smol [4000 users, seed 22]'
         """
+        sampled = [
+            f"{n} {what}, seed {self.sample_seed}"
+            for n, what in ((self.sample_users, "users"), (self.sample_items, "items"))
+            if n is not None
+        ]
         limits = [
             *filter(
                 None, [self.kinds and "+".join(self.kinds), self.same_users_as and f"users of {self.same_users_as}"]
-            )
+            ),
+            *sampled,
         ]
         return self.folder + (f" [{'; '.join(limits)}]" if limits else "")
 
@@ -331,6 +367,7 @@ class EmbedConfig(StrictModel):
 class DistillConfig(StrictModel):
     run_name: str = Field("student", pattern=r"^[A-Za-z0-9_.-]+$", description="The student's name under students/.")
     target: DistillTarget = Field(DistillTarget.ORACLE, description="What the student learns (see DistillTarget).")
+    users: DistillUsers = Field(DistillUsers.WITH_REASONING, description="Whose targets (see DistillUsers).")
     holdout_fraction: float = Field(
         0.1,
         ge=0,
@@ -338,7 +375,13 @@ class DistillConfig(StrictModel):
         description="Users kept out of distillation to measure how close the student gets to unseen targets "
         "(the before/after distances).",
     )
-    epochs: int = Field(1, ge=1)
+    epochs: int = Field(1, ge=1, description="The most epochs; with patience, validation may stop it earlier.")
+    patience: int | None = Field(
+        None,
+        ge=1,
+        description="Stop after this many epochs without a lower held-out loss, and keep the epoch with the "
+        "lowest (needs holdout_fraction > 0). None: train every epoch and keep the last.",
+    )
     batch_size: int = Field(16, ge=1, description="Global batch (split across workers).")
     learning_rate: float = Field(1e-5, gt=0)
     zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage.")
@@ -348,9 +391,11 @@ class DistillConfig(StrictModel):
     seed: int = 22
 
     @model_validator(mode="after")
-    def _batch_splits_over_workers(self):
+    def _consistent(self):
         if self.batch_size % self.num_workers:
             raise ValueError(f"batch_size ({self.batch_size}) does not split over num_workers ({self.num_workers})")
+        if self.patience and not self.holdout_fraction:
+            raise ValueError("patience needs held-out users to validate on: holdout_fraction is 0")
         return self
 
 
@@ -362,6 +407,7 @@ class R2endArgs(StrictModel):
         True, description="Train the shared projection f; False ranks by cos(e_u, e_i) directly (ablation 5)."
     )
     dim: int = Field(512, ge=1, description="Output dimension of f.")
+    item_text: ItemText = Field(ItemText.DESCRIBED, description="What the item vectors embed (see ItemText).")
 
 
 class ProjectConfig(StrictModel):
@@ -412,6 +458,9 @@ class Dllm2recConfig(StrictModel):
         0.1, ge=0, description="Weight of the consistency term (the item is also in the student's own top-K)."
     )
     beta: float = Field(1.0, gt=0, description="Temperature of the position and confidence weights.")
+    item_text: ItemText = Field(
+        ItemText.DESCRIBED, description="What the distilled item embeddings embed (see ItemText)."
+    )
 
     @model_validator(mode="after")
     def _distills_something(self):

@@ -83,13 +83,15 @@ GROUNDING = pa.schema(
     ]
 )
 
-#: embeddings/items.parquet: Enc(M_i + D_i) per catalogue item, in item_index order; R2END models keep a copy.
+#: embeddings/items.parquet: Enc(M_i + D_i) and Enc(M_i) per catalogue item, in item_index order; R2END models
+#: keep a copy of the one they use.
 ITEM_EMBEDDINGS = pa.schema(
     [
         pa.field("item_id", pa.string(), nullable=False),
         pa.field("item_index", pa.int32(), nullable=False),
         pa.field("has_description", pa.bool_(), nullable=False),  # False: metadata alone was embedded
         pa.field("embedding", VECTOR, nullable=False),  # unit length
+        pa.field("metadata_embedding", VECTOR, nullable=False),  # Enc(M_i) alone: item vectors with no LLM text
     ]
 )
 

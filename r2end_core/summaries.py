@@ -128,11 +128,16 @@ class DistillSummary(Summary):
     max_seq_length: int
     distances_held_out: dict[str, Distances] | None
     wall_time_s: float
+    users: str = "with_reasoning"  # distill.users
+    users_with_teacher_text: int | None = None  # of users_distilled: the rest learnt Enc(target metadata) alone
+    held_out_losses: list[float] = []  # per epoch, where validation chose the epoch (distill.patience)
+    best_epoch: int | None = None  # the epoch kept (1-based), where validation chose it
 
     @property
     def weights_id(self) -> str:
-        """Names the student's trained weights: its run and how far it trained."""
-        return f"{self.ray_train_run}-{self.steps}"
+        """Names the student's trained weights: its run and how far it trained (the epoch kept, where
+        validation chose it)."""
+        return f"{self.ray_train_run}-" + (f"epoch{self.best_epoch}" if self.best_epoch else str(self.steps))
 
 
 class TrainSummary(Summary):

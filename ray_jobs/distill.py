@@ -3,7 +3,8 @@
     ray job submit --working-dir . -- python -m ray_jobs.distill --config configs/beauty-sample.yaml
 
 Checkpoints every ``distill.checkpoint_every`` steps; a run killed part-way and started again with the
-same settings resumes from its last checkpoint. Writes ``students/<run_name>/`` (``model/``, a
+same settings resumes from its last checkpoint. With ``distill.patience``, every epoch ends with the
+held-out users' loss and the best epoch is kept. Writes ``students/<run_name>/`` (``model/``, a
 sentence-transformers folder that loads without DeepSpeed, and metrics, examples, distances). The loop:
 ``r2end_core.models.r2end.distill.train_student``.
 """
@@ -25,8 +26,11 @@ from ray_jobs.runtime import run_stage
 def train_loop_per_worker(config: dict) -> None:
     me, examples = ray_train.worker(config), storage.read_table(config["examples_path"])
     cfg, ec = DistillConfig(**config["distill"]), EmbedConfig(**config["embed"])
+    held = storage.read_table(config["held_out_path"]) if config["held_out_path"] else None
     with ray_train.restored_folder() as restored:
-        steps = distill.train_student(cfg, ec, examples, config["model_path"], me.device, me.rank, me.world, restored)
+        steps = distill.train_student(
+            cfg, ec, examples, config["model_path"], me.device, me.rank, me.world, restored, held
+        )
         for report, save in steps:
             ray_train.report(config, report, save=save)
 
@@ -34,14 +38,17 @@ def train_loop_per_worker(config: dict) -> None:
 def run(cfg: PipelineConfig) -> DistillSummary:
     layout, dc, ec, started = Layout(cfg.storage_path), cfg.distill, cfg.embed, time.time()
     embedded = EmbedReport.read(layout.embeddings("report.json"), "embed")
-    examples, held = distill.examples(layout.read_users(), storage.read_table(layout.embeddings("targets.parquet")), dc)
+    targets = storage.read_table(layout.embeddings("targets.parquet"))
+    examples, held, with_text = distill.examples(layout.read_users(), targets, dc)
     storage.write_table(examples, layout.student(dc.run_name, "examples.parquet"))
+    storage.write_table(held, layout.student(dc.run_name, "held_out.parquet"))
     name, model = distill.run_name(dc, embedded.inputs_digest, layout.root), layout.student(dc.run_name, "model")
     config = {
         "distill": dc.model_dump(),
         "embed": ec.model_dump(),
         "model_path": model,
         "examples_path": layout.student(dc.run_name, "examples.parquet"),
+        "held_out_path": layout.student(dc.run_name, "held_out.parquet") if dc.patience else None,
     }
     result = ray_train.fit(
         train_loop_per_worker,
@@ -50,7 +57,10 @@ def run(cfg: PipelineConfig) -> DistillSummary:
         layout=layout,
         resources=cfg.resources,
         num_workers=dc.num_workers,
-        describe=lambda r: f"distill step {r['step']}/{r['total_steps']}: loss {r['loss']:.4f}",
+        describe=lambda r: (
+            f"distill step {r['step']}/{r['total_steps']}: loss {r['loss']:.4f}"
+            + (f", held-out loss by epoch {r['held_out_losses']}" if r.get("held_out_losses") else "")
+        ),
     )
     trained, distances = result.metrics, None
     if held.num_rows:  # the held-out users' targets against Enc's and the student's embeddings of their history
@@ -62,9 +72,13 @@ def run(cfg: PipelineConfig) -> DistillSummary:
         storage.write_table(table, layout.student(dc.run_name, "distances.parquet"))
     summary = DistillSummary(
         target=dc.target,
+        users=dc.users,
         users_distilled=examples.num_rows,
+        users_with_teacher_text=with_text,
+        held_out_losses=trained.get("held_out_losses", []),
+        best_epoch=trained.get("best_epoch") or None,
         users_held_out=held.num_rows,
-        steps=trained["total_steps"],
+        steps=trained["step"],
         resumed_from_step=trained["resumed_from_step"],
         loss_first=trained["losses"][0],
         loss_last=trained["losses"][-1],

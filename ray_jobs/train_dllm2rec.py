@@ -53,7 +53,9 @@ def run(cfg: PipelineConfig, score_test: bool = True) -> TrainSummary:
         extras.auxiliary = dllm2rec.RankingDistillation(table, users, dc)
     if dc.embedding_weight:
         inputs["item_embeddings"] = EmbedReport.read(layout.embeddings("report.json"), "embed").inputs_digest
-        extras.item_features = schemas.to_matrix(targets.read_item_embeddings(layout, items)["embedding"])
+        extras.item_features = schemas.to_matrix(
+            targets.read_item_embeddings(layout, items, cfg.dllm2rec.item_text)["embedding"]
+        )
         extras.feature_weight = dc.embedding_weight
     return sequential.fit(cfg, cfg.sasrec.model_copy(update={"run_name": dc.run_name}), extras, inputs, score_test)
 

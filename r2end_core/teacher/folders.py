@@ -6,6 +6,7 @@ teacher's reasoning and another's item descriptions); a key in two of them is an
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -23,8 +24,9 @@ def read_teacher_outputs(sources: list[TeacherOutputsFolder | str] | None, layou
     """``{kind name, "grounding"}`` -> table, or None where there is none, and ``"outside_same_users"``:
     kind -> rows left out by a source's ``same_users_as``.
 
-    ``sources``: exported folders (paths, or ``TeacherOutputsFolder`` to read some kinds or some users of
-    one), whose rows are joined. None reads the storage path's ``generated/`` (and its grounding, if any).
+    ``sources``: exported folders (paths, or ``TeacherOutputsFolder`` to read some kinds, some users or a
+    sample of one), whose rows are joined; rows a source leaves out are counted in ``outside_same_users``.
+    None reads the storage path's ``generated/`` (and its grounding, if any).
     """
     if sources is None:
         found = {name: read_generated(layout, kind) for name, kind in KINDS.items()}
@@ -54,10 +56,26 @@ def read_teacher_outputs(sources: list[TeacherOutputsFolder | str] | None, layou
                 kept = table.filter(pc.is_in(table["user_id"], _users_with_text(source.same_users_as, answers.name)))
                 outside[name] = outside.get(name, 0) + table.num_rows - kept.num_rows
                 table = kept
+            table, left_out = _sampled(table, source, answers, name)
+            if left_out:
+                outside[name] = outside.get(name, 0) + left_out
             parts.append((str(source), table))
         _check_no_shared_keys(parts, "user_id" if name == "grounding" else answers.key_column, file)
         found[name] = pa.concat_tables([table for _, table in parts]) if parts else None
     return {**found, "outside_same_users": outside}
+
+
+def _sampled(table: pa.Table, source: TeacherOutputsFolder, answers, name: str) -> tuple[pa.Table, int]:
+    """(the rows of ``source``'s sample, how many were left out). The sample: the keys sorted, shuffled by
+    ``sample_seed``, the first N; so a smaller sample of the same folder lies inside a larger one."""
+    size = source.sample_items if answers.about == "items" else source.sample_users
+    if size is None:
+        return table, 0
+    key = "user_id" if name == "grounding" else answers.key_column
+    keys = sorted(storage.read_table(storage.join(source.folder, answers.export_file))[key].to_pylist())
+    chosen = [keys[i] for i in np.random.default_rng(source.sample_seed).permutation(len(keys))[:size]]
+    kept = table.filter(pc.is_in(table[key], pa.array(chosen, pa.string())))
+    return kept, table.num_rows - kept.num_rows
 
 
 def _users_with_text(folder: str, kind_name: str) -> pa.Array:

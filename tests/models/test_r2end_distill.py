@@ -20,13 +20,15 @@ def targets_table() -> pa.Table:
         ("a", "unguided", True),
         ("b", "unguided", False),
         ("a", "metadata", None),
+        ("b", "metadata", None),
+        ("c", "metadata", None),
     ]
     return pa.table(
         {
             "user_id": [r[0] for r in rows],
             "target": [r[1] for r in rows],
             "accepted": [r[2] for r in rows],
-            "embedding": schemas.vector_column(np.eye(5, 3, dtype=np.float32)),
+            "embedding": schemas.vector_column(np.eye(7, dtype=np.float32)),
         },
         schema=schemas.TARGET_EMBEDDINGS,
     )
@@ -36,8 +38,15 @@ def test_select_targets_per_setting():
     table = targets_table()
     assert distill.select_targets(table, "oracle")[0] == ["a", "b"]
     assert distill.select_targets(table, "unguided_all")[0] == ["a", "b"]
-    ids, vectors = distill.select_targets(table, "unguided_grounded")
-    assert ids == ["a"] and vectors.tolist() == [[0.0, 0.0, 1.0]]
+    ids, vectors, with_text = distill.select_targets(table, "unguided_grounded")
+    assert ids == ["a"] and vectors.argmax(1).tolist() == [2] and with_text.tolist() == [True]
+    # ablation 3: the oracle users' metadata targets; the no-LLM twin: every user's
+    assert distill.select_targets(table, "metadata")[0] == ["a", "b"]
+    ids, _, with_text = distill.select_targets(table, "metadata", "all")
+    assert ids == ["a", "b", "c"] and not with_text.any()
+    # every user: the teacher's target where it wrote one, the metadata target elsewhere
+    ids, vectors, with_text = distill.select_targets(table, "oracle", "all")
+    assert ids == ["a", "b", "c"] and vectors.argmax(1).tolist() == [0, 1, 6] and with_text.tolist() == [1, 1, 0]
     with pytest.raises(ValueError, match="no 'unguided' rows accepted by rejection sampling"):
         distill.select_targets(table.filter(pa.compute.equal(table["accepted"], False)), "unguided_grounded")
 
@@ -96,9 +105,9 @@ def test_examples_hold_out_users_by_id(prepared_tables):
         },
         schema=schemas.TARGET_EMBEDDINGS,
     )
-    train, held = distill.examples(users, targets, DistillConfig(holdout_fraction=0.25))
+    train, held, with_text = distill.examples(users, targets, DistillConfig(holdout_fraction=0.25))
     assert (
-        train.num_rows == 15
+        train.num_rows == with_text == 15
         and held.num_rows == 5
         and not set(train["user_id"].to_pylist()) & set(held["user_id"].to_pylist())
     )

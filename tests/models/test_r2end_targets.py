@@ -53,7 +53,9 @@ def test_target_texts_skip_failed_rows_and_use_the_training_target(prepared_tabl
     target = users.column("train_target")[0].as_py()
     metadata = dict(zip(items.column("item_id").to_pylist(), items.column("metadata_text").to_pylist()))
     assert ids == [u0] and texts == [metadata[target] + "\nLikes lip care."]
-    assert targets.target_texts(targets.TARGET_KINDS["metadata"], users, items, reasoning) == ([u0], [metadata[target]])
+    # metadata targets need no teacher: every user's, the training target's metadata alone
+    ids, texts = targets.target_texts(targets.TARGET_KINDS["metadata"], users, items, None)
+    assert ids == users.column("user_id").to_pylist() and texts[0] == metadata[target]
     profile = outputs("profile", [{"user_id": u1, "text": "This shopper's preferences: lip care.", "error": None}])
     # a profile is the teacher's text alone: it never names the training target
     assert targets.target_texts(targets.TARGET_KINDS["profile"], users, items, profile) == (
@@ -65,7 +67,7 @@ def test_target_texts_skip_failed_rows_and_use_the_training_target(prepared_tabl
 def test_missing_teacher_outputs_and_unknown_users_are_named(prepared_tables):
     users, items = prepared_tables
     with pytest.raises(ValueError, match="needs the teacher's oracle outputs"):
-        targets.target_texts(targets.TARGET_KINDS["metadata"], users, items, None)
+        targets.target_texts(targets.TARGET_KINDS["oracle"], users, items, None)
     stray = outputs("oracle", [{"user_id": "no-such-user", "text": "x", "error": None}])
     with pytest.raises(ValueError, match="1 users that are not in the prepared users.*no-such-user"):
         check_users_known(stray, users, "teacher_outputs/x (oracle)")

@@ -76,3 +76,26 @@ def test_teachers_compared_on_the_same_users_with_one_teachers_item_descriptions
         read_teacher_outputs(
             [TeacherOutputsFolder(folder=str(strong), same_users_as=str(small))], Layout(str(tmp_path))
         )
+
+
+def test_a_sample_of_a_folder_is_fixed_and_nested(tmp_path):
+    folder = tmp_path / "all"
+    folder.mkdir()
+    users, items = [f"u{i}" for i in range(50)], [f"i{i}" for i in range(30)]
+    pq.write_table(
+        outputs("oracle", [{"user_id": u, "text": "x", "error": None} for u in users]), folder / "oracle.parquet"
+    )
+    pq.write_table(
+        outputs("item", [{"item_id": i, "text": "d", "error": None} for i in items]), folder / "items.parquet"
+    )
+
+    def sample(**size) -> dict:
+        return read_teacher_outputs([TeacherOutputsFolder(folder=str(folder), **size)], Layout(str(tmp_path)))
+
+    small, large = sample(sample_users=10, sample_items=3), sample(sample_users=25)
+    assert small["oracle"].num_rows == 10 and small["item"].num_rows == 3 and large["item"].num_rows == 30
+    assert set(small["oracle"]["user_id"].to_pylist()) < set(large["oracle"]["user_id"].to_pylist())
+    assert small["outside_same_users"] == {"oracle": 40, "item": 27}
+    assert sample(sample_users=10)["oracle"].equals(small["oracle"])  # the same sample every time
+    other = sample(sample_users=10, sample_seed=1)["oracle"]["user_id"].to_pylist()
+    assert set(other) != set(small["oracle"]["user_id"].to_pylist())

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import torch
 
 from r2end_core import schemas, storage
-from r2end_core.config import DistillConfig, DistillTarget, EmbedConfig
+from r2end_core.config import DistillConfig, DistillTarget, DistillUsers, EmbedConfig
 from r2end_core.schemas import to_matrix
 from r2end_core.summaries import Distances
 from r2end_core.text import encoders
@@ -36,19 +36,33 @@ TARGET_ROWS = {
 }
 
 
-def select_targets(targets: pa.Table, target: DistillTarget) -> tuple[list[str], np.ndarray]:
-    """(user ids, ``[users, dim]`` target embeddings) for one ``distill.target`` setting."""
+def select_targets(
+    targets: pa.Table, target: DistillTarget, users: DistillUsers = DistillUsers.WITH_REASONING
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(user ids, ``[users, dim]`` target embeddings, whether each holds the teacher's text) for one
+    ``distill.target`` and ``distill.users`` setting. ``metadata`` with ``with_reasoning``: the oracle users'
+    metadata targets (ablation 3, on the same users as R2END); with ``all``: every user's. A teacher target
+    with ``all``: the teacher's where it wrote one, the metadata target for the other users."""
     kind, accepted_only = TARGET_ROWS[target]
     rows = targets.filter(pc.equal(targets["target"], kind))
     if accepted_only:
         rows = rows.filter(pc.fill_null(rows["accepted"], False))
+    metadata = targets.filter(pc.equal(targets["target"], "metadata"))
+    if target == DistillTarget.METADATA and users == DistillUsers.WITH_REASONING:
+        rows = rows.filter(pc.is_in(rows["user_id"], targets.filter(pc.equal(targets["target"], "oracle"))["user_id"]))
     if rows.num_rows == 0:
         raise ValueError(
             f"distill.target={target}: the targets table has no '{kind}' rows"
             + (" accepted by rejection sampling" if accepted_only else "")
+            + (" for users with oracle reasoning" if kind == "metadata" else "")
             + "; run the embed stage"
         )
-    return rows.column("user_id").to_pylist(), to_matrix(rows["embedding"])
+    with_text = np.full(rows.num_rows, kind != "metadata")
+    if users == DistillUsers.ALL and kind != "metadata":
+        rest = metadata.filter(pc.invert(pc.is_in(metadata["user_id"], rows["user_id"])))
+        rows = pa.concat_tables([rows, rest])
+        with_text = np.concatenate([with_text, np.zeros(rest.num_rows, dtype=bool)])
+    return rows.column("user_id").to_pylist(), to_matrix(rows["embedding"]), with_text
 
 
 def split_holdout(user_ids: list[str], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -100,11 +114,14 @@ def train_student(
     rank: int = 0,
     world: int = 1,
     restored: str | None = None,
+    held_out: pa.Table | None = None,
 ) -> Iterator[tuple[dict, Callable[[str], None]]]:
     """The student's training loop with DeepSpeed, one data-parallel rank of ``world``. Yields every
     ``cfg.checkpoint_every`` steps (and at the end) a report and a function that saves a checkpoint into
     a folder (``restored``: such a folder to go on from). Ends with the student saved whole, in fp32, as a
-    sentence-transformers folder at ``model_path`` (by rank 0)."""
+    sentence-transformers folder at ``model_path`` (by rank 0). With ``cfg.patience`` and ``held_out``
+    (schemas.DISTILL_EXAMPLES), each epoch ends with the held-out users' loss: the student saved is the
+    epoch with the lowest, and training stops after ``patience`` epochs without a lower one."""
     import deepspeed  # only where it trains: importing it logs accelerator warnings
 
     torch.manual_seed(cfg.seed)
@@ -112,15 +129,20 @@ def train_student(
     texts, targets = examples.column("history_text").to_pylist(), torch.from_numpy(to_matrix(examples["target"]))
     per_epoch = len(batch_rows(len(texts), cfg.batch_size, 0, cfg.seed, world))
     total = cfg.epochs * per_epoch
+    validated = cfg.patience is not None and held_out is not None and held_out.num_rows > 0
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(cfg, world))
-    state = {"step": 0, "resumed_from_step": 0, "losses": [], "train_seconds": 0.0}
+    state = {"step": 0, "resumed_from_step": 0, "losses": [], "train_seconds": 0.0, "held_out_losses": []}
     if restored:
         saved = engine.load_checkpoint(restored, tag=CHECKPOINT_TAG)[1]  # with DeepSpeed's own keys
-        state.update({key: saved[key] for key in state})
+        state.update({key: saved[key] for key in state if key in saved})
     state["resumed_from_step"] = state["step"]
     started = time.time() - state["train_seconds"]  # training time summed over every attempt
-    while state["step"] < total:
+
+    def save(folder: str) -> None:
+        engine.save_checkpoint(folder, tag=CHECKPOINT_TAG, client_state=state)
+
+    while state["step"] < total and not stopped(state["held_out_losses"], cfg.patience):
         epoch, index = divmod(state["step"], per_epoch)
         batch = batch_rows(len(texts), cfg.batch_size, epoch, cfg.seed, world)[index]
         rows = sharding.share(batch, rank, world)
@@ -131,13 +153,63 @@ def train_student(
         engine.step()
         state["losses"].append(round(loss.item(), 6))
         state["step"] += 1
-        if state["step"] % cfg.checkpoint_every == 0 or state["step"] == total:
+        if validated and state["step"] % per_epoch == 0:
+            state["held_out_losses"].append(round(held_out_loss(engine, model, held_out, device), 6))
+            if np.argmin(state["held_out_losses"]) == len(state["held_out_losses"]) - 1:  # a new best epoch
+                save_student(model, ec, model_path, rank)
+        last = state["step"] == total or stopped(state["held_out_losses"], cfg.patience)
+        if state["step"] % cfg.checkpoint_every == 0 or last:
             state["train_seconds"] = round(time.time() - started, 1)
-            report = {"total_steps": total, "loss": state["losses"][-1], **state}
-            if state["step"] < total:  # the whole list of losses comes with the last report only
-                report.pop("losses")
-            yield report, lambda folder: engine.save_checkpoint(folder, tag=CHECKPOINT_TAG, client_state=state)
-    # ZeRO-3 splits the weights across workers: gather them, and save a plain fp32 copy on rank 0.
+            yield report(state, total, validated, last), save
+    if state["resumed_from_step"] == state["step"]:  # a finished run started again: its last report again
+        yield report(state, total, validated, True), save
+    if not validated:
+        save_student(model, ec, model_path, rank)
+
+
+def report(state: dict, total: int, validated: bool, last: bool) -> dict:
+    """What a checkpoint interval reports: the whole list of losses comes with the last report only."""
+    shown = {"total_steps": total, "loss": state["losses"][-1], **state}
+    if validated:
+        shown["best_epoch"] = int(np.argmin(state["held_out_losses"])) + 1 if state["held_out_losses"] else 0
+    if not last:
+        shown.pop("losses")
+    return shown
+
+
+def stopped(held_out_losses: list[float], patience: int | None) -> bool:
+    """Whether the last ``patience`` epochs all failed to lower the held-out loss.
+
+    >>> stopped([0.5, 0.4, 0.41], 1), stopped([0.5, 0.4, 0.41], 2), stopped([0.5, 0.4], None)
+    (True, False, False)
+    """
+    return bool(
+        patience
+        and len(held_out_losses) > patience
+        and min(held_out_losses[-patience:]) >= min(held_out_losses[:-patience])
+    )
+
+
+@torch.no_grad()
+def held_out_loss(engine, model, held_out: pa.Table, device: torch.device, batch_size: int = 32) -> float:
+    """The distillation loss on held-out users (dropout off), through the engine so ZeRO-3's parts gather."""
+    texts, targets = held_out.column("history_text").to_pylist(), torch.from_numpy(to_matrix(held_out["target"]))
+    engine.eval()
+    total = 0.0
+    for start in range(0, len(texts), batch_size):
+        features = model.preprocess(texts[start : start + batch_size])
+        features = {k: v.to(device) if torch.is_tensor(v) else v for k, v in features.items()}
+        embedded = engine(features)["sentence_embedding"]
+        total += distillation_loss(embedded, targets[start : start + batch_size].to(device)).item() * len(embedded)
+    engine.train()
+    return total / len(texts)
+
+
+def save_student(model, ec: EmbedConfig, model_path: str, rank: int) -> None:
+    """The student whole, in fp32, as a sentence-transformers folder (rank 0). ZeRO-3 splits the weights
+    across workers: every rank joins the gathering."""
+    import deepspeed
+
     with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
         weights = {k: v.detach().float().clone() for k, v in model.state_dict().items()} if rank == 0 else None
     if rank == 0:
@@ -185,11 +257,12 @@ def deepspeed_config(cfg: DistillConfig, world_size: int) -> dict:
     }
 
 
-def examples(users: pa.Table, targets: pa.Table, cfg: DistillConfig) -> tuple[pa.Table, pa.Table]:
-    """(training examples, held-out examples), schemas.DISTILL_EXAMPLES: each user's training history text
-    and the target embedding ``cfg.target`` selects."""
+def examples(users: pa.Table, targets: pa.Table, cfg: DistillConfig) -> tuple[pa.Table, pa.Table, int]:
+    """(training examples, held-out examples, how many training examples hold the teacher's text),
+    schemas.DISTILL_EXAMPLES: each user's training history text and the target embedding ``cfg.target``
+    and ``cfg.users`` select."""
     history = dict(zip(users.column("user_id").to_pylist(), users.column("train_history_text").to_pylist()))
-    user_ids, vectors = select_targets(targets, cfg.target)
+    user_ids, vectors, with_text = select_targets(targets, cfg.target, cfg.users)
     train, held = split_holdout(user_ids, cfg.holdout_fraction, cfg.seed)
 
     def table(rows: np.ndarray) -> pa.Table:
@@ -199,7 +272,7 @@ def examples(users: pa.Table, targets: pa.Table, cfg: DistillConfig) -> tuple[pa
             schema=schemas.DISTILL_EXAMPLES,
         )
 
-    return table(train), table(held)
+    return table(train), table(held), int(with_text[train].sum())
 
 
 def run_name(cfg: DistillConfig, embeddings_digest: str, storage_path: str) -> str:

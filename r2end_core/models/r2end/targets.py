@@ -1,9 +1,11 @@
 """What the encoder embeds (paper §3.2-3.3): the embed stage's logic, with the encoder passed in.
 
-* Item i: ``M_i`` then the teacher's description ``D_i`` (metadata alone when the item has none).
+* Item i: ``M_i`` then the teacher's description ``D_i`` (metadata alone when the item has none), and
+  ``M_i`` alone for every item (``ItemText.METADATA``: no LLM text).
 * User u's distillation target, one per target kind:
   ``oracle`` / ``unguided``: ``M_target`` then the teacher's reasoning ``R_u``; ``metadata``:
-  ``M_target`` alone (ablation 3). The target item is the user's *training* target.
+  ``M_target`` alone, for every user (ablation 3; the no-LLM twin). The target item is the user's
+  *training* target.
 * User u's profile (``profile``): the teacher's profile text alone, for profile distillation.
 
 The paper writes ``R_u ⊕ M_target``; the metadata goes first here so an encoder that cuts long
@@ -20,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from r2end_core import schemas, storage
-from r2end_core.config import EmbedConfig
+from r2end_core.config import EmbedConfig, ItemText
 from r2end_core.layout import Layout, require
 from r2end_core.teacher import grounding
 from r2end_core.teacher.folders import check_users_known
@@ -33,7 +35,7 @@ class TargetKind:
     """A kind of distillation target: whose users it covers and what its text holds."""
 
     name: str
-    answers: str  # the teacher-output kind it is built from (its users; its text, with_answer)
+    answers: str | None  # the teacher-output kind it is built from (its users; its text); None: every user
     with_target: bool  # the text starts with M_target
     with_answer: bool  # the text holds the teacher's answer (its reasoning, or a profile)
 
@@ -43,7 +45,7 @@ TARGET_KINDS = {
     for kind in (
         TargetKind("oracle", "oracle", True, True),
         TargetKind("unguided", "unguided", True, True),
-        TargetKind("metadata", "oracle", True, False),  # ablation 3: the oracle users, without the reasoning
+        TargetKind("metadata", None, True, False),  # no teacher text: every user's target metadata
         TargetKind("profile", "profile", False, True),
     )
 }
@@ -72,14 +74,18 @@ def item_texts(items: pa.Table, descriptions: pa.Table | None) -> tuple[list[str
 def target_texts(
     target: TargetKind, users: pa.Table, items: pa.Table, answers: pa.Table | None
 ) -> tuple[list[str], list[str]]:
-    """(user ids, target texts) for one target kind; ``answers``: the teacher's rows of ``target.answers``."""
+    """(user ids, target texts) for one target kind; ``answers``: the teacher's rows of ``target.answers``
+    (unused where the kind needs none: every user then)."""
+    if target.answers is None:
+        return users.column("user_id").to_pylist(), [
+            metadata_of(items)[t] for t in users.column("train_target").to_pylist()
+        ]
     if answers is None:
         raise ValueError(
             f"target '{target.name}' needs the teacher's {target.answers} outputs, and there are none: run the "
             f"generate stage with kinds including '{target.answers}', or set embed.teacher_outputs"
         )
-    ok = succeeded(answers)
-    metadata = dict(zip(items.column("item_id").to_pylist(), items.column("metadata_text").to_pylist()))
+    ok, metadata = succeeded(answers), metadata_of(items)
     train_target = dict(zip(users.column("user_id").to_pylist(), users.column("train_target").to_pylist()))
     user_ids = ok.column("user_id").to_pylist()
     answers_text = ok.column("text").to_pylist() if target.with_answer else [None] * len(user_ids)
@@ -87,6 +93,10 @@ def target_texts(
         join_texts(metadata[train_target[u]] if target.with_target else None, answer)
         for u, answer in zip(user_ids, answers_text)
     ]
+
+
+def metadata_of(items: pa.Table) -> dict[str, str]:
+    return dict(zip(items.column("item_id").to_pylist(), items.column("metadata_text").to_pylist()))
 
 
 def inputs_digest(ec: EmbedConfig, layout: Layout) -> str:
@@ -98,7 +108,7 @@ def inputs_digest(ec: EmbedConfig, layout: Layout) -> str:
         teacher_files = [f for kind in KINDS.values() for f in storage.list_files(layout.generated(kind.folder))]
     files = [*storage.list_files(layout.users), layout.items, *teacher_files]
     inputs = {"encoder": ec.encoder, "max_seq_length": ec.max_seq_length, "files": [storage.sha256(f) for f in files]}
-    if restricted := [str(s) for s in ec.teacher_outputs or [] if s.kinds or s.same_users_as]:
+    if restricted := [str(s) for s in ec.teacher_outputs or [] if str(s) != s.folder]:
         inputs["restricted_sources"] = restricted  # only then: whole-folder embeddings keep their digest
     return storage.digest(inputs, length=16)
 
@@ -131,6 +141,8 @@ def embed(
             "item_index": items["item_index"],
             "has_description": described,
             "embedding": schemas.vector_column(encode_once(texts)),
+            # each text once: an item without a description has the same vector in both columns
+            "metadata_embedding": schemas.vector_column(encode_once(items.column("metadata_text").to_pylist())),
         },
         schema=schemas.ITEM_EMBEDDINGS,
     )
@@ -150,15 +162,14 @@ def embed(
         accepted = dict(zip(grounded.column("user_id").to_pylist(), grounded.column("accepted").to_pylist()))
     kinds, user_ids, texts, missing = [], [], [], []
     for target in TARGET_KINDS.values():
-        if outputs[target.answers] is None:
+        answers = outputs[target.answers] if target.answers else None
+        if target.answers and answers is None:
             missing.append(target.name)
             continue
-        ids, target_text = target_texts(target, users, items, outputs[target.answers])
+        ids, target_text = target_texts(target, users, items, answers)
         kinds += [target.name] * len(ids)
         user_ids += ids
         texts += target_text
-    if not texts:
-        raise ValueError(f"{source}: no oracle, unguided or profile teacher outputs to build targets from")
     target_table = pa.table(
         {
             "user_id": user_ids,
@@ -192,12 +203,17 @@ def embed(
     }
 
 
-def read_item_embeddings(layout: Layout, items: pa.Table) -> pa.Table:
+def read_item_embeddings(layout: Layout, items: pa.Table, item_text: ItemText = ItemText.DESCRIBED) -> pa.Table:
     """The embed stage's item embeddings (schemas.ITEM_EMBEDDINGS) in item_index order, checked against
-    the prepared items."""
+    the prepared items; ``embedding`` holds what ``item_text`` asks for (``metadata``: ``M_i`` alone)."""
     path = layout.embeddings("items.parquet")
     require(path, "embed")
     table = storage.read_table(path).sort_by("item_index")
     if table.num_rows != items.num_rows or not pc.all(pc.equal(table["item_id"], items["item_id"])).as_py():
         raise ValueError(f"{path} does not match the prepared items: run the embed stage again after prepare")
+    if item_text == ItemText.METADATA:
+        if "metadata_embedding" not in table.column_names:
+            raise ValueError(f"{path} has no metadata_embedding column (an older embed stage): run embed again")
+        described = table.column_names.index("embedding")
+        table = table.set_column(described, "embedding", table["metadata_embedding"])
     return table

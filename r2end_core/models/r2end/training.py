@@ -57,7 +57,7 @@ class ProjectionRun:
             inputs,
         )
         scorer = recommender.R2endRecommender(
-            manifest, targets.read_item_embeddings(layout, items), None, embed_users, layout
+            manifest, targets.read_item_embeddings(layout, items, pc.model.item_text), None, embed_users, layout
         )
         train_pos, eval_pos = projection.user_samples(users.num_rows, pc.train_users, pc.eval_users, pc.sample_seed)
         evals = [

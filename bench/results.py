@@ -32,10 +32,12 @@ def provenance(config: dict | None) -> dict:
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
 
+    # a results folder elsewhere (a test's) holds nothing of the tree
+    excluded = [f":(exclude){FOLDER.relative_to(root)}"] if FOLDER.is_relative_to(root) else []
     return {
         "commit": git("rev-parse", "HEAD"),
         "uncommitted_changes": bool(
-            git("status", "--porcelain", "--untracked-files=no", "--", ".", f":(exclude){FOLDER.relative_to(root)}")
+            git("status", "--porcelain", "--untracked-files=no", "--", ".", *excluded)
         ),
         "command": command(),
         "config_digest": storage.digest(config) if config is not None else None,

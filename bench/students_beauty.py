@@ -1,26 +1,31 @@
-"""Every student of the LLM's knowledge against SASRec on all of Beauty, in one resumable run.
+"""Every student of the LLM's knowledge against SASRec and against controls without the LLM, on all of
+Beauty, in one resumable run.
 
     python -m bench.students_beauty [--config configs/bench/students-beauty.yaml] [--methods sasrec,fusion]
+        [--seeds 23,22,24] [--level all|users-18|users-50|items-6]
 
 Trains, through the real stages on one Ray cluster, each method in ``METHODS`` with the first seed:
 SASRec (the baseline recipe), R2END (embed, distill, project), DLLM2Rec and its two ablations, profile
-distillation from each profile source, and our fused students (trained models' scores summed, the
-weights chosen on validation). Then it picks the best LLM-informed student by validation NDCG@10 among
-those keeping ``TAIL_GOAL`` times SASRec's validation long-tail HR@10 (``best_student``) and trains
-SASRec, R2END, that student and the models it learns from with every seed in ``SEEDS``. A student learns
-from the models of its own seed, so a seed repeats the whole chain. Every model selects
-its epoch (a fusion its weights) on validation; the test split is scored once per model.
+distillation from each profile source, our fused students (trained models' scores summed, the weights
+chosen on validation) and the controls: each LLM-informed student's no-LLM twin (the same recipe with no LLM
+text anywhere) and ID-only ensemble of as many parts (SASRec with further seeds, fused by the same code).
+Then it picks the best LLM-informed student by validation NDCG@10 among those keeping ``TAIL_GOAL`` times
+SASRec's validation long-tail HR@10 (``best_student``) and trains it, every student with controls
+(``CONTROLLED``), their controls and the models they learn from with every seed in ``SEEDS``. A student
+learns from the models of its own seed, so a seed repeats the whole chain. Every model selects its epoch (a
+fusion its weights) on validation; the test split is scored once per model. ``--level`` trains R2END and
+its fusion with SASRec on a nested sample of the teacher outputs (``LEVELS``): the teacher-data curve.
 
 A finished run is recorded in ``bench/results/students_beauty_runs/`` (its summary, its per-user ranks and
 a digest of what made it: the config sections its training reads, the prepared data, the embedded teacher
-outputs and the records of the models it learns from) and is reused while that digest holds. The
-records are committed, so the benchmark goes on across sessions and machines that keep no artifacts: a
-session trains what is not yet recorded (and a model a student learns from again, where that student still
-has to train and the model is not in the storage path); a run killed mid-way resumes from its Ray Train
-checkpoint. Writes
-bench/results/students_beauty.json (``methods.<name>.test.{hr@10,...}``,
+outputs for an LLM-informed method and the records of the models it learns from) and is reused while that
+digest holds. The records are committed, so the benchmark goes on across sessions and machines that keep no
+artifacts: a session trains what is not yet recorded (and a model a student learns from again, where that
+student still has to train and the model is not in the storage path); a run killed mid-way resumes from its
+Ray Train checkpoint. Writes bench/results/students_beauty.json (``methods.<name>.test.{hr@10,...}``,
 ``paired_vs_sasrec.<name>.test.ndcg@10.{diff,se,z}``, ``tail_paired_vs_sasrec``, ``seeds``,
-``paired_vs_sasrec_over_seeds``), .md, the per-user ranks (``students_beauty_ranks.parquet``) and two plots.
+``paired_vs_sasrec_over_seeds``), .md, the per-user ranks (``students_beauty_ranks.parquet``), two plots,
+and the LLM's share against the controls (``bench.llm_share``: llm_share.json, .md, its curve).
 """
 
 from __future__ import annotations
@@ -36,9 +41,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from bench import paired, results
+from bench import llm_share, paired, results
 from r2end_core import models, storage
-from r2end_core.config import PipelineConfig
+from r2end_core.config import DistillTarget, ItemText, PipelineConfig, UserEncoder
 from r2end_core.data.splits import Split
 from r2end_core.eval import metrics
 from r2end_core.eval.evaluate import EvalSet
@@ -60,52 +65,86 @@ METRICS = [f"{m}@{k}" for k in (5, 10, 20) for m in ("hr", "ndcg")] + ["tail_hr@
 SEED_METRICS = ("hr@10", "ndcg@10", "tail_hr@10")
 
 
-def teacher_name(seed: int) -> str:
-    return f"{TEXT_MODEL}-seed{seed}"
+#: the teacher-data curve: the share of the teacher's outputs each level reads (fixed nested samples of every
+#: folder; ``all``: all of them). Only LLM-informed methods depend on the level: the no-LLM twins read none.
+LEVELS = {
+    "all": {},
+    "users-18": {"sample_users": 4000},  # as many users with reasoning as before full coverage (18%)
+    "users-50": {"sample_users": 11182},
+    "items-6": {"sample_items": 736},  # as many items described as before full coverage (6%)
+}
+
+Train = Callable[[PipelineConfig, int, str], TrainSummary]  # (config, seed, model name) -> its summary
 
 
-def student_name(seed: int) -> str:
-    """R2END's distilled text encoder."""
-    return f"student-oracle-seed{seed}"
+def at_level(cfg: PipelineConfig, level: str) -> PipelineConfig:
+    """The config whose teacher outputs are ``level``'s sample of them."""
+    if not LEVELS[level]:
+        return cfg
+    folders = [{**f.model_dump(), **LEVELS[level]} for f in cfg.embed.teacher_outputs or []]
+    if not folders:
+        raise SystemExit(f"--level {level}: needs embed.teacher_outputs (folders to sample)")
+    return cfg.with_section("embed", teacher_outputs=folders)
 
 
-def with_teacher(cfg: PipelineConfig, seed: int) -> PipelineConfig:
-    """The students' R2END model (and its distilled encoder): the one trained with ``seed``."""
-    with_r2end = cfg.with_section("dllm2rec", teacher=teacher_name(seed))
-    return with_r2end.with_section("profile", student_run=student_name(seed))
+def student_name(model: str) -> str:
+    """The distilled text encoder of an R2END model."""
+    return f"student-of-{model}"
 
 
 def with_seed(cfg: PipelineConfig, seed: int) -> PipelineConfig:
     return cfg.with_section("sasrec", seed=seed)
 
 
-def train_r2end(cfg: PipelineConfig, seed: int) -> TrainSummary:
-    """Distill the oracle student and project it, both with ``seed``: R2END's whole training variance."""
-    student = student_name(seed)
-    run_cfg = cfg.with_section("distill", target="oracle", run_name=student, seed=seed).with_section(
-        "project", run_name=teacher_name(seed), student_run=student, seed=seed
-    )
-    distill.run(run_cfg)
-    return project.run(run_cfg)
+def sasrec(offset: int = 0) -> Train:
+    """SASRec with the run's seed plus ``offset``: the ID-only ensembles' further members."""
 
-
-def dllm2rec(**changes) -> Callable[[PipelineConfig, int, str], TrainSummary]:
     def train(cfg: PipelineConfig, seed: int, name: str) -> TrainSummary:
-        return train_dllm2rec.run(with_seed(cfg, seed).with_section("dllm2rec", run_name=name, **changes))
+        return train_sasrec.run(with_seed(cfg, seed + offset).with_section("sasrec", run_name=name))
 
     return train
 
 
-def profile_from(source: str) -> Callable[[PipelineConfig, int, str], TrainSummary]:
+def r2end(target: DistillTarget = DistillTarget.ORACLE, item_text: ItemText = ItemText.DESCRIBED) -> Train:
+    """Distill a student toward ``target`` and project it, both with the seed (R2END's whole training
+    variance); item vectors from ``item_text``."""
+
     def train(cfg: PipelineConfig, seed: int, name: str) -> TrainSummary:
-        return train_profile.run(with_seed(cfg, seed).with_section("profile", run_name=name, source=source))
+        run_cfg = cfg.with_section("distill", target=target, run_name=student_name(name), seed=seed).with_section(
+            "project", run_name=name, student_run=student_name(name), seed=seed, model={"item_text": item_text}
+        )
+        distill.run(run_cfg)
+        return project.run(run_cfg)
 
     return train
 
 
-def fusion_of(*parts: str, min_long_tail_ratio: float = 0.0) -> Callable[[PipelineConfig, int, str], TrainSummary]:
+def item_mean(cfg: PipelineConfig, seed: int, name: str) -> TrainSummary:
+    """The mean of the history items' metadata embeddings, projected: no LLM, no distillation."""
+    model = {"user_encoder": UserEncoder.ITEM_MEAN, "item_text": ItemText.METADATA}
+    return project.run(cfg.with_section("project", run_name=name, seed=seed, model=model))
+
+
+def dllm2rec(teacher: str = TEXT_MODEL, **changes) -> Train:
     def train(cfg: PipelineConfig, seed: int, name: str) -> TrainSummary:
-        models_of_seed = [model_name(p, seed) for p in parts]
+        learns = {"run_name": name, "teacher": model_name(teacher, seed, level_of(name)), **changes}
+        return train_dllm2rec.run(with_seed(cfg, seed).with_section("dllm2rec", **learns))
+
+    return train
+
+
+def profile_from(source: str) -> Train:
+    def train(cfg: PipelineConfig, seed: int, name: str) -> TrainSummary:
+        student = student_name(model_name(TEXT_MODEL, seed, level_of(name)))
+        profiled = {"run_name": name, "source": source, "student_run": student}
+        return train_profile.run(with_seed(cfg, seed).with_section("profile", **profiled))
+
+    return train
+
+
+def fusion_of(*parts: str, min_long_tail_ratio: float = 0.0) -> Train:
+    def train(cfg: PipelineConfig, seed: int, name: str) -> TrainSummary:
+        models_of_seed = [model_name(p, seed, level_of(name)) for p in parts]
         fused = with_seed(cfg, seed).with_section(
             "fusion", run_name=name, parts=models_of_seed, min_long_tail_ratio=min_long_tail_ratio
         )
@@ -118,31 +157,70 @@ def fusion_of(*parts: str, min_long_tail_ratio: float = 0.0) -> Callable[[Pipeli
 class Method:
     """How one method trains (``train(cfg, seed, model name)``) and what it is, for the report."""
 
-    train: Callable[[PipelineConfig, int, str], TrainSummary]
+    train: Train
     about: str
     sections: tuple[str, ...]  # the config sections its training reads, beside prepare and resources
     learns_from: tuple[str, ...] = ()  # the methods whose trained models (of its seed) it reads
+    uses_llm: bool = True  # reads the teacher's texts (directly or through what it learns from)
+    twin: str | None = None  # its no-LLM twin: the same recipe with no LLM text anywhere
+    id_ensemble: str | None = None  # the ID-only model or ensemble with as many parts
 
 
-RANKED_BY_TEACHER = ("dllm2rec", "dllm2rec_no_embedding")  # DLLM2Rec with its ranking term
-DLLM2REC, PROFILE, FUSION = (
+RANKED_BY_TEACHER = ("dllm2rec", "dllm2rec_no_embedding", "dllm2rec_twin")  # DLLM2Rec with its ranking term
+SASREC, DLLM2REC, PROFILE, FUSION = (
+    ("sasrec",),
     ("sasrec", "dllm2rec", "embed"),
     ("sasrec", "profile", "embed"),
-    ("sasrec", "fusion", "embed"),
+    (
+        "sasrec",
+        "fusion",
+        "embed",
+    ),
 )
+R2END = ("embed", "distill", "project")
+TAIL = f"the weights validation chose among those keeping {TAIL_GOAL}x SASRec's long-tail HR@10"
 METHODS = {
-    BASELINE: Method(
-        lambda cfg, seed, name: train_sasrec.run(with_seed(cfg, seed).with_section("sasrec", run_name=name)),
-        "SASRec, full-softmax CE: the baseline recipe",
-        ("sasrec",),
+    BASELINE: Method(sasrec(), "SASRec, full-softmax CE: the baseline recipe", SASREC, uses_llm=False),
+    # the ID-only ensembles' members: SASRec with seeds as far from the run's as the runs' seeds are apart
+    "sasrec_2nd": Method(
+        sasrec(100), "SASRec with the seed + 100 (an ID-only ensemble's member)", SASREC, uses_llm=False
+    ),
+    "sasrec_3rd": Method(
+        sasrec(200), "SASRec with the seed + 200 (an ID-only ensemble's member)", SASREC, uses_llm=False
     ),
     TEXT_MODEL: Method(
-        lambda cfg, seed, name: train_r2end(cfg, seed),
+        r2end(),
         "R2END: distilled text encoder + projection",
-        ("embed", "distill", "project"),
+        R2END,
+        twin="r2end_twin",
+        id_ensemble=BASELINE,
+    ),
+    "r2end_twin": Method(
+        r2end(DistillTarget.METADATA, ItemText.METADATA),
+        "R2END's no-LLM twin: the student learns Enc(target metadata) alone, items embed their metadata alone",
+        R2END,
+        uses_llm=False,
+    ),
+    "item_mean": Method(
+        item_mean,
+        "no LLM, no distillation: the mean of the history items' metadata embeddings, projected",
+        ("embed", "project"),
+        uses_llm=False,
     ),
     "dllm2rec": Method(
-        dllm2rec(), "DLLM2Rec: R2END's rankings + the LLM's item descriptions into SASRec", DLLM2REC, (TEXT_MODEL,)
+        dllm2rec(),
+        "DLLM2Rec: R2END's rankings + the LLM's item descriptions into SASRec",
+        DLLM2REC,
+        (TEXT_MODEL,),
+        twin="dllm2rec_twin",
+        id_ensemble=BASELINE,
+    ),
+    "dllm2rec_twin": Method(
+        dllm2rec("r2end_twin", item_text=ItemText.METADATA),
+        "DLLM2Rec's no-LLM twin: R2END twin's rankings + items' metadata embeddings into SASRec",
+        DLLM2REC,
+        ("r2end_twin",),
+        uses_llm=False,
     ),
     "dllm2rec_no_ranking": Method(dllm2rec(ranking_weight=0.0), "DLLM2Rec without ranking distillation", DLLM2REC),
     "dllm2rec_no_embedding": Method(
@@ -160,19 +238,24 @@ METHODS = {
         "ours: SASRec's and R2END's scores, summed with the weight validation chose",
         FUSION,
         (BASELINE, TEXT_MODEL),
+        twin="fusion_twin",
+        id_ensemble="id_ensemble_2",
     ),
     "fusion_dllm2rec": Method(
         fusion_of(BASELINE, "dllm2rec", TEXT_MODEL),
         "ours: SASRec's, DLLM2Rec's and R2END's scores, summed with the weights validation chose",
         FUSION,
         (BASELINE, "dllm2rec", TEXT_MODEL),
+        twin="fusion_dllm2rec_twin",
+        id_ensemble="id_ensemble_3",
     ),
     "fusion_dllm2rec_tail": Method(
         fusion_of(BASELINE, "dllm2rec", TEXT_MODEL, min_long_tail_ratio=TAIL_GOAL),
-        f"ours: SASRec's, DLLM2Rec's and R2END's scores, the weights validation chose among those keeping "
-        f"{TAIL_GOAL}x SASRec's long-tail HR@10",
+        f"ours: SASRec's, DLLM2Rec's and R2END's scores, {TAIL}",
         FUSION,
         (BASELINE, "dllm2rec", TEXT_MODEL),
+        twin="fusion_dllm2rec_tail_twin",
+        id_ensemble="id_ensemble_3_tail",
     ),
     # whether the fusion needs plain SASRec: DLLM2Rec already leads SASRec on the tail, which SASRec's
     # share of a fused score gives back
@@ -182,32 +265,84 @@ METHODS = {
         FUSION,
         ("dllm2rec", TEXT_MODEL),
     ),
+    "fusion_twin": Method(
+        fusion_of(BASELINE, "r2end_twin"),
+        "no-LLM twin of fusion: SASRec's and the R2END twin's scores",
+        FUSION,
+        (BASELINE, "r2end_twin"),
+        uses_llm=False,
+    ),
+    "fusion_dllm2rec_twin": Method(
+        fusion_of(BASELINE, "dllm2rec_twin", "r2end_twin"),
+        "no-LLM twin of fusion_dllm2rec: SASRec's, the DLLM2Rec twin's and the R2END twin's scores",
+        FUSION,
+        (BASELINE, "dllm2rec_twin", "r2end_twin"),
+        uses_llm=False,
+    ),
+    "fusion_dllm2rec_tail_twin": Method(
+        fusion_of(BASELINE, "dllm2rec_twin", "r2end_twin", min_long_tail_ratio=TAIL_GOAL),
+        f"no-LLM twin of fusion_dllm2rec_tail: the twins' scores, {TAIL}",
+        FUSION,
+        (BASELINE, "dllm2rec_twin", "r2end_twin"),
+        uses_llm=False,
+    ),
+    "id_ensemble_2": Method(
+        fusion_of(BASELINE, "sasrec_2nd"),
+        "ID-only ensemble of two: SASRec with two seeds, scores summed as fusion's",
+        FUSION,
+        (BASELINE, "sasrec_2nd"),
+        uses_llm=False,
+    ),
+    "id_ensemble_3": Method(
+        fusion_of(BASELINE, "sasrec_2nd", "sasrec_3rd"),
+        "ID-only ensemble of three: SASRec with three seeds, scores summed as fusion_dllm2rec's",
+        FUSION,
+        (BASELINE, "sasrec_2nd", "sasrec_3rd"),
+        uses_llm=False,
+    ),
+    "id_ensemble_3_tail": Method(
+        fusion_of(BASELINE, "sasrec_2nd", "sasrec_3rd", min_long_tail_ratio=TAIL_GOAL),
+        f"ID-only ensemble of three: SASRec with three seeds, {TAIL}",
+        FUSION,
+        (BASELINE, "sasrec_2nd", "sasrec_3rd"),
+        uses_llm=False,
+    ),
 }
+#: the LLM-informed students measured against their controls, with every seed
+CONTROLLED = tuple(m for m, spec in METHODS.items() if spec.twin)
 
 
-def model_name(method: str, seed: int) -> str:
-    return teacher_name(seed) if method == TEXT_MODEL else f"{method}-seed{seed}"
+def model_name(method: str, seed: int, level: str = "all") -> str:
+    """``<method>-seed<seed>``, and ``-<level>`` for an LLM-informed method below full teacher data."""
+    name = f"{method}-seed{seed}"
+    return name if level == "all" or not METHODS[method].uses_llm else f"{name}-{level}"
+
+
+def level_of(name: str) -> str:
+    return next((level for level in LEVELS if level != "all" and name.endswith(f"-{level}")), "all")
 
 
 RUNS = results.FOLDER / f"{BENCHMARK}_runs"  # committed: <model>.json (the record), <model>_ranks.parquet
 
 
-def train_or_reuse(cfg: PipelineConfig, method: str, seed: int, embedded: str, learnt_from: dict[str, dict]) -> dict:
+def train_or_reuse(
+    cfg: PipelineConfig, method: str, seed: int, level: str, embedded: dict, learnt_from: dict[str, dict]
+) -> dict:
     """``{"key", "summary": TrainSummary fields, "seconds": training wall time over its attempts, "attempts",
-    "provenance", "reused": bool}`` for one run. ``embedded``: the digest of the embedded teacher outputs
-    (what every method but SASRec reads); ``learnt_from``: the records of this seed's runs of the methods it
-    learns from."""
-    layout, spec, cfg = Layout(cfg.storage_path), METHODS[method], with_teacher(cfg, seed)
-    name = model_name(method, seed)
-    settings, key = record_key(cfg, method, seed, embedded, learnt_from)
-    record = RUNS / f"{name}.json"
+    "provenance", "coverage", "reused": bool}`` for one run. ``cfg``: at ``level``; ``embedded``: the embed
+    stage's digest of what it read (``inputs_digest``) and its coverage (``users_with_reasoning``,
+    ``items_with_description``); ``learnt_from``: the records of this seed's runs of the methods it learns
+    from."""
+    layout, spec, name = Layout(cfg.storage_path), METHODS[method], model_name(method, seed, level)
+    settings, key = record_key(cfg, method, seed, embedded["inputs_digest"], learnt_from)
+    record = record_path(method, seed, level)
     if record.exists() and (recorded := json.loads(record.read_text()))["key"] == key:
         return {**recorded, "reused": True}
     for part in spec.learns_from:
-        in_storage(cfg, part, seed, method)
+        in_storage(cfg, part, seed, level, method)
     # made before the student trains, so that its wall time is not counted as the student's
-    ranked = rankings_cost(cfg, layout) if method in RANKED_BY_TEACHER else None
-    log.info(f"{BENCHMARK}: training {method} with seed {seed}")
+    ranked = rankings_cost(cfg, model_name(spec.learns_from[0], seed, level)) if method in RANKED_BY_TEACHER else None
+    log.info(f"{BENCHMARK}: training {method} with seed {seed}" + ("" if level == "all" else f" at level {level}"))
     summary, seconds, attempts = over_attempts(
         layout.logs(f"{BENCHMARK}-{name}.attempts.json"), key, spec.train, cfg, seed, name
     )
@@ -217,11 +352,13 @@ def train_or_reuse(cfg: PipelineConfig, method: str, seed: int, embedded: str, l
         "seconds": seconds,
         "attempts": attempts,
         "provenance": results.provenance(settings),
+        # the teacher data it read (none for a no-LLM method)
+        "coverage": embedded["coverage"] if spec.uses_llm else {"users_with_reasoning": 0, "items_with_description": 0},
     }
     if ranked:
         run["teacher_rankings"] = ranked
     for part in spec.learns_from:  # which models it learnt from, beside the one its row reports
-        run[f"{part}_version"] = models.read_manifest(layout, model_name(part, seed)).version
+        run[f"{part}_version"] = models.read_manifest(layout, model_name(part, seed, level)).version
     RUNS.mkdir(exist_ok=True)
     ranks = layout.model_version(summary.model, summary.version, "ranks.parquet")
     pq.write_table(storage.read_table(ranks), RUNS / f"{name}_ranks.parquet", compression="zstd")
@@ -246,25 +383,26 @@ def over_attempts(ledger: str, key: str, train: Callable[..., TrainSummary], *ar
     return summary, round(sum(spent) + time.time() - started, 1), len(spent) + 1
 
 
-def in_storage(cfg: PipelineConfig, method: str, seed: int, student: str) -> None:
+def in_storage(cfg: PipelineConfig, method: str, seed: int, level: str, student: str) -> None:
     """``method``'s model of ``seed`` in the storage path, for ``student`` to learn from: trained again (what
     it learns from first) where its record came from an earlier session's machine."""
     for part in METHODS[method].learns_from:
-        in_storage(cfg, part, seed, method)
-    if not storage.exists(Layout(cfg.storage_path).model_latest(model_name(method, seed))):
-        log.info(f"{BENCHMARK}: re-making {method} with seed {seed} (recorded by an earlier session) for {student}")
-        METHODS[method].train(cfg, seed, model_name(method, seed))
+        in_storage(cfg, part, seed, level, method)
+    name = model_name(method, seed, level)
+    if not storage.exists(Layout(cfg.storage_path).model_latest(name)):
+        log.info(f"{BENCHMARK}: re-making {name} (recorded by an earlier session) for {student}")
+        METHODS[method].train(cfg, seed, name)
 
 
 def record_key(
     cfg: PipelineConfig, method: str, seed: int, embedded: str, learnt_from: dict[str, dict]
 ) -> tuple[dict, str]:
-    """(the settings a run is keyed by, the digest of everything that made it). ``cfg``: with its seed's
-    teacher. Every setting of the sections its training reads, defaults included (a changed default must
-    not reuse a run made under the old one), so a lever of one method retrains only that method and its
-    students; a student keys the models it learns from through their records (``learnt_from``). Not where
-    things lie: what was read is keyed by its content (the prepared tables; the embedded teacher outputs),
-    so a record holds on any machine."""
+    """(the settings a run is keyed by, the digest of everything that made it). Every setting of the
+    sections its training reads, defaults included (a changed default must not reuse a run made under the
+    old one), so a lever of one method retrains only that method and its students; a student keys the
+    models it learns from through their records (``learnt_from``). Not where things lie: what was read is
+    keyed by its content (the prepared tables; for an LLM-informed method, the embedded teacher outputs
+    ``embedded``: a no-LLM method reads none of them), so a record holds on any machine."""
     dumped = cfg.model_dump(mode="json")
     settings = {section: dumped[section] for section in ("prepare", "resources", *METHODS[method].sections)}
     del settings["prepare"]["dataset_path"]
@@ -272,7 +410,7 @@ def record_key(
         del settings["embed"]["teacher_outputs"]
     prepared = Layout(cfg.storage_path).prepared_digest()
     made_by = {"config": settings, "prepared": prepared, "method": method, "seed": seed}
-    if method != BASELINE:
+    if METHODS[method].uses_llm:
         made_by["embedded"] = embedded
     for part in METHODS[method].learns_from:  # the recipe that made it: a later session re-makes its model
         made_by[part] = learnt_from[part]["key"]
@@ -301,39 +439,53 @@ def paired_vs(base: pa.Table, others: dict[str, pa.Table]) -> dict:
 
 
 def benchmark(cfg: PipelineConfig, args) -> None:
-    started, layout = time.time(), Layout(cfg.storage_path)
-    chosen = args.methods.split(",")
+    started, layout, level = time.time(), Layout(cfg.storage_path), args.level
+    chosen = args.methods.split(",") if args.methods else None
     if not all(s.strip().isdigit() for s in args.seeds.split(",")):
         raise SystemExit(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 22,23,24")
     seeds = [int(s) for s in args.seeds.split(",")]
     if len(set(seeds)) < len(seeds):
         raise SystemExit(f"--seeds {args.seeds!r}: a seed is repeated")
+    if level not in LEVELS:
+        raise SystemExit(f"--level {level!r}: choose from {list(LEVELS)}")
+    if chosen is None:  # below full teacher data only what the curve needs: no-LLM methods do not change
+        chosen = list(METHODS) if level == "all" else [TEXT_MODEL, "fusion"]
     if unknown := [m for m in chosen if m not in METHODS]:
         raise SystemExit(f"unknown methods {unknown}; choose from {list(METHODS)}")
-    chosen = set(chosen) | {part for m in chosen for part in METHODS[m].learns_from}  # and their teachers
-    embedded = embed.run(cfg)
+    cfg = at_level(cfg, level)
+    summary = embed.run(cfg)
+    embedded = {
+        "inputs_digest": summary.inputs_digest,
+        "coverage": {
+            "users_with_reasoning": summary.targets.get("oracle", 0),
+            "items_with_description": summary.items_with_description,
+        },
+    }
     runs: dict[str, dict[int, dict]] = {}
 
     def train(method: str, seed: int) -> dict:
         learnt_from = {part: runs[part][seed] for part in METHODS[method].learns_from}
-        return train_or_reuse(cfg, method, seed, embedded.inputs_digest, learnt_from)
+        return train_or_reuse(cfg, method, seed, level, embedded, learnt_from)
 
-    for method in [m for m in METHODS if m in chosen]:  # METHODS lists a student after what it learns from
+    for method in closure(controls(chosen)):  # METHODS lists a method after what it learns from
         runs[method] = {seeds[0]: train(method, seeds[0])}
     best = best_student({m: by_seed[seeds[0]]["summary"]["valid"] for m, by_seed in runs.items()})
-    seeded = {BASELINE, TEXT_MODEL} | ({best, *METHODS[best].learns_from} if best else set())
-    for method in [m for m in METHODS if m in seeded and m in runs]:
+    seeded = closure([BASELINE, TEXT_MODEL, *([best] if best else []), *controls([m for m in CONTROLLED if m in runs])])
+    for method in [m for m in seeded if m in runs]:
         for seed in seeds[1:]:
             runs[method][seed] = train(method, seed)
+    if level != "all":  # a point of the teacher-data curve: its records are what llm_share reads
+        log.info(f"{BENCHMARK}: level {level} recorded: " + ", ".join(model_name(m, seeds[0], level) for m in runs))
+        return
     out = summarise(layout, runs, best, seeds)
     out["setup"] = {
         "users": layout.read_users().num_rows,
         "items": layout.read_items().num_rows,
         "seeds": seeds,
-        "text_model": teacher_name(seeds[0]),
+        "text_model": model_name(TEXT_MODEL, seeds[0]),
         "teacher_outputs": [relative(s.folder) for s in cfg.embed.teacher_outputs or []],
-        "embedded_targets": embedded.targets,
-        "items_with_description": embedded.items_with_description,
+        "embedded_targets": summary.targets,
+        "items_with_description": summary.items_with_description,
         # the first record that made them says what they cost (a later one found them made)
         "teacher_rankings": min(
             (r["teacher_rankings"] for by_seed in runs.values() for r in by_seed.values() if "teacher_rankings" in r),
@@ -346,6 +498,56 @@ def benchmark(cfg: PipelineConfig, args) -> None:
     out["machine"] = results.machine()
     plot(out)
     results.write(BENCHMARK, out, report(out), cfg.model_dump(mode="json"))
+    curve = {
+        lvl: {
+            m: json.loads(path.read_text())
+            for m in (TEXT_MODEL, "fusion")
+            if (path := record_path(m, seeds[0], lvl)).exists()
+        }
+        for lvl in LEVELS
+    }
+    curve["all"] = {m: runs[m][seeds[0]] for m in (TEXT_MODEL, "fusion") if m in runs}
+    shares = llm_share.summarise(
+        runs,
+        seeds,
+        embedded["coverage"],
+        METHODS,
+        ranks_of,
+        {lvl: by_method for lvl, by_method in curve.items() if by_method},
+        best,
+        llm_share.generation_hours([s.folder for s in cfg.embed.teacher_outputs or []]),
+        model_name,
+    )
+    llm_share.write(shares, cfg.model_dump(mode="json"))
+
+
+def record_path(method: str, seed: int, level: str = "all") -> Path:
+    return RUNS / f"{model_name(method, seed, level)}.json"
+
+
+def closure(methods: list[str]) -> list[str]:
+    """``methods`` and every method they learn from, in ``METHODS`` order.
+
+    >>> closure(["fusion"])
+    ['sasrec', 'r2end', 'fusion']
+    """
+    needed: set[str] = set()
+    todo = list(methods)
+    while todo:
+        method = todo.pop()
+        if method not in needed:
+            needed.add(method)
+            todo += METHODS[method].learns_from
+    return [m for m in METHODS if m in needed]
+
+
+def controls(methods: list[str]) -> list[str]:
+    """The methods and their controls: each student's no-LLM twin and ID-only ensemble of as many parts.
+
+    >>> controls(["dllm2rec", "item_mean"])
+    ['dllm2rec', 'dllm2rec_twin', 'sasrec', 'item_mean']
+    """
+    return [m for s in methods for m in (s, METHODS[s].twin, METHODS[s].id_ensemble) if m]
 
 
 def relative(folder: str) -> str:
@@ -354,10 +556,11 @@ def relative(folder: str) -> str:
     return str(path.relative_to(root)) if path.is_relative_to(root) else folder
 
 
-def rankings_cost(cfg: PipelineConfig, layout: Layout) -> dict:
-    """DLLM2Rec's teacher rankings, made once before its students train, and what making them cost (None:
-    an earlier run made them; its log says how long it took)."""
-    named, table, seconds = train_dllm2rec.rankings(cfg, layout)
+def rankings_cost(cfg: PipelineConfig, teacher: str) -> dict:
+    """DLLM2Rec's teacher rankings (``teacher``'s), made once before its students train, and what making them
+    cost (None: an earlier run made them; its log says how long it took)."""
+    cfg = cfg.with_section("dllm2rec", teacher=teacher)
+    named, table, seconds = train_dllm2rec.rankings(cfg, Layout(cfg.storage_path))
     return {"teacher": named, "positions": cfg.dllm2rec.positions, "instances": table.num_rows, "seconds": seconds}
 
 
@@ -387,15 +590,16 @@ def brief(difference: dict) -> dict:
 
 
 def best_student(valid: dict[str, dict]) -> str | None:
-    """The best LLM-informed student by validation NDCG@10 among those whose validation long-tail HR@10 is at
-    least ``TAIL_GOAL`` times SASRec's (all of them where none is, or SASRec did not run). ``valid``: each
-    method's validation metrics.
+    """The best LLM-informed student (not R2END itself, no control) by validation NDCG@10 among those whose
+    validation long-tail HR@10 is at least ``TAIL_GOAL`` times SASRec's (all of them where none is, or SASRec
+    did not run). ``valid``: each method's validation metrics.
 
     >>> best_student({"sasrec": {"ndcg@10": 0.07, "tail_hr@10": 0.05}, "r2end": {"ndcg@10": 0.05, "tail_hr@10": 0.07},
-    ...               "a": {"ndcg@10": 0.081, "tail_hr@10": 0.07}, "b": {"ndcg@10": 0.078, "tail_hr@10": 0.08}})
-    'b'
+    ...               "fusion": {"ndcg@10": 0.081, "tail_hr@10": 0.07}, "dllm2rec": {"ndcg@10": 0.078,
+    ...               "tail_hr@10": 0.08}, "id_ensemble_2": {"ndcg@10": 0.09, "tail_hr@10": 0.09}})
+    'dllm2rec'
     """
-    students = [m for m in valid if m not in (BASELINE, TEXT_MODEL)]
+    students = [m for m in valid if m != TEXT_MODEL and METHODS[m].uses_llm]
     base = valid.get(BASELINE, {}).get("tail_hr@10")
     keeping = [m for m in students if base is not None and valid[m]["tail_hr@10"] >= TAIL_GOAL * base]
     return max(keeping or students, key=lambda m: valid[m]["ndcg@10"]) if students else None
@@ -675,11 +879,15 @@ def plot(out: dict) -> None:
 
 
 def arguments(parser) -> None:
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of the methods")
+    parser.add_argument(
+        "--methods", default=None, help="comma-separated subset of the methods (default: all; at a level, R2END's)"
+    )
+    parser.add_argument("--level", default="all", help=f"the teacher data read, one of {list(LEVELS)}")
     parser.add_argument(
         "--seeds",
         default=",".join(map(str, SEEDS)),
-        help="comma-separated seeds: every method trains with the first, SASRec, R2END and the best student with all",
+        help="comma-separated seeds: every method trains with the first; SASRec, R2END, the best student and "
+        "every student with controls (and those controls) with all",
     )
 
 

@@ -1,14 +1,22 @@
-"""The students benchmark's run records: what a record's key holds decides which runs a change retrains."""
+"""The students benchmark's run records (what a record's key holds decides which runs a change retrains),
+and its controls run for real."""
 
+import argparse
+import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from bench import results
 from bench import students_beauty as bench
+from r2end_core import models, schemas, storage
 from r2end_core.config import PipelineConfig
 from r2end_core.layout import Layout
+from r2end_core.summaries import DistillSummary
+from tests.conftest import SLICE_USERS as USERS
 from tests.conftest import prepare_tables
 
 
@@ -35,17 +43,51 @@ def keys(cfg: PipelineConfig) -> dict[str, str]:
     return {m: r["key"] for m, r in records.items()}
 
 
+def reading(section: str) -> set[str]:
+    """The methods whose training reads ``section``, and every student of theirs."""
+    direct = {m for m, spec in bench.METHODS.items() if section in spec.sections}
+    return {m for m in bench.METHODS if direct & set(bench.closure([m]))}
+
+
 def test_a_lever_retrains_only_the_methods_that_read_it(storage_paths):
     cfg = PipelineConfig(storage_path=storage_paths[0], prepare={"dataset_path": "/data"})
     before = keys(cfg)
-    changed = {m for m, key in keys(cfg.with_section("project", epochs=40)).items() if key != before[m]}
-    students = {m for m, spec in bench.METHODS.items() if bench.TEXT_MODEL in spec.learns_from}
-    assert changed == {bench.TEXT_MODEL} | students
-    changed = {m for m, key in keys(cfg.with_section("sasrec", model={"dropout": 0.3})).items() if key != before[m]}
-    assert changed == set(bench.METHODS) - {bench.TEXT_MODEL}
-    changed = {m for m, key in keys(cfg.with_section("fusion", weight_grid=[0, 1])).items() if key != before[m]}
-    assert changed == {"fusion", "fusion_dllm2rec", "fusion_dllm2rec_tail", "fusion_without_sasrec"}
+    for section, change in (
+        ("project", {"epochs": 40}),
+        ("sasrec", {"model": {"dropout": 0.3}}),
+        ("fusion", {"weight_grid": [0, 1]}),
+    ):
+        changed = {m for m, key in keys(cfg.with_section(section, **change)).items() if key != before[m]}
+        assert changed == reading(section), section
+    assert {bench.TEXT_MODEL, "r2end_twin", "item_mean", "fusion"} <= reading("project")
+    assert not {bench.TEXT_MODEL, "r2end_twin"} & reading("sasrec")
     assert bench.record_key(cfg, bench.BASELINE, 23, "embedded", {})[1] != before[bench.BASELINE]  # the seed
+
+
+def test_only_llm_informed_methods_are_keyed_by_the_teacher_outputs(storage_paths):
+    cfg = PipelineConfig(storage_path=storage_paths[0], prepare={"dataset_path": "/data"})
+    records: dict[str, dict] = {}
+    for m in bench.METHODS:
+        records[m] = {"key": bench.record_key(cfg, m, 22, "more teacher outputs", records)[1]}
+    changed = {m for m, key in keys(cfg).items() if key != records[m]["key"]}
+    assert changed == {m for m, spec in bench.METHODS.items() if spec.uses_llm}
+    # each student's controls read no LLM text, and have as many parts where it is an ensemble
+    for m in bench.CONTROLLED:
+        spec, twin = bench.METHODS[m], bench.METHODS[bench.METHODS[m].twin]
+        ensemble = bench.METHODS[spec.id_ensemble]
+        assert spec.uses_llm and not twin.uses_llm and not ensemble.uses_llm
+        assert len(twin.learns_from) == len(spec.learns_from) and twin.sections == spec.sections
+        assert len(ensemble.learns_from) == (len(spec.learns_from) if "fusion" in spec.sections else 0)
+
+
+def test_a_level_names_only_the_llm_informed_models_and_samples_every_folder():
+    assert bench.model_name("r2end", 23, "users-18") == "r2end-seed23-users-18"
+    assert bench.model_name("r2end_twin", 23, "users-18") == "r2end_twin-seed23"  # the same at every level
+    assert bench.level_of("fusion-seed23-users-50") == "users-50" and bench.level_of("fusion-seed23") == "all"
+    cfg = PipelineConfig(storage_path="/s", prepare={"dataset_path": "/d"}, embed={"teacher_outputs": ["a", "b"]})
+    sampled = bench.at_level(cfg, "users-18").embed.teacher_outputs
+    assert [(f.folder, f.sample_users, f.sample_items) for f in sampled] == [("a", 4000, None), ("b", 4000, None)]
+    assert bench.at_level(cfg, "all") is cfg
 
 
 def test_where_things_lie_is_not_keyed_but_their_content_is(storage_paths):
@@ -77,3 +119,47 @@ def test_a_run_cut_by_its_time_budget_counts_every_attempt(tmp_path):
         bench.over_attempts(ledger, "key-a", train, True)
     _, seconds, attempts = bench.over_attempts(ledger, "key-b", train, True)  # another run: its own count
     assert attempts == 1 and 0.3 <= seconds < 1.5
+
+
+def test_the_controls_run_through_the_benchmark(embedded, tmp_path, monkeypatch):
+    """The benchmark for real on the 40-user slice: the best fused student, its no-LLM twins (R2END's and
+    DLLM2Rec's, fused) and the ID-only ensemble of as many parts, recorded, compared and costed."""
+    cfg = (
+        embedded[0]
+        .with_section("sasrec", max_epochs=2, batch_size=8, model={"hidden_size": 16, "inner_size": 16})
+        .with_section("distill", users="all", epochs=2, patience=1, batch_size=6)
+        .with_section("project", epochs=1)
+        .with_section("fusion", weight_grid=[0, 1, 4])
+    )
+    monkeypatch.setattr(results, "FOLDER", tmp_path)
+    monkeypatch.setattr(bench, "RUNS", tmp_path / "students_beauty_runs")
+    bench.benchmark(cfg, argparse.Namespace(methods="fusion_dllm2rec", seeds="23", level="all"))
+
+    trained = {p.stem for p in bench.RUNS.glob("*.json")}
+    assert trained == {bench.model_name(m, 23) for m in bench.closure(bench.controls(["fusion_dllm2rec"]))}
+    layout = Layout(cfg.storage_path)
+    student, twin = (
+        DistillSummary.read(layout.student(bench.student_name(f"{m}-seed23"), "metrics.json"), "distill")
+        for m in ("r2end", "r2end_twin")
+    )
+    assert student.users_distilled == twin.users_distilled == USERS - 10  # every user, a quarter held out
+    assert student.users_with_teacher_text == USERS - 10 and twin.users_with_teacher_text == 0
+    assert student.best_epoch in (1, 2) and 1 <= len(student.held_out_losses) <= 2
+    # the twin's item vectors embed the metadata alone; R2END's, the teacher's description where there is one
+    items = storage.read_table(layout.embeddings("items.parquet")).sort_by("item_index")
+    vectors = {m: models.load(layout, f"{m}-seed23").item_embeddings for m in ("r2end", "r2end_twin")}
+    assert np.allclose(vectors["r2end_twin"], schemas.to_matrix(items["metadata_embedding"]))
+    described = items["has_description"].to_numpy(zero_copy_only=False)
+    assert described.any() and not np.allclose(vectors["r2end"][described], vectors["r2end_twin"][described])
+
+    shares = json.loads((tmp_path / "llm_share.json").read_text())
+    assert shares["coverage"] == {"users_with_reasoning": USERS, "items_with_description": int(described.sum())}
+    entry = shares["students"]["fusion_dllm2rec"]
+    assert (entry["twin"], entry["id_ensemble"]) == ("fusion_dllm2rec_twin", "id_ensemble_3")
+    for control in ("vs_twin", "vs_id_ensemble"):
+        assert set(entry[control]["23"]["test"]["ndcg@10"]) == {"diff", "se", "z"}
+    assert shares["students"]["dllm2rec"]["id_ensemble"] == "sasrec"
+    costs = shares["costs"]
+    assert costs["fusion_dllm2rec"]["parts"] == costs["id_ensemble_3"]["parts"] == 3
+    assert costs["id_ensemble_3"]["generation_hours"] == 0 and costs["fusion_dllm2rec"]["training_hours"] > 0
+    assert "| fusion_dllm2rec | `fusion_dllm2rec_twin` |" in (tmp_path / "llm_share.md").read_text()

@@ -118,10 +118,13 @@ def main() -> None:
     into = out.resolve() if (out / "summary.json").exists() else None  # a folder this run adds to
     others = [f for f in gc.extends if Path(f).resolve() != into]
     extended = read_teacher_outputs(others, layout) if others else {}
+    generated = {kind.name: outputs.read_generated(layout, kind) for kind in map(KINDS.get, gc.kinds)}
+    if all(table is None for table in generated.values()):
+        raise SystemExit(f"no {' or '.join(generated)} outputs under {layout.generated('')}: nothing to export")
     for kind in map(KINDS.get, gc.kinds):
-        table = outputs.read_generated(layout, kind)
-        if table is None:
-            raise SystemExit(f"no {kind.name} outputs in {layout.generated(kind.folder)}: nothing to export")
+        table = generated[kind.name]
+        if table is None:  # a time budget spent before this kind began: the next run's export adds it
+            continue
         if extended.get(kind.name) is not None:  # the other folders this run extends already hold these keys
             key = kind.key_column
             table = table.filter(pc.invert(pc.is_in(table[key], extended[kind.name][key])))

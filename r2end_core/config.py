@@ -383,6 +383,11 @@ class DistillConfig(StrictModel):
         "lowest (needs holdout_fraction > 0). None: train every epoch and keep the last.",
     )
     batch_size: int = Field(16, ge=1, description="Global batch (split across workers).")
+    length_buckets: bool = Field(
+        False,
+        description="Batch histories of similar token length together (sorted within pools of 64 batches, the "
+        "batches shuffled): less padding per step; every user is still seen once per epoch.",
+    )
     learning_rate: float = Field(1e-5, gt=0)
     zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage.")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="bfloat16 or float32 (fp16 fails on CPU).")

@@ -127,7 +127,7 @@ def test_the_controls_run_through_the_benchmark(embedded, tmp_path, monkeypatch)
     cfg = (
         embedded[0]
         .with_section("sasrec", max_epochs=2, batch_size=8, model={"hidden_size": 16, "inner_size": 16})
-        .with_section("distill", users="all", epochs=2, patience=1, batch_size=6)
+        .with_section("distill", users="all", epochs=2, patience=1, batch_size=6, length_buckets=True)
         .with_section("project", epochs=1)
         .with_section("fusion", weight_grid=[0, 1, 4])
     )

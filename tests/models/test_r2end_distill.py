@@ -115,3 +115,15 @@ def test_examples_hold_out_users_by_id(prepared_tables):
     assert train.schema.equals(schemas.DISTILL_EXAMPLES) and all(
         history[u] == t for u, t in zip(train["user_id"].to_pylist(), train["history_text"].to_pylist())
     )
+
+
+def test_length_buckets_batch_similar_histories_and_see_every_user(prepared_tables):
+    users, _ = prepared_tables
+    texts = users.column("train_history_text").to_pylist()[:200]
+    student = distill.load_student("bundled:all-minilm-l6-v2", "cpu", max_seq_length=128)
+    lengths = distill.token_lengths(student, texts)
+    assert lengths.max() == 128 and lengths.min() < 64  # cut at the student's max length, as it reads them
+    random, bucketed = (distill.batch_rows(200, 8, 1, 22, lengths=given) for given in (None, lengths))
+    assert sorted(np.concatenate(bucketed).tolist()) == list(range(200)) and len(bucketed) == len(random)
+    padded = lambda batches: sum(len(b) * lengths[b].max() for b in batches)  # noqa: E731
+    assert padded(bucketed) < 0.8 * padded(random)

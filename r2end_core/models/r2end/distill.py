@@ -84,16 +84,46 @@ def split_holdout(user_ids: list[str], fraction: float, seed: int) -> tuple[np.n
     return np.sort(order[n_held:]), np.sort(order[:n_held])
 
 
-def batch_rows(n_rows: int, batch_size: int, epoch: int, seed: int, world: int = 1) -> list[np.ndarray]:
+def batch_rows(
+    n_rows: int, batch_size: int, epoch: int, seed: int, world: int = 1, lengths: np.ndarray | None = None
+) -> list[np.ndarray]:
     """The global batches of one epoch: a permutation fixed by (seed, epoch), so a resumed run sees the
-    same batches from the step it stopped at, and every rank the same ones (``train.sharding``).
+    same batches from the step it stopped at, and every rank the same ones (``train.sharding``). With
+    ``lengths`` (tokens per row), rows of similar length share a batch: each pool of ``POOL_BATCHES``
+    batches of the permutation is sorted by length and cut, then the batches are shuffled (a short last
+    batch stays last), so a batch pads less and the epoch still sees every row once.
 
     >>> [b.tolist() for b in batch_rows(5, 2, 0, 0)] == [b.tolist() for b in batch_rows(5, 2, 0, 0)]
     True
     >>> [len(b) for b in batch_rows(5, 2, 0, 0)], [len(b) for b in batch_rows(5, 2, 0, 0, world=2)]
     ([2, 2, 1], [2, 3])
+    >>> bucketed = batch_rows(7, 2, 0, 0, lengths=np.array([5, 90, 6, 91, 7, 92, 50]))
+    >>> sorted(np.concatenate(bucketed).tolist()), [len(b) for b in bucketed][-1]
+    ([0, 1, 2, 3, 4, 5, 6], 1)
+    >>> all(max(np.array([5, 90, 6, 91, 7, 92, 50])[b]) - min(np.array([5, 90, 6, 91, 7, 92, 50])[b]) <= 44
+    ...     for b in bucketed)
+    True
     """
-    return sharding.cut(np.random.default_rng([seed, epoch]).permutation(n_rows), batch_size, world)
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(n_rows)
+    if lengths is None:
+        return sharding.cut(order, batch_size, world)
+    batches = []
+    for start in range(0, n_rows, batch_size * POOL_BATCHES):
+        pool = order[start : start + batch_size * POOL_BATCHES]
+        pool = pool[np.argsort(lengths[pool], kind="stable")]
+        batches += [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
+    short = [batches.pop()] if len(batches[-1]) < batch_size else []
+    return sharding.join_small_tail([batches[i] for i in rng.permutation(len(batches))] + short, world)
+
+
+POOL_BATCHES = 64  # batches whose rows are sorted by length together: wide enough to group, narrow enough to mix
+
+
+def token_lengths(model, texts: list[str]) -> np.ndarray:
+    """Tokens per text as the student reads it (cut at its max length)."""
+    encoded = model.tokenizer(texts, truncation=True, max_length=model.max_seq_length)["input_ids"]
+    return np.array([len(ids) for ids in encoded])
 
 
 def load_student(encoder: str, device: str, max_seq_length: int):
@@ -127,7 +157,8 @@ def train_student(
     torch.manual_seed(cfg.seed)
     model = load_student(ec.encoder, str(device), ec.max_seq_length)
     texts, targets = examples.column("history_text").to_pylist(), torch.from_numpy(to_matrix(examples["target"]))
-    per_epoch = len(batch_rows(len(texts), cfg.batch_size, 0, cfg.seed, world))
+    lengths = token_lengths(model, texts) if cfg.length_buckets else None
+    per_epoch = len(batch_rows(len(texts), cfg.batch_size, 0, cfg.seed, world, lengths))
     total = cfg.epochs * per_epoch
     validated = cfg.patience is not None and held_out is not None and held_out.num_rows > 0
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
@@ -144,7 +175,7 @@ def train_student(
 
     while state["step"] < total and not stopped(state["held_out_losses"], cfg.patience):
         epoch, index = divmod(state["step"], per_epoch)
-        batch = batch_rows(len(texts), cfg.batch_size, epoch, cfg.seed, world)[index]
+        batch = batch_rows(len(texts), cfg.batch_size, epoch, cfg.seed, world, lengths)[index]
         rows = sharding.share(batch, rank, world)
         features = model.preprocess([texts[i] for i in rows])
         features = {k: v.to(device) if torch.is_tensor(v) else v for k, v in features.items()}

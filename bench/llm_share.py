@@ -14,8 +14,8 @@ its run records (one harness, no second copy of its machinery):
   mean NDCG@10). The seeds share users and teacher outputs: they are not independent replications;
 * ``costs.<method>.{parts, training_hours, generation_hours, served_p50_ms}``: models summed at serving, the
   training hours of it and of every model it learns from (first seed), the hours the teacher outputs the
-  benchmark reads took to generate, over every run that made them (0 for a method that reads none), its p50 over HTTP at concurrency 1 where ``bench.serving_cpu``
-  served it (None: not served);
+  benchmark reads took to generate, over every run that made them (0 for a method that reads none), its
+  p50 over HTTP at concurrency 1 where ``bench.serving_cpu`` served it (None: not served);
 * ``curve``: per level of teacher data (``students_beauty.LEVELS``), R2END and its fusion with SASRec minus
   the no-LLM twin (first seed);
 * ``goal``: the best student above its twin and its ID-only ensemble with z >= 2 in every seed.

@@ -12,25 +12,41 @@ from r2end_core.config import EmbedConfig, Resources
 from r2end_core.data.histories import Histories
 from r2end_core.layout import Layout
 from r2end_core.models.base import Recommender, model_path
-from r2end_core.text import encoders
+from r2end_core.text import encoders, onnx_encoder
 from r2end_core.text.cache import cached_encode, encoder_id
 
 
 class _Encoder:
-    def __init__(self, source: str, max_seq_length: int, keep: str, threads: int, device: str):
+    def __init__(
+        self, source: str, max_seq_length: int, keep: str, threads: int, device: str, onnx: tuple[str, str] | None
+    ):
         torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS=1 in actors
-        self.model = encoders.load_encoder(source, device, max_seq_length, keep)
+        if onnx:  # (what names the weights, precision)
+            model = onnx_encoder.load(source, onnx[0], max_seq_length, keep, onnx[1], threads)
+            self.encode = lambda texts: model.encode(texts, batch_size=ONNX_BATCH)
+        else:
+            model = encoders.load_encoder(source, device, max_seq_length, keep)
+            self.encode = lambda texts: encoders.encode(model, texts)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {"position": batch["position"], "embedding": encoders.encode(self.model, list(batch["text"]))}
+        return {"position": batch["position"], "embedding": self.encode(list(batch["text"]))}
+
+
+ONNX_BATCH = 32  # texts per ONNX Runtime call: bulk encoding is not latency-bound as serving is
 
 
 def encode_texts(
-    texts: list[str], source: str, ec: EmbedConfig, resources: Resources, keep: str = "start"
+    texts: list[str],
+    source: str,
+    ec: EmbedConfig,
+    resources: Resources,
+    keep: str = "start",
+    onnx: tuple[str, str] | None = None,
 ) -> np.ndarray:
     """``[len(texts), dim]`` unit-length float32 embeddings of ``texts`` by the encoder at ``source``.
 
-    ``keep``: see ``encoders.load_encoder`` ("end" for history texts).
+    ``keep``: see ``encoders.load_encoder`` ("end" for history texts); ``onnx``: (what names its weights, the
+    precision) to run it on ONNX Runtime (CPU), None for torch.
     """
     if not texts:
         raise ValueError("encode_texts got no texts")
@@ -45,6 +61,7 @@ def encode_texts(
             "keep": keep,
             "threads": resources.cpus_per_worker,
             "device": "cuda" if resources.use_gpu else "cpu",
+            "onnx": onnx,
         },
         compute=ray.data.ActorPoolStrategy(size=ec.actors),
         batch_size=ec.batch_size * 4,
@@ -63,12 +80,15 @@ def encode_texts(
 def history_text_encoder(
     layout: Layout, source: str, weights: str, ec: EmbedConfig, resources: Resources
 ) -> Callable[[list[str]], np.ndarray]:
-    """History texts -> the text encoder's embeddings (``keep="end"``), encoded on Ray Data, each text once
-    (a cache per encoder, named by ``weights``)."""
-    cache = encoder_id(weights, ec.max_seq_length, "end")
+    """History texts -> the text encoder's embeddings (``keep="end"``), encoded on Ray Data by
+    ``ec.cpu_history_encoder`` (torch on GPU workers), each text once (a cache per encoder and backend, named
+    by ``weights``)."""
+    backend = "torch" if resources.use_gpu else ec.cpu_history_encoder
+    cache = encoder_id(weights, ec.max_seq_length, "end", backend)
+    onnx = (weights, backend.removeprefix("onnx-")) if backend != "torch" else None
 
     def encode(texts: list[str]) -> np.ndarray:
-        return encode_texts(texts, source, ec, resources, keep="end")
+        return encode_texts(texts, source, ec, resources, keep="end", onnx=onnx)
 
     return lambda texts: cached_encode(texts, layout, cache, encode)
 

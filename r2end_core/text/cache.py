@@ -18,9 +18,11 @@ from r2end_core import schemas, storage
 from r2end_core.layout import Layout
 
 
-def encoder_id(weights: str, max_seq_length: int, keep: str) -> str:
-    """``weights``: what names the encoder's weights (a student's weights id, a bundled name)."""
-    return storage.digest({"weights": weights, "max_seq_length": max_seq_length, "keep": keep})
+def encoder_id(weights: str, max_seq_length: int, keep: str, backend: str = "torch") -> str:
+    """``weights``: what names the encoder's weights (a student's weights id, a bundled name); ``backend``:
+    what runs it (``EmbedConfig.cpu_history_encoder``), whose vectors differ by float noise or more."""
+    named = {"weights": weights, "max_seq_length": max_seq_length, "keep": keep}
+    return storage.digest(named if backend == "torch" else {**named, "backend": backend})
 
 
 def cached_encode(

@@ -27,7 +27,8 @@ from r2end_core.models.r2end import projection
 from r2end_core.models.r2end.targets import inputs_digest as targets_digest
 from r2end_core.summaries import DistillSummary
 from r2end_core.text import encoders
-from ray_jobs import distill, embed, project, train_dllm2rec, train_profile
+from r2end_core.text.cache import encoder_id
+from ray_jobs import distill, embed, project, ray_data, train_dllm2rec, train_profile
 from tests.conftest import REPO
 from tests.conftest import SLICE_USERS as USERS
 
@@ -214,3 +215,22 @@ def test_profile_distillation_from_generated_profiles_and_the_other_sources(r2en
     for source, named_after in (("generated", "profile/"), ("oracle", "oracle/"), ("student", "student/")):
         named, table = train_profile.profile_embeddings(cfg.with_section("profile", source=source), layout, users)
         assert named.startswith(named_after) and table.num_rows == USERS  # every slice user has each
+
+
+def test_history_texts_encode_in_bulk_on_onnx_runtime_as_on_torch(embedded):
+    """embed.cpu_history_encoder=onnx-fp32: the Ray Data encoders export the encoder and run it on ONNX
+    Runtime; the vectors are torch's to float noise, cached apart from torch's."""
+    cfg = embedded[0]
+    layout, encoder = Layout(cfg.storage_path), cfg.embed.encoder
+    texts = layout.read_users().column("train_history_text").to_pylist()[:12]
+    vectors = {
+        backend: ray_data.history_text_encoder(
+            layout, encoder, encoder, cfg.embed.model_copy(update={"cpu_history_encoder": backend}), cfg.resources
+        )(texts)
+        for backend in ("torch", "onnx-fp32")
+    }
+    assert vectors["onnx-fp32"].shape == (12, 384)
+    assert np.min((vectors["torch"] * vectors["onnx-fp32"]).sum(1)) > 0.9999
+    caches = {backend: encoder_id(encoder, cfg.embed.max_seq_length, "end", backend) for backend in vectors}
+    assert caches["torch"] == encoder_id(encoder, cfg.embed.max_seq_length, "end") != caches["onnx-fp32"]
+    assert all(storage.list_files(layout.text_vectors(cache)) for cache in caches.values())

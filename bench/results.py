@@ -36,9 +36,7 @@ def provenance(config: dict | None) -> dict:
     excluded = [f":(exclude){FOLDER.relative_to(root)}"] if FOLDER.is_relative_to(root) else []
     return {
         "commit": git("rev-parse", "HEAD"),
-        "uncommitted_changes": bool(
-            git("status", "--porcelain", "--untracked-files=no", "--", ".", *excluded)
-        ),
+        "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", *excluded)),
         "command": command(),
         "config_digest": storage.digest(config) if config is not None else None,
     }

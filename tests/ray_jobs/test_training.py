@@ -47,9 +47,10 @@ def distill_job(config_path: Path, log: Path) -> subprocess.Popen:
         )
 
 
-def checkpoints(layout: Layout) -> list[Path]:
-    """Checkpoints Ray Train has registered (the snapshot is written once a checkpoint is complete)."""
-    return list(Path(layout.ray_train).glob("distill-*/checkpoint_manager_snapshot.json"))
+def checkpoints(layout: Layout, run: str) -> list[Path]:
+    """Checkpoints Ray Train has registered for ``run`` (the snapshot is written once a checkpoint is complete);
+    other tests' distillation runs share the session's storage path."""
+    return list(Path(layout.ray_train).glob(f"{run}/checkpoint_manager_snapshot.json"))
 
 
 def test_embed_distill_resume_project(tmp_path, embedded):
@@ -71,7 +72,8 @@ def test_embed_distill_resume_project(tmp_path, embedded):
     # Distillation SIGKILLed after its first checkpoint; the re-run resumes from it.
     killed = distill_job(config_path, tmp_path / "killed.log")
     deadline = time.time() + 400
-    while not checkpoints(layout):
+    run = distillation.run_name(cfg.distill, report.inputs_digest, layout.root)
+    while not checkpoints(layout, run):
         assert killed.poll() is None, (
             "distill ended before its first checkpoint:\n" + (tmp_path / "killed.log").read_text()[-4000:]
         )

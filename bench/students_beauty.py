@@ -167,18 +167,22 @@ class Method:
 
 
 RANKED_BY_TEACHER = ("dllm2rec", "dllm2rec_no_embedding", "dllm2rec_twin")  # DLLM2Rec with its ranking term
-SASREC, DLLM2REC, PROFILE, FUSION = (
-    ("sasrec",),
+SASREC, R2END = ("sasrec",), ("embed", "distill", "project")
+DLLM2REC, PROFILE, FUSION = (
     ("sasrec", "dllm2rec", "embed"),
     ("sasrec", "profile", "embed"),
-    (
-        "sasrec",
-        "fusion",
-        "embed",
-    ),
+    ("sasrec", "fusion", "embed"),
 )
-R2END = ("embed", "distill", "project")
 TAIL = f"the weights validation chose among those keeping {TAIL_GOAL}x SASRec's long-tail HR@10"
+
+
+def fused(*parts: str, about: str, tail: bool = False, **kind) -> Method:
+    """A fusion of ``parts`` (trained models' scores summed; ``tail``: with the long-tail floor), which learns
+    from exactly those parts."""
+    floor = TAIL_GOAL if tail else 0.0
+    return Method(fusion_of(*parts, min_long_tail_ratio=floor), about, FUSION, parts, **kind)
+
+
 METHODS = {
     BASELINE: Method(sasrec(), "SASRec, full-softmax CE: the baseline recipe", SASREC, uses_llm=False),
     # the ID-only ensembles' members: SASRec with seeds as far from the run's as the runs' seeds are apart
@@ -233,78 +237,72 @@ METHODS = {
     "profile_student": Method(
         profile_from("student"), "profile distillation: the R2END student's embeddings", PROFILE, (TEXT_MODEL,)
     ),
-    "fusion": Method(
-        fusion_of(BASELINE, TEXT_MODEL),
-        "ours: SASRec's and R2END's scores, summed with the weight validation chose",
-        FUSION,
-        (BASELINE, TEXT_MODEL),
+    "fusion": fused(
+        BASELINE,
+        TEXT_MODEL,
+        about="ours: SASRec's and R2END's scores, summed with the weight validation chose",
         twin="fusion_twin",
         id_ensemble="id_ensemble_2",
     ),
-    "fusion_dllm2rec": Method(
-        fusion_of(BASELINE, "dllm2rec", TEXT_MODEL),
-        "ours: SASRec's, DLLM2Rec's and R2END's scores, summed with the weights validation chose",
-        FUSION,
-        (BASELINE, "dllm2rec", TEXT_MODEL),
+    "fusion_dllm2rec": fused(
+        BASELINE,
+        "dllm2rec",
+        TEXT_MODEL,
+        about="ours: SASRec's, DLLM2Rec's and R2END's scores, summed with the weights validation chose",
         twin="fusion_dllm2rec_twin",
         id_ensemble="id_ensemble_3",
     ),
-    "fusion_dllm2rec_tail": Method(
-        fusion_of(BASELINE, "dllm2rec", TEXT_MODEL, min_long_tail_ratio=TAIL_GOAL),
-        f"ours: SASRec's, DLLM2Rec's and R2END's scores, {TAIL}",
-        FUSION,
-        (BASELINE, "dllm2rec", TEXT_MODEL),
+    "fusion_dllm2rec_tail": fused(
+        BASELINE,
+        "dllm2rec",
+        TEXT_MODEL,
+        about=f"ours: SASRec's, DLLM2Rec's and R2END's scores, {TAIL}",
+        tail=True,
         twin="fusion_dllm2rec_tail_twin",
         id_ensemble="id_ensemble_3_tail",
     ),
     # whether the fusion needs plain SASRec: DLLM2Rec already leads SASRec on the tail, which SASRec's
     # share of a fused score gives back
-    "fusion_without_sasrec": Method(
-        fusion_of("dllm2rec", TEXT_MODEL),
-        "ours: DLLM2Rec's and R2END's scores, summed with the weight validation chose",
-        FUSION,
-        ("dllm2rec", TEXT_MODEL),
+    "fusion_without_sasrec": fused(
+        "dllm2rec", TEXT_MODEL, about="ours: DLLM2Rec's and R2END's scores, summed with the weight validation chose"
     ),
-    "fusion_twin": Method(
-        fusion_of(BASELINE, "r2end_twin"),
-        "no-LLM twin of fusion: SASRec's and the R2END twin's scores",
-        FUSION,
-        (BASELINE, "r2end_twin"),
+    "fusion_twin": fused(
+        BASELINE, "r2end_twin", about="no-LLM twin of fusion: SASRec's and the R2END twin's scores", uses_llm=False
+    ),
+    "fusion_dllm2rec_twin": fused(
+        BASELINE,
+        "dllm2rec_twin",
+        "r2end_twin",
+        about="no-LLM twin of fusion_dllm2rec: SASRec's, the DLLM2Rec twin's and the R2END twin's scores",
         uses_llm=False,
     ),
-    "fusion_dllm2rec_twin": Method(
-        fusion_of(BASELINE, "dllm2rec_twin", "r2end_twin"),
-        "no-LLM twin of fusion_dllm2rec: SASRec's, the DLLM2Rec twin's and the R2END twin's scores",
-        FUSION,
-        (BASELINE, "dllm2rec_twin", "r2end_twin"),
+    "fusion_dllm2rec_tail_twin": fused(
+        BASELINE,
+        "dllm2rec_twin",
+        "r2end_twin",
+        about=f"no-LLM twin of fusion_dllm2rec_tail: the twins' scores, {TAIL}",
+        tail=True,
         uses_llm=False,
     ),
-    "fusion_dllm2rec_tail_twin": Method(
-        fusion_of(BASELINE, "dllm2rec_twin", "r2end_twin", min_long_tail_ratio=TAIL_GOAL),
-        f"no-LLM twin of fusion_dllm2rec_tail: the twins' scores, {TAIL}",
-        FUSION,
-        (BASELINE, "dllm2rec_twin", "r2end_twin"),
+    "id_ensemble_2": fused(
+        BASELINE,
+        "sasrec_2nd",
+        about="ID-only ensemble of two: SASRec with two seeds, scores summed as fusion's",
         uses_llm=False,
     ),
-    "id_ensemble_2": Method(
-        fusion_of(BASELINE, "sasrec_2nd"),
-        "ID-only ensemble of two: SASRec with two seeds, scores summed as fusion's",
-        FUSION,
-        (BASELINE, "sasrec_2nd"),
+    "id_ensemble_3": fused(
+        BASELINE,
+        "sasrec_2nd",
+        "sasrec_3rd",
+        about="ID-only ensemble of three: SASRec with three seeds, scores summed as fusion_dllm2rec's",
         uses_llm=False,
     ),
-    "id_ensemble_3": Method(
-        fusion_of(BASELINE, "sasrec_2nd", "sasrec_3rd"),
-        "ID-only ensemble of three: SASRec with three seeds, scores summed as fusion_dllm2rec's",
-        FUSION,
-        (BASELINE, "sasrec_2nd", "sasrec_3rd"),
-        uses_llm=False,
-    ),
-    "id_ensemble_3_tail": Method(
-        fusion_of(BASELINE, "sasrec_2nd", "sasrec_3rd", min_long_tail_ratio=TAIL_GOAL),
-        f"ID-only ensemble of three: SASRec with three seeds, {TAIL}",
-        FUSION,
-        (BASELINE, "sasrec_2nd", "sasrec_3rd"),
+    "id_ensemble_3_tail": fused(
+        BASELINE,
+        "sasrec_2nd",
+        "sasrec_3rd",
+        about=f"ID-only ensemble of three: SASRec with three seeds, {TAIL}",
+        tail=True,
         uses_llm=False,
     ),
 }

@@ -40,6 +40,11 @@ def run(cfg: PipelineConfig) -> DistillSummary:
     embedded = EmbedReport.read(layout.embeddings("report.json"), "embed")
     targets = storage.read_table(layout.embeddings("targets.parquet"))
     examples, held, with_text = distill.examples(layout.read_users(), targets, dc)
+    if dc.patience and not held.num_rows:
+        raise ValueError(
+            f"distill.patience={dc.patience} validates on held-out users, and holdout_fraction="
+            f"{dc.holdout_fraction} of {examples.num_rows} users holds out none: raise it or unset patience"
+        )
     storage.write_table(examples, layout.student(dc.run_name, "examples.parquet"))
     storage.write_table(held, layout.student(dc.run_name, "held_out.parquet"))
     name, model = distill.run_name(dc, embedded.inputs_digest, layout.root), layout.student(dc.run_name, "model")

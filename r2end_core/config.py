@@ -19,16 +19,28 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from r2end_core import storage
 
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    #: Settings added after runs were recorded whose default keeps what those runs did: dumped only when set to
+    #: another value, so the runs' names and the benchmarks' record keys (digests of the dump) stay valid.
+    _dumped_when_set: ClassVar[frozenset[str]] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _leave_out_unset_late_settings(self, handler):
+        dumped = handler(self)
+        for name in self._dumped_when_set:
+            if name in dumped and getattr(self, name) == type(self).model_fields[name].default:
+                del dumped[name]
+        return dumped
 
 
 class UserEncoder(StrEnum):
@@ -62,6 +74,14 @@ class ItemText(StrEnum):
 
     DESCRIBED = "described"  # M_i then the teacher's description D_i, where the teacher wrote one
     METADATA = "metadata"  # M_i alone for every item: no LLM text (the no-LLM twins)
+
+
+class SoftmaxKind(StrEnum):
+    """How a SASRec-family model's training scores the catalogue at each predicted position."""
+
+    FULL = "full"  # every item: exact, but [positions, items] floats per batch
+    SAMPLED = "sampled"  # the batch's targets and uniform draws, logQ-corrected (gSASRec / eSASRec style)
+    AUTO = "auto"  # sampled when the full scores of a batch would pass sasrec.full_softmax_max_mb
 
 
 class IndexKind(StrEnum):
@@ -178,6 +198,21 @@ class SasrecConfig(StrictModel):
     mask_history: bool = Field(
         True, description="Exclude a user's earlier items from the ranking (the target itself never is)."
     )
+    softmax: SoftmaxKind = Field(
+        SoftmaxKind.AUTO,
+        description="full: the cross-entropy over every item (exact); sampled: over the batch's targets and "
+        "sampled_negatives uniform draws, each score corrected by how often it is expected among them (for "
+        "catalogues whose full scores do not fit); auto: sampled past full_softmax_max_mb.",
+    )
+    sampled_negatives: int = Field(1024, ge=1, description="Uniform draws per batch with the sampled softmax.")
+    full_softmax_max_mb: float = Field(
+        4096,
+        gt=0,
+        description="With softmax auto: the most memory a worker's full-softmax batch may take (its scores, their "
+        "log-probabilities and gradient: 3 x positions x items x 4 bytes); above it, sampled.",
+    )
+
+    _dumped_when_set = frozenset({"softmax", "sampled_negatives", "full_softmax_max_mb"})
 
     @model_validator(mode="after")
     def _validates_and_feeds_every_worker(self):

@@ -98,10 +98,10 @@ class RankingDistillation(AuxiliaryLoss):
         position = torch.exp(-torch.arange(1, k + 1, dtype=torch.float32) / cfg.beta)
         self.register_buffer("position_weights", position / position.sum(), persistent=False)
 
-    def importance(self, ranking: torch.Tensor, student_scores: torch.Tensor) -> torch.Tensor:
-        """[instances, K] weights: teacher rank, teacher confidence, agreement with the student's top-K."""
+    def importance(self, ranking: torch.Tensor, student_top: torch.Tensor) -> torch.Tensor:
+        """[instances, K] weights: teacher rank, teacher confidence, agreement with the student's top-K items
+        (``student_top``: [instances, K])."""
         items = self.items[ranking]
-        student_top = student_scores.topk(items.shape[1], dim=1).indices
         consistent = (items[:, :, None] == student_top[:, None, :]).any(-1).float()
         return (
             self.cfg.gamma_position * self.position_weights[None, :]
@@ -113,12 +113,10 @@ class RankingDistillation(AuxiliaryLoss):
         ranking = self.index.of(batch, outputs.real)
         has = ranking >= 0
         if not has.any():
-            return torch.zeros((), device=outputs.logits.device), 0.0
-        rows, scores = torch.arange(len(ranking), device=ranking.device), outputs.logits.detach()
-        if not has.all():  # picked out only then: copying [positions, n_items] scores costs as much as the term
-            rows = has.nonzero().squeeze(1)
-            scores, ranking = scores[rows], ranking[rows]
-        weights = self.importance(ranking, scores)
-        log_p = outputs.log_probs[rows[:, None], self.items[ranking]]
-        term = -(weights * log_p).sum() / outputs.logits.shape[0]
+            return torch.zeros((), device=outputs.hidden.device), 0.0
+        rows = has.nonzero().squeeze(1)
+        ranking = ranking[rows]
+        weights = self.importance(ranking, outputs.scores.top(rows, self.items.shape[1]))
+        log_p = outputs.scores.log_probs_of(rows, self.items[ranking])
+        term = -(weights * log_p).sum() / len(has)
         return self.cfg.ranking_weight * term, term.item()

@@ -77,7 +77,7 @@ class InstanceIndex(nn.Module):
 
     def of(self, batch: Batch, real: torch.Tensor) -> torch.Tensor:
         """The instance of each predicted position of the batch (-1: none), in the row order of
-        ``hidden[real]`` (that is, of the batch's catalogue logits)."""
+        ``hidden[real]`` (that is, of the batch's catalogue scores)."""
         positions = batch.positions.to(self.slots.device)
         rows = torch.as_tensor(batch.rows, device=self.slots.device)[:, None].expand_as(positions)
         slot = self.start[rows] + positions.clamp(min=0)

@@ -69,7 +69,7 @@ class ProfileDistillation(AuxiliaryLoss):
 
     def forward(self, batch: Batch, outputs: StepOutputs, epoch: int) -> tuple[torch.Tensor, float]:
         if epoch > self.last_epoch:
-            return torch.zeros((), device=outputs.logits.device), 0.0
+            return torch.zeros((), device=outputs.hidden.device), 0.0
         if self.cfg.layer > len(outputs.layers):
             raise ValueError(f"profile.layer {self.cfg.layer}: the model has {len(outputs.layers)} blocks")
         states = outputs.layers[self.cfg.layer - 1]

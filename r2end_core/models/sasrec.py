@@ -8,6 +8,7 @@ item ``i`` (its ``item_index``) is token ``i + 1``. ``train`` is its training lo
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from r2end_core import schemas, storage
-from r2end_core.config import HistoryRule, SasrecArgs, SasrecConfig
+from r2end_core.config import HistoryRule, SasrecArgs, SasrecConfig, SoftmaxKind
 from r2end_core.data.histories import Histories
 from r2end_core.data.items import UnknownItemsError
 from r2end_core.data.splits import Split, index_sequences, training_part
@@ -29,6 +30,7 @@ from r2end_core.models.base import ModelManifest
 from r2end_core.train import selection, sharding
 
 WEIGHTS_FILE = "model.pt"
+log = logging.getLogger("r2end")
 
 
 class CausalSelfAttentionBlock(nn.Module):
@@ -205,20 +207,100 @@ def training_batches(
         yield Batch(inputs, targets, np.asarray(rows), positions, global_positions, loss_positions)
 
 
+class FullSoftmax:
+    """The cross-entropy over every catalogue item at the batch's predicted positions: exact, at the cost of
+    [positions, n_items] scores (and as many log-probabilities and gradients). ``hidden``: [positions,
+    hidden] states; ``targets``: their item indices. Auxiliary terms read ``log_probs_of`` and ``top`` from
+    the scores it made rather than pay for another pass over the catalogue."""
+
+    def __init__(self, module: SASRec, hidden: torch.Tensor, targets: torch.Tensor):
+        self.logits = module.catalogue_logits(hidden)
+        self.log_probs = F.log_softmax(self.logits, dim=1)
+        self.cross_entropy = F.nll_loss(self.log_probs, targets)
+
+    def log_probs_of(self, rows: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """[len(rows), k] log-probabilities of ``items`` [len(rows), k] at positions ``rows``."""
+        return self.log_probs[rows[:, None], items]
+
+    def top(self, rows: torch.Tensor, k: int) -> torch.Tensor:
+        """[len(rows), k] the model's k best items at positions ``rows`` (no gradient)."""
+        logits = self.logits.detach()  # rows are sorted positions: all of them, or picked out (a copy)
+        return (logits if len(rows) == len(logits) else logits[rows]).topk(k, dim=1).indices
+
+
+class SampledSoftmax:
+    """The cross-entropy with its normaliser estimated on a sample of the catalogue, for catalogues whose full
+    scores would not fit (gSASRec, eSASRec): the candidates are the batch's targets (in-batch negatives, drawn
+    by popularity) and ``negatives`` uniform draws. Each candidate's exp(score) is weighted by how often it
+    was drawn over how often it is expected to be (logQ correction), so the normaliser is an unbiased estimate
+    of the full one and, with every item drawn often, equals it. Memory: [positions, candidates].
+
+    ``popularity``: [n_items] training counts (the in-batch draws' distribution); the rest as FullSoftmax.
+    """
+
+    #: Most scores ``top`` makes at once (64 MB of floats) when it ranks the whole catalogue.
+    TOP_CHUNK = 1 << 24
+
+    def __init__(
+        self, module: SASRec, hidden: torch.Tensor, targets: torch.Tensor, negatives: int, popularity: torch.Tensor
+    ):
+        self.module, self.hidden = module, hidden
+        n_items = module.n_items
+        drawn = torch.randint(n_items, (negatives,), device=hidden.device)
+        candidates, counts = torch.unique(torch.cat([targets, drawn]), return_counts=True)
+        share = popularity.to(hidden.device, torch.float32).clamp(min=1.0)
+        expected = len(targets) * share[candidates] / share.sum() + negatives / n_items
+        scores = hidden @ module.item_emb.weight[candidates + 1].T
+        self.log_normaliser = torch.logsumexp(scores + (counts / expected).log()[None, :], dim=1)
+        target_scores = (hidden * module.item_emb.weight[targets + 1]).sum(1)
+        self.cross_entropy = (self.log_normaliser - target_scores).mean()
+
+    def log_probs_of(self, rows: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        scores = (self.hidden[rows][:, None, :] * self.module.item_emb.weight[items + 1]).sum(-1)
+        return scores - self.log_normaliser[rows][:, None]
+
+    def top(self, rows: torch.Tensor, k: int) -> torch.Tensor:
+        with torch.no_grad():
+            hidden = self.hidden.detach()[rows]
+            chunk = max(1, self.TOP_CHUNK // self.module.n_items)
+            return torch.cat([self.module.catalogue_logits(h).topk(k, dim=1).indices for h in hidden.split(chunk)])
+
+
+CatalogueScores = FullSoftmax | SampledSoftmax
+Softmax = Callable[[SASRec, torch.Tensor, torch.Tensor], CatalogueScores]
+"""(model, hidden states at the predicted positions, their target items) -> the batch's CatalogueScores."""
+
+#: Copies of a batch's [positions, n_items] floats the full softmax holds: scores, log-probabilities, gradient.
+FULL_SOFTMAX_COPIES = 3
+
+
+def choose_softmax(cfg: SasrecConfig, popularity: np.ndarray, world: int = 1) -> Softmax:
+    """The softmax ``cfg.softmax`` asks for; ``auto``: sampled when a worker's full-softmax batch would take
+    more than ``cfg.full_softmax_max_mb`` (``popularity``: the catalogue's training counts)."""
+    positions = -(-cfg.batch_size // world) * cfg.model.max_len
+    full_mb = FULL_SOFTMAX_COPIES * positions * len(popularity) * 4 / 2**20
+    kind = cfg.softmax
+    if kind == SoftmaxKind.AUTO:
+        kind = SoftmaxKind.SAMPLED if full_mb > cfg.full_softmax_max_mb else SoftmaxKind.FULL
+        if kind == SoftmaxKind.SAMPLED:
+            log.info(f"sampled softmax: a full-softmax batch would take {full_mb:,.0f} MB per worker")
+    if kind == SoftmaxKind.FULL:
+        return FullSoftmax
+    counts = torch.tensor(np.asarray(popularity), dtype=torch.float32)
+    return lambda module, hidden, targets: SampledSoftmax(module, hidden, targets, cfg.sampled_negatives, counts)
+
+
 @dataclass
 class StepOutputs:
     """What one forward pass gives an auxiliary loss: ``hidden`` [batch, length, hidden]; ``layers``, each
     block's output (only when the loss ``needs_layers``); ``real``, the mask of predicted positions;
-    ``logits`` [real positions, n_items], the catalogue's scores there, and ``log_probs``, their log-softmax
-    (made once for the cross-entropy: a term over the catalogue reuses it rather than pay for another pass
-    over [positions, n_items]); ``cross_entropy``, the batch's recommendation loss (detached: for a term that
-    scales itself to it)."""
+    ``scores``, the catalogue's scores at them (rows in ``hidden[real]`` order) as the cross-entropy made them;
+    ``cross_entropy``, the batch's recommendation loss (detached: for a term that scales itself to it)."""
 
     hidden: torch.Tensor
     layers: list[torch.Tensor] | None
     real: torch.Tensor
-    logits: torch.Tensor
-    log_probs: torch.Tensor
+    scores: CatalogueScores
     cross_entropy: torch.Tensor
 
 
@@ -248,9 +330,11 @@ def train_one_epoch(
     world: int = 1,
     auxiliary: AuxiliaryLoss | None = None,
     epoch: int = 1,
+    softmax: Softmax = FullSoftmax,
 ) -> dict[str, float]:
-    """One pass of full-softmax cross-entropy (plus ``auxiliary``); returns this rank's mean loss per
-    predicted position (``loss``: the cross-entropy) and the auxiliary term's mean."""
+    """One pass of cross-entropy (``softmax``: over the whole catalogue or sampled; plus ``auxiliary``);
+    returns this rank's mean loss per predicted position (``loss``: the cross-entropy) and the auxiliary
+    term's mean."""
     core = getattr(model, "module", model)  # unwrap DistributedDataParallel
     model.train()
     totals, count = {"loss": 0.0} | ({auxiliary.name: 0.0} if auxiliary else {}), 0
@@ -259,13 +343,12 @@ def train_one_epoch(
         needs_layers = auxiliary is not None and auxiliary.needs_layers
         hidden, layers = model(inputs, return_layers=True) if needs_layers else (model(inputs), None)
         real = targets > 0
-        logits = core.catalogue_logits(hidden[real])
-        log_probs = F.log_softmax(logits, dim=1)
-        loss = F.nll_loss(log_probs, targets[real] - 1)  # the cross-entropy
+        scores = softmax(core, hidden[real], targets[real] - 1)
+        loss = scores.cross_entropy
         n = int(real.sum())
         total = loss
         if auxiliary is not None:
-            extra, value = auxiliary(batch, StepOutputs(hidden, layers, real, logits, log_probs, loss.detach()), epoch)
+            extra, value = auxiliary(batch, StepOutputs(hidden, layers, real, scores, loss.detach()), epoch)
             total = total + extra
             totals[auxiliary.name] += value * n
         optimizer.zero_grad(set_to_none=True)
@@ -341,6 +424,7 @@ def train(
     sasrec_model = manifest("", cfg.model, items.num_rows, history, {})
     scorer = SasrecRecommender(core, valid.item_ids, sasrec_model, str(device))
     rng = np.random.default_rng(cfg.seed)
+    softmax = choose_softmax(cfg, items.column("train_popularity").to_numpy(), world)
     if restored:  # go on from the last epoch
         core.load_state_dict(restored["current"]["model"])
         optimizer.load_state_dict(restored["current"]["optimizer"])
@@ -360,7 +444,7 @@ def train(
             length_buckets=cfg.length_buckets,
             position_weighted=cfg.position_weighted_loss,
         )
-        return train_one_epoch(model, optimizer, batches, device, world, extras.auxiliary, epoch)
+        return train_one_epoch(model, optimizer, batches, device, world, extras.auxiliary, epoch, softmax)
 
     yield from selection.epochs(
         restored,

@@ -56,9 +56,8 @@ def test_importance_weights_follow_rank_confidence_and_agreement(prepared_tables
         schema=dllm2rec.schemas.TEACHER_RANKINGS,
     )
     loss = dllm2rec.RankingDistillation(rankings, users, Dllm2recConfig())
-    student = torch.zeros(2, 50)
-    student[0, [4, 9, 10]] = 1.0  # the student's top 3 holds item 4 for the first instance only
-    weights = loss.importance(torch.tensor([0, 1]), student)
+    student_top = torch.tensor([[9, 4, 10], [9, 10, 11]])  # the student's top 3 holds item 4 for the first only
+    weights = loss.importance(torch.tensor([0, 1]), student_top)
     assert weights[0, 0] > weights[0, 1] > weights[0, 2]  # rank, and item 4 agrees with the student
     assert torch.all(weights[0] > weights[1])  # more confident instance
     assert torch.isclose(weights[0, 1] - weights[0, 2], weights[1, 1] - weights[1, 2])  # rank alone
@@ -79,9 +78,9 @@ def test_the_ranking_term_is_the_weighted_soft_label_cross_entropy(prepared_tabl
     model = sasrec.SASRec(items.num_rows, SMALL)
     hidden = model(batch.inputs)
     real = batch.targets > 0
-    logits = model.catalogue_logits(hidden[real])
-    log_probs = torch.log_softmax(logits, 1)
-    outputs = sasrec.StepOutputs(hidden, None, real, logits, log_probs, torch.tensor(0.0))
+    scores = sasrec.FullSoftmax(model, hidden[real], batch.targets[real] - 1)
+    logits, log_probs = scores.logits, torch.log_softmax(scores.logits, 1)
+    outputs = sasrec.StepOutputs(hidden, None, real, scores, torch.tensor(0.0))
     term, value = loss(batch, outputs, epoch=1)
 
     instance_of = {
@@ -94,11 +93,16 @@ def test_the_ranking_term_is_the_weighted_soft_label_cross_entropy(prepared_tabl
         if instance is None:
             continue
         ranked += 1
-        weights = loss.importance(torch.tensor([instance]), logits[n : n + 1].detach())[0]
+        weights = loss.importance(torch.tensor([instance]), logits[n : n + 1].detach().topk(5).indices)[0]
         expected -= float((weights * log_probs[n, loss.items[instance]]).sum().detach())
     assert ranked == (int(real.sum()) if positions == "all" else len(batch.rows))
     assert value == pytest.approx(expected / int(real.sum()), rel=1e-5)
     assert term.item() == pytest.approx(0.7 * value, rel=1e-6)
+    # with the sampled softmax (a catalogue too large for the full one), drawing every item often: the same term
+    counts = torch.as_tensor(items["train_popularity"].to_numpy(), dtype=torch.float32)
+    many = sasrec.SampledSoftmax(model, hidden[real], batch.targets[real] - 1, 200 * items.num_rows, counts)
+    _, sampled = loss(batch, sasrec.StepOutputs(hidden, None, real, many, torch.tensor(0.0)), epoch=1)
+    assert sampled == pytest.approx(value, rel=0.02)
 
 
 def test_a_student_learns_what_the_teacher_ranks(prepared_tables):

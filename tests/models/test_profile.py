@@ -76,6 +76,8 @@ def test_each_user_with_a_profile_weighs_the_same_whatever_the_share(prepared_ta
     model = sasrec.SASRec(items.num_rows, SMALL)
     hidden, layers = model(batch.inputs, return_layers=True)
     cross_entropy = torch.tensor(7.0)
-    outputs = sasrec.StepOutputs(hidden, layers, batch.targets > 0, hidden[batch.targets > 0], None, cross_entropy)
+    real = batch.targets > 0
+    scores = sasrec.FullSoftmax(model, hidden[real], batch.targets[real] - 1)
+    outputs = sasrec.StepOutputs(hidden, layers, real, scores, cross_entropy)
     term, mse = loss(batch, outputs, epoch=1)
     assert mse > 0 and term.item() == pytest.approx(0.4 / 0.6 * 7.0 * 2 / 8, rel=1e-5)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from r2end_core import models
-from r2end_core.config import HistoryRule, SasrecArgs, SasrecConfig
+from r2end_core.config import HistoryRule, SasrecArgs, SasrecConfig, SoftmaxKind
 from r2end_core.data.histories import Histories
 from r2end_core.data.items import UnknownItemsError
 from r2end_core.data.splits import Split, index_sequences, training_part
@@ -96,7 +96,8 @@ def test_batched_user_vectors_match_one_at_a_time(prepared_tables, args):
     assert torch.allclose(batched, single, atol=1e-5)
 
 
-def test_training_lowers_loss_and_beats_untrained(prepared_tables):
+@pytest.mark.parametrize("softmax", [SoftmaxKind.FULL, SoftmaxKind.SAMPLED])
+def test_training_lowers_loss_and_beats_untrained(prepared_tables, softmax):
     users, items = prepared_tables
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -105,16 +106,70 @@ def test_training_lowers_loss_and_beats_untrained(prepared_tables):
     before = evaluate(recommender(module, items), valid).metrics
     optimizer = torch.optim.Adam(module.parameters(), lr=5e-3)
     train = [training_part(s) + 1 for s in index_sequences(users, items)]
+    chosen = sasrec.choose_softmax(SasrecConfig(softmax=softmax, sampled_negatives=64), popularity(items))
+    batches = lambda: sasrec.training_batches(train, 64, 20, rng)  # noqa: E731
     losses = [
-        sasrec.train_one_epoch(module, optimizer, sasrec.training_batches(train, 64, 20, rng), torch.device("cpu"))[
-            "loss"
-        ]
+        sasrec.train_one_epoch(module, optimizer, batches(), torch.device("cpu"), softmax=chosen)["loss"]
         for _ in range(8)
     ]
     after = evaluate(recommender(module, items), valid).metrics
     assert losses[-1] < losses[0] - 0.5
     assert after["ndcg@20"] > before["ndcg@20"]
     assert {"hr@10", "ndcg@10", "coverage@10", "tail_hr@10"} <= set(after)
+
+
+def popularity(items) -> np.ndarray:
+    return items.column("train_popularity").to_numpy()
+
+
+def test_the_sampled_normaliser_is_an_unbiased_estimate_of_the_full_one(prepared_tables):
+    """Over repeated batches (targets drawn by popularity, as in-batch negatives are, plus a few uniform
+    draws), exp of the sampled log-normaliser averages to the full softmax's sum; with many draws one
+    batch's log-probabilities and cross-entropy come close to the exact ones."""
+    _, items = prepared_tables
+    torch.manual_seed(0)
+    model = sasrec.SASRec(items.num_rows, SMALL)
+    counts = torch.as_tensor(popularity(items), dtype=torch.float32).clamp(min=1)
+    hidden = torch.randn(4, SMALL.hidden_size) * 3
+    exact = torch.logsumexp(model.catalogue_logits(hidden), 1)
+    with torch.no_grad():
+        estimates = torch.stack(
+            [
+                sasrec.SampledSoftmax(model, hidden, torch.multinomial(counts, 4, True), 32, counts).log_normaliser
+                for _ in range(4000)
+            ]
+        )
+    assert torch.allclose(estimates.exp().mean(0).log(), exact, atol=0.05)
+    assert (estimates - exact).abs().mean() > 0.05  # one small sample alone is far from exact
+    targets = torch.tensor([3, 17, 17, 250])
+    full = sasrec.FullSoftmax(model, hidden, targets)
+    many = sasrec.SampledSoftmax(model, hidden, targets, 200 * items.num_rows, counts)
+    rows, asked = torch.tensor([0, 2]), torch.tensor([[3, 5, 9], [1, 17, 400]])
+    assert torch.allclose(many.log_probs_of(rows, asked), full.log_probs_of(rows, asked), atol=0.02)
+    assert many.cross_entropy.item() == pytest.approx(full.cross_entropy.item(), abs=0.02)
+    assert torch.equal(many.top(rows, 5), full.top(rows, 5))
+
+
+def test_auto_samples_only_when_the_full_softmax_would_not_fit(prepared_tables):
+    """Beauty-sized catalogues keep the exact full softmax; a catalogue of two million items trains with the
+    sampled one, whose memory is set by the batch, not the catalogue (its full scores would take 300 GB)."""
+    users, items = prepared_tables
+    assert sasrec.choose_softmax(SasrecConfig(), popularity(items)) is sasrec.FullSoftmax
+    huge = np.ones(2_000_000, dtype=np.int64)
+    huge[: items.num_rows] += popularity(items)
+    cfg = SasrecConfig(model=SasrecArgs(hidden_size=8, num_heads=1, inner_size=16, max_len=20), sampled_negatives=256)
+    chosen = sasrec.choose_softmax(cfg, huge)
+    assert chosen is not sasrec.FullSoftmax
+    torch.manual_seed(0)
+    module = sasrec.SASRec(len(huge), cfg.model)
+    optimizer = torch.optim.Adam(module.parameters(), lr=1e-2)
+    train = [training_part(s) + 1 for s in index_sequences(users, items)]
+    batches = list(sasrec.training_batches(train, 256, 20, np.random.default_rng(0)))[:1] * 5
+    losses = [
+        sasrec.train_one_epoch(module, optimizer, iter([b]), torch.device("cpu"), softmax=chosen)["loss"]
+        for b in batches
+    ]
+    assert np.isfinite(losses).all() and losses[-1] < losses[0]
 
 
 def test_the_saved_model_loads_and_scores_the_same(tmp_path, prepared_tables):
@@ -168,6 +223,11 @@ def test_a_run_is_named_by_what_changes_its_weights():
     assert sasrec.run_name(SasrecConfig(model=SasrecArgs(dropout=0.1)), "/store", prepared="prepared-1") != name
     assert sasrec.run_name(base, "/store", prepared="prepared-2") != name
     assert sasrec.run_name(base, "/store", prepared="prepared-1", teacher="t1") != name
+    # settings added later are named only when set (the runs made before them keep their names)
+    assert (
+        sasrec.run_name(SasrecConfig(softmax="auto", sampled_negatives=1024), "/store", prepared="prepared-1") == name
+    )
+    assert sasrec.run_name(SasrecConfig(softmax="sampled"), "/store", prepared="prepared-1") != name
 
 
 def test_positions_from_end_give_the_latest_item_the_same_position():

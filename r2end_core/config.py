@@ -85,6 +85,7 @@ class SoftmaxKind(StrEnum):
 
 
 class IndexKind(StrEnum):
+    AUTO = "auto"  # flat up to index.exact_max_items, hnsw past it
     FLAT = "flat"  # exact
     IVF = "ivf"  # inverted lists (nlist, nprobe)
     HNSW = "hnsw"  # a graph (hnsw_m, ef_search)
@@ -576,10 +577,24 @@ class FusionConfig(StrictModel):
 class IndexConfig(StrictModel):
     model: str | None = Field(None, description="The model (its name under models/) the index serves. None: r2end's.")
     kind: IndexKind = Field(
-        IndexKind.FLAT,
+        IndexKind.AUTO,
         description="faiss index by inner product: exact (flat), or approximate (ivf, hnsw), whose recall against "
-        "exact search is measured and reported.",
+        "exact search is measured and reported; auto: flat up to exact_max_items, hnsw past it.",
     )
+    exact_max_items: int = Field(
+        100_000,
+        ge=1,
+        description="auto: the largest catalogue searched exactly (flat reads every item vector per query: at 1M "
+        "items of 384 floats, 1.5 GB).",
+    )
+    recall_target: float | None = Field(
+        0.95,
+        gt=0,
+        le=1,
+        description="hnsw: double efSearch from ef_search (to at most max_ef_search) until recall@recall_k on the "
+        "queries reaches this. None: search with ef_search as it is.",
+    )
+    max_ef_search: int = Field(4096, ge=1, description="hnsw: the largest efSearch recall_target may raise it to.")
     nlist: int = Field(64, ge=1, description="ivf: number of clusters.")
     nprobe: int = Field(8, ge=1, description="ivf: clusters searched per query.")
     hnsw_m: int = Field(32, ge=2, description="hnsw: neighbours per node.")

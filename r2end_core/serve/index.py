@@ -50,6 +50,17 @@ def version_name(kind: str, *parts: object) -> str:
     return f"{kind}-{storage.digest(parts)}"
 
 
+def resolved(cfg: IndexConfig, n_items: int) -> IndexConfig:
+    """``cfg`` with ``auto`` made the kind it picks for ``n_items`` items.
+
+    >>> resolved(IndexConfig(), 12_101).kind, resolved(IndexConfig(), 1_000_000).kind
+    (<IndexKind.FLAT: 'flat'>, <IndexKind.HNSW: 'hnsw'>)
+    """
+    if cfg.kind != IndexKind.AUTO:
+        return cfg
+    return cfg.model_copy(update={"kind": IndexKind.FLAT if n_items <= cfg.exact_max_items else IndexKind.HNSW})
+
+
 def build(vectors: np.ndarray, cfg: IndexConfig) -> faiss.Index:
     """A faiss index over ``vectors``, searched by inner product.
 
@@ -59,6 +70,7 @@ def build(vectors: np.ndarray, cfg: IndexConfig) -> faiss.Index:
     """
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     dim = vectors.shape[1]
+    cfg = resolved(cfg, len(vectors))
     if cfg.kind == IndexKind.FLAT:
         index = faiss.IndexFlatIP(dim)
     elif cfg.kind == IndexKind.IVF:
@@ -106,6 +118,21 @@ def recall(index: faiss.Index, exact: faiss.Index, queries: np.ndarray, k: int) 
     return float(np.mean([len(set(a) & set(e)) / k for a, e in zip(approx_rows, exact_rows)]))
 
 
+def reach_recall(
+    index: faiss.Index, exact: faiss.Index, queries: np.ndarray, cfg: IndexConfig
+) -> tuple[int | None, float]:
+    """(efSearch, recall@recall_k): an HNSW ``index``'s efSearch doubled from ``cfg.ef_search`` until its
+    recall against ``exact`` on ``queries`` reaches ``cfg.recall_target`` or efSearch reaches
+    ``cfg.max_ef_search``; the index keeps the efSearch found. Other kinds: (None, their recall)."""
+    found = recall(index, exact, queries, cfg.recall_k)
+    if not isinstance(index, faiss.IndexHNSW) or cfg.recall_target is None:
+        return None, found
+    while found < cfg.recall_target and index.hnsw.efSearch < cfg.max_ef_search:
+        index.hnsw.efSearch = min(2 * index.hnsw.efSearch, cfg.max_ef_search)
+        found = recall(index, exact, queries, cfg.recall_k)
+    return index.hnsw.efSearch, found
+
+
 def save(layout: Layout, index: faiss.Index, items: pa.Table, manifest: IndexSummary) -> None:
     """Write one version; ``latest.json`` moves last, so a reader never sees half a version."""
     if items.num_rows != index.ntotal:
@@ -142,15 +169,15 @@ def build_version(
     if model.item_ids != items.column("item_id").to_pylist():
         raise ValueError(f"model {model.manifest.name} was trained on another catalogue than the prepared items")
     vectors = model.item_vectors()
+    ic = resolved(ic, len(vectors))
     index = build(vectors, ic)
     quality = {"exact": True}
     if ic.kind != IndexKind.FLAT:
         exact = build(vectors, ic.model_copy(update={"kind": IndexKind.FLAT}))
-        quality = {
-            "exact": False,
-            f"recall@{ic.recall_k}": recall(index, exact, model.user_vectors(queries), ic.recall_k),
-            "queries": len(queries),
-        }
+        ef_search, found = reach_recall(index, exact, model.user_vectors(queries), ic)
+        if ef_search is not None:
+            ic = ic.model_copy(update={"ef_search": ef_search})
+        quality = {"exact": False, f"recall@{ic.recall_k}": found, "queries": len(queries)}
     settings = ic.model_dump(mode="json", include={"kind", *INDEX_SETTINGS[ic.kind]})
     catalogue = items.select(["item_id", "title", "metadata_text"])
     manifest = IndexSummary(

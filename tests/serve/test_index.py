@@ -52,6 +52,25 @@ def test_every_kind_finds_the_nearest_item_and_survives_a_save(tmp_path, kind):
     assert np.array_equal(index.search(loaded, queries, 5)[0], rows)
 
 
+def test_hnsw_raises_ef_search_until_it_reaches_the_recall_asked():
+    items, queries = unit_rows(5000), unit_rows(200, seed=3)
+    exact = index.build(items, IndexConfig(kind="flat"))
+    cfg = IndexConfig(kind="hnsw", hnsw_m=4, ef_search=2, recall_target=0.97)
+    graph = index.build(items, cfg)
+    first = index.recall(graph, exact, queries, 10)
+    ef_search, found = index.reach_recall(graph, exact, queries, cfg)
+    assert first < 0.97 <= found and ef_search > 2 and graph.hnsw.efSearch == ef_search
+    assert index.recall(graph, exact, queries, 10) == found  # the index keeps what it found
+    capped = index.build(items, cfg.model_copy(update={"max_ef_search": 4}))
+    assert index.reach_recall(capped, exact, queries, cfg.model_copy(update={"max_ef_search": 4}))[0] == 4
+
+
+def test_auto_is_exact_up_to_its_threshold_and_a_graph_past_it():
+    items = unit_rows(300)
+    assert isinstance(index.build(items, IndexConfig(exact_max_items=300)), index.faiss.IndexFlatIP)
+    assert isinstance(index.build(items, IndexConfig(exact_max_items=299)), index.faiss.IndexHNSWFlat)
+
+
 def test_approximate_recall_is_measured_against_exact():
     items, queries = unit_rows(3000), unit_rows(100, seed=2)
     exact = index.build(items, IndexConfig())

@@ -34,7 +34,9 @@ def free_port() -> int:
 def served(r2end_model):
     """(config, base URL, the index version served, a real user's request body, an HNSW version's summary)."""
     cfg = r2end_model[0].with_section("serve", port=free_port(), keep_serving=False, max_replicas=1)
-    approximate = index.run(cfg.with_section("index", kind="hnsw", hnsw_m=4, ef_search=4, recall_queries=20))
+    approximate = index.run(
+        cfg.with_section("index", kind="hnsw", hnsw_m=4, ef_search=4, recall_queries=20, recall_target=None)
+    )
     built = index.run(cfg)  # exact, and the latest
     url = deploy.start(cfg)
     yield cfg, url, built, deploy.example_request(cfg, k=10), approximate

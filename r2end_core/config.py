@@ -108,6 +108,12 @@ class RayConfig(StrictModel):
         ge=1,
         description="Logical CPUs for a local cluster (ignored when joining one). None: the machine's cores.",
     )
+    max_failures: int = Field(
+        3,
+        ge=0,
+        description="Ray Train: times a run restarts from its last checkpoint after a worker (or its node) dies; "
+        "0: the run fails with it.",
+    )
 
 
 class Resources(StrictModel):
@@ -644,6 +650,12 @@ class ServeConfig(StrictModel):
     )
     keep_serving: bool = Field(
         True, description="Pipeline only: after the first answered query, keep the endpoint up until Ctrl-C."
+    )
+    proxy_location: Literal["EveryNode", "HeadOnly"] = Field(
+        "EveryNode",
+        description="Where Serve's HTTP proxies run: on every node (a load balancer may send to any), or on the "
+        "head alone (nodes that share one address, as a one-machine multi-node cluster does, cannot all bind "
+        "the port). Replicas run wherever they fit either way.",
     )
 
 

@@ -125,10 +125,11 @@ def read_json(path: str) -> Any:
         return json.loads(src.read().decode())
 
 
-def upload_folder(local_folder: str, path: str) -> None:
-    """Copy a local folder (e.g. a saved model) to ``path``, replacing what was there."""
+def upload_folder(local_folder: str, path: str, replace: bool = True) -> None:
+    """Copy a local folder (e.g. a saved model) to ``path``, replacing what was there (``replace=False``: adding
+    to it; files of the same name are overwritten)."""
     fs, inner = filesystem(path)
-    if fs.get_file_info(inner).type != pafs.FileType.NotFound:
+    if replace and fs.get_file_info(inner).type != pafs.FileType.NotFound:
         fs.delete_dir(inner)
     fs.create_dir(inner, recursive=True)
     pafs.copy_files(local_folder, inner, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)

@@ -61,6 +61,7 @@ def run(cfg: PipelineConfig) -> DistillSummary:
         name=name,
         layout=layout,
         resources=cfg.resources,
+        max_failures=cfg.ray.max_failures,
         num_workers=dc.num_workers,
         describe=lambda r: (
             f"distill step {r['step']}/{r['total_steps']}: loss {r['loss']:.4f}"

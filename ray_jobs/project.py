@@ -45,6 +45,7 @@ def run(cfg: PipelineConfig) -> TrainSummary:
             name=run.run_name,
             layout=layout,
             resources=cfg.resources,
+            max_failures=cfg.ray.max_failures,
             describe=selection.describe("project"),
         )
         state = ray_train.final_state(result)

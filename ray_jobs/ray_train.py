@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import ray.train
 import ray.train.torch
 import torch
-from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from r2end_core import storage
@@ -93,10 +93,12 @@ def fit(
     layout: Layout,
     resources: Resources,
     num_workers: int = 1,
+    max_failures: int = 0,
     describe: Callable[[dict], str] = str,
 ) -> ray.train.Result:
     """Run ``loop`` on ``num_workers`` Ray Train workers (DDP over gloo on CPU) as the run ``name``, keeping
-    its latest checkpoint; shows each new report as ``describe(metrics)``."""
+    its latest checkpoint; a worker's death restarts the workers from it, up to ``max_failures`` times. Shows
+    each new report as ``describe(metrics)``."""
     progress = storage.join(layout.ray_train, name, PROGRESS_FILE)
     trainer = TorchTrainer(
         loop,
@@ -106,7 +108,10 @@ def fit(
             num_workers=num_workers, use_gpu=resources.use_gpu, resources_per_worker={"CPU": resources.cpus_per_worker}
         ),
         run_config=RunConfig(
-            name=name, storage_path=layout.ray_train, checkpoint_config=CheckpointConfig(num_to_keep=1)
+            name=name,
+            storage_path=layout.ray_train,
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+            failure_config=FailureConfig(max_failures=max_failures),
         ),
     )
     done = threading.Event()

@@ -68,6 +68,7 @@ def fit(
         name=sasrec.run_name(sc, layout.root, **inputs),
         layout=layout,
         resources=cfg.resources,
+        max_failures=cfg.ray.max_failures,
         num_workers=sc.num_workers,
         describe=selection.describe(sc.run_name),
     )

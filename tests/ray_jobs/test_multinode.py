@@ -1,0 +1,213 @@
+"""Multi-node on object storage: a Ray cluster started as a cloud cluster starts (``ray start`` on a head with
+no CPUs, so it runs drivers but no work, and on a worker node), whose storage path is a bucket of a local
+S3-compatible server (moto). Every stage of the slice runs as its own driver process joining the cluster:
+prepare, SASRec (one of its Ray Train workers SIGKILLed part-way: the run restarts from its checkpoint), embed,
+distill, project, index and serve. Inputs are read from the bucket and every artifact is written there; the
+served replica runs on the worker node and answers over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import psutil
+import pyarrow.fs as pafs
+import pytest
+
+from r2end_core import storage
+from r2end_core.layout import Layout
+from ray_jobs.runtime import SERVE_ENV, haproxy_found
+from ray_jobs.serve import example_request, post
+from tests.conftest import REPO, stage_config
+from tests.serve_app.test_app import free_port
+
+BUCKET = "r2end-multinode"
+
+
+def wait_until(check, what: str, timeout: float, every: float = 1.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(every)
+    raise TimeoutError(f"no {what} after {timeout:.0f} s")
+
+
+def answers(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=2)
+        return True
+    except OSError as error:  # an HTTP error status is an answer too
+        return hasattr(error, "code")
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """The environment that points pyarrow (and so every r2end process) at a moto S3 server with one bucket."""
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")
+    server = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "moto_server"), "-p", str(port)], stdout=log, stderr=log
+    )
+    env = {
+        "AWS_ACCESS_KEY_ID": "r2end-test",
+        "AWS_SECRET_ACCESS_KEY": "r2end-test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+    }
+    previous = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)  # this process reads the bucket too
+    try:
+        wait_until(lambda: answers(env["AWS_ENDPOINT_URL"]), "moto server", 60)
+        fs, _ = pafs.FileSystem.from_uri(f"s3://{BUCKET}?allow_bucket_creation=true")
+        fs.create_dir(BUCKET)
+        yield env
+    finally:
+        for key, value in previous.items():
+            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+        server.terminate()
+        server.wait(30)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(s3, tmp_path_factory):
+    """(address, environment of its processes): a head node without CPUs and a worker node with 4."""
+    root = tmp_path_factory.mktemp("cluster")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | s3
+    env |= {k: v for k, v in SERVE_ENV.items() if k != "RAY_SERVE_ENABLE_HA_PROXY" or haproxy_found()}
+    env["RAY_AUTH_MODE"] = "token"  # as on a cloud cluster: every process shows the token (~/.ray/auth_token)
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    ray = os.path.join(os.path.dirname(sys.executable), "ray")
+    common = ["--block", "--disable-usage-stats"]
+    logs = [open(root / name, "w") for name in ("head.log", "worker.log")]
+    nodes = [
+        subprocess.Popen(
+            [ray, "start", "--head", f"--port={port}", "--num-cpus=0", "--include-dashboard=false",
+             f"--dashboard-port={free_port()}", f"--ray-client-server-port={free_port()}",
+             f"--temp-dir={root / 'ray'}", *common],
+            env=env, stdout=logs[0], stderr=subprocess.STDOUT,
+        )
+    ]  # fmt: skip
+    try:
+        wait_until(lambda: len(alive_nodes(address, env)) == 1, "head node", 120, every=2)
+        nodes.append(
+            subprocess.Popen([ray, "start", f"--address={address}", "--num-cpus=4", *common],
+                             env=env, stdout=logs[1], stderr=subprocess.STDOUT)
+        )  # fmt: skip
+        wait_until(lambda: len(alive_nodes(address, env)) == 2, "worker node", 120, every=2)
+        yield address, env
+    finally:
+        for node in nodes:  # --block: each node drains and stops its processes (together: one wait)
+            node.send_signal(signal.SIGTERM)
+        for node in nodes:
+            node.wait(90)
+        for log in logs:
+            log.close()
+
+
+def alive_nodes(address: str, env: dict) -> list[dict]:
+    """The cluster's alive nodes, asked by a driver of their own (this process may be in another cluster)."""
+    code = f"import json, ray; ray.init(address={address!r}, logging_level='ERROR'); print(json.dumps(ray.nodes()))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if out.returncode:
+        return []
+    return [n for n in json.loads(out.stdout.strip().splitlines()[-1]) if n["Alive"]]
+
+
+def upload(local: str, uri: str) -> str:
+    storage.upload_folder(local, uri)
+    return uri
+
+
+def stage(name: str, config: str, env: dict, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", f"ray_jobs.{name}", "--config", config, *extra],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def finish(process: subprocess.Popen, timeout: float = 900) -> str:
+    out, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, out[-6000:]
+    return out
+
+
+def train_workers() -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["cmdline"]) if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
+
+
+def test_the_stages_run_on_two_nodes_from_object_storage(tmp_path, cluster, slice_folders):
+    address, env = cluster
+    env = env | {"RAY_ADDRESS": address}
+    dataset, outputs = slice_folders
+    store = f"s3://{BUCKET}/store"
+    inputs = [upload(folder, f"s3://{BUCKET}/inputs/{os.path.basename(folder)}") for folder in [dataset, *outputs]]
+    cfg, path = stage_config(
+        tmp_path,
+        inputs[0],
+        inputs[1:3],
+        f"storage_path={store}",
+        "sasrec.max_epochs=4",
+        "sasrec.patience=10",
+        "sasrec.batch_size=8",
+        "sasrec.model.hidden_size=16",
+        "sasrec.model.inner_size=16",
+        "project.epochs=1",
+        f"serve.port={free_port()}",
+        "serve.proxy_location=HeadOnly",
+        "serve.max_replicas=1",
+        "serve.keep_serving=false",
+    )
+    config = str(path)
+    layout = Layout(store)
+    finish(stage("prepare", config, env))
+
+    # SASRec: SIGKILL its Ray Train worker once the first epoch is checkpointed; the run goes on from there.
+    training = stage("train_sasrec", config, env)
+    run = wait_until(lambda: storage_folders(layout.ray_train) or training.poll() is not None, "run folder", 300)
+    registered = storage.join(layout.ray_train, run[0], "checkpoint_manager_snapshot.json")  # Ray Train's record
+    wait_until(lambda: storage.exists(registered) or training.poll() is not None, "first checkpoint", 300)
+    workers = train_workers()
+    assert training.poll() is None and len(workers) == 1, "the run ended before its first checkpoint was killed"
+    workers[0].send_signal(signal.SIGKILL)
+    out = finish(training)
+    summary = storage.read_json(layout.model_version("sasrec", read_latest(layout, "sasrec"), "metrics.json"))
+    assert summary["resumed_from_epoch"] >= 1 and summary["epochs_trained"] == 4, (workers, out[-5000:])
+
+    for name in ("embed", "distill", "project", "index"):
+        finish(stage(name, config, env))
+    finish(stage("serve", config, env))
+    # the app outlives its driver; its replica is on the worker node (the head has no CPU for one)
+    head = [n for n in alive_nodes(address, env) if n["Resources"].get("CPU", 0) == 0]
+    assert len(head) == 1
+    answer = post(f"http://127.0.0.1:{cfg.serve.port}/recommend", example_request(cfg, k=7))
+    assert len(answer["items"]) == 7 and answer["model"] == cfg.project.run_name
+
+    # every artifact is in the bucket; nothing was written beside the config on this machine's disk
+    written = {f.path.split("/")[2] for f in bucket_files(f"{BUCKET}/store")}
+    assert {"prepared", "embeddings", "students", "models", "index", "ray_train", "logs"} <= written
+    assert sorted(os.listdir(tmp_path)) == ["config.yaml"]
+
+
+def storage_folders(uri: str) -> list[str]:
+    fs, inner = storage.filesystem(uri)
+    if fs.get_file_info(inner).type == pafs.FileType.NotFound:
+        return []
+    return sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(inner)) if i.type == pafs.FileType.Directory)
+
+
+def bucket_files(inner: str) -> list[pafs.FileInfo]:
+    fs, _ = storage.filesystem(f"s3://{inner}")
+    return [i for i in fs.get_file_info(pafs.FileSelector(inner, recursive=True)) if i.is_file]
+
+
+def read_latest(layout: Layout, name: str) -> str:
+    return storage.read_json(layout.model_latest(name))["version"]

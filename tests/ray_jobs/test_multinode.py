@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -82,7 +83,8 @@ def cluster(s3, tmp_path_factory):
     root = tmp_path_factory.mktemp("cluster")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | s3
     env |= {k: v for k, v in SERVE_ENV.items() if k != "RAY_SERVE_ENABLE_HA_PROXY" or haproxy_found()}
-    env["RAY_AUTH_MODE"] = "token"  # as on a cloud cluster: every process shows the token (~/.ray/auth_token)
+    # token auth, as on a cloud cluster: every process of this cluster and its drivers holds its own token
+    env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     port = free_port()
     address = f"127.0.0.1:{port}"
     ray = os.path.join(os.path.dirname(sys.executable), "ray")

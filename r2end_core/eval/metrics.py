@@ -1,7 +1,8 @@
 """Full-item ranking metrics: HR@K, NDCG@K, long-tail HR/NDCG and catalogue coverage.
 
 Every user is ranked against the whole catalogue (no sampled candidates). Scores are computed
-in chunks of users, so memory stays at ``chunk_size x n_items`` floats whatever the user count.
+in chunks of users, so memory stays at ``chunk_size x n_items`` floats (at most ``CHUNK_SCORES``)
+whatever the user count.
 
 Ties are counted against the target (pessimistic rank): a model that scores everything equal
 gets no credit.
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 DEFAULT_KS = (5, 10, 20)
+CHUNK_SCORES = 1 << 24  # most scores a chunk holds (64 MB of floats): fewer users per chunk on a large catalogue
 
 ScoreFn = Callable[[np.ndarray], torch.Tensor]
 """Maps an array of user positions (rows of the evaluation set) to a [len, n_items] score tensor."""
@@ -83,6 +85,7 @@ def rank_users(
         targets: [n_users] item index of each user's held-out item.
         exclude: per user, item indices removed from the ranking (None: nothing masked).
         max_k: how many top items to keep per user (for coverage).
+        chunk_size: most users scored at once (fewer when ``chunk_size x n_items`` passes ``CHUNK_SCORES``).
 
     >>> scores = torch.tensor([[0.9, 0.1, 0.5], [0.2, 0.3, 0.1]])
     >>> ranking = rank_users(lambda rows: scores[torch.as_tensor(rows)], np.array([2, 1]), 3)
@@ -93,6 +96,7 @@ def rank_users(
     if n_users == 0:
         raise ValueError("ranking needs at least one user")
     max_k = min(max_k, n_items)
+    chunk_size = max(1, min(chunk_size, CHUNK_SCORES // n_items))
     ranks = np.empty(n_users, dtype=np.int64)
     top = np.empty((n_users, max_k), dtype=np.int64)
     for start in range(0, n_users, chunk_size):

@@ -1,20 +1,23 @@
 """Multi-node on object storage: a Ray cluster started as a cloud cluster starts (``ray start`` on a head with
 no CPUs, so it runs drivers but no work, and on a worker node), whose storage path is a bucket of a local
-S3-compatible server (moto). Every stage of the slice runs as its own driver process joining the cluster:
-prepare, SASRec (one of its Ray Train workers SIGKILLed part-way: the run restarts from its checkpoint), embed,
-distill, project, index and serve. Inputs are read from the bucket and every artifact is written there; the
-served replica runs on the worker node and answers over HTTP."""
+S3-compatible server (moto). Every stage of the slice runs as its own driver joining the cluster: prepare (a
+``ray job submit`` entrypoint), SASRec (one of its Ray Train workers SIGKILLed part-way: the run restarts from
+its checkpoint), embed, distill, project, index and serve. Inputs are read from the bucket and every artifact
+is written there; the served replica runs on the worker node and answers over HTTP."""
 
 from __future__ import annotations
 
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from pathlib import Path
 
 import psutil
 import pyarrow.fs as pafs
@@ -25,6 +28,7 @@ from r2end_core.layout import Layout
 from ray_jobs.runtime import SERVE_ENV, haproxy_found
 from ray_jobs.serve import example_request, post
 from tests.conftest import REPO, stage_config
+from tests.conftest import SLICE_USERS as USERS
 from tests.serve_app.test_app import free_port
 
 BUCKET = "r2end-multinode"
@@ -77,35 +81,50 @@ def s3(tmp_path_factory):
         log.close()
 
 
+def own_ports(*flags: str) -> list[str]:
+    """``--flag=port`` for each flag, on free ports: another cluster on this machine (the test session's) holds
+    Ray's defaults."""
+    return [f"{flag}={free_port()}" for flag in flags]
+
+
+AGENT_PORTS = ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--metrics-export-port",
+               "--runtime-env-agent-port")  # fmt: skip
+
+
 @pytest.fixture(scope="module")
-def cluster(s3, tmp_path_factory):
-    """(address, environment of its processes): a head node without CPUs and a worker node with 4."""
-    root = tmp_path_factory.mktemp("cluster")
+def cluster(s3):
+    """(GCS address, job API address, environment of its processes): a head node without CPUs, with the job API
+    on its loopback, and a worker node with 4 CPUs."""
+    root = tempfile.mkdtemp(prefix="r2end-ray-", dir="/tmp")  # Unix socket paths are capped at 107 bytes
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | s3
     env |= {k: v for k, v in SERVE_ENV.items() if k != "RAY_SERVE_ENABLE_HA_PROXY" or haproxy_found()}
     # token auth, as on a cloud cluster: every process of this cluster and its drivers holds its own token
     env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    port = free_port()
-    address = f"127.0.0.1:{port}"
+    port, dashboard = free_port(), free_port()
+    address, jobs = f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}"
     ray = os.path.join(os.path.dirname(sys.executable), "ray")
     common = ["--block", "--disable-usage-stats"]
-    logs = [open(root / name, "w") for name in ("head.log", "worker.log")]
+    logs = [open(os.path.join(root, name), "w") for name in ("head.log", "worker.log")]
     nodes = [
         subprocess.Popen(
-            [ray, "start", "--head", f"--port={port}", "--num-cpus=0", "--include-dashboard=false",
-             f"--dashboard-port={free_port()}", f"--ray-client-server-port={free_port()}",
-             f"--temp-dir={root / 'ray'}", *common],
+            [ray, "start", "--head", f"--port={port}", "--num-cpus=0", "--dashboard-host=127.0.0.1",
+             f"--dashboard-port={dashboard}", *own_ports("--ray-client-server-port"), f"--temp-dir={root}",
+             *own_ports(*AGENT_PORTS), *common],
             env=env, stdout=logs[0], stderr=subprocess.STDOUT,
         )
     ]  # fmt: skip
     try:
         wait_until(lambda: len(alive_nodes(address, env)) == 1, "head node", 120, every=2)
         nodes.append(
-            subprocess.Popen([ray, "start", f"--address={address}", "--num-cpus=4", *common],
+            subprocess.Popen([ray, "start", f"--address={address}", "--num-cpus=4", *own_ports(*AGENT_PORTS), *common],
                              env=env, stdout=logs[1], stderr=subprocess.STDOUT)
         )  # fmt: skip
-        wait_until(lambda: len(alive_nodes(address, env)) == 2, "worker node", 120, every=2)
-        yield address, env
+        try:
+            wait_until(lambda: len(alive_nodes(address, env)) == 2, "worker node", 120, every=2)
+        except TimeoutError as error:
+            logs[1].flush()
+            raise TimeoutError(f"{error}: {open(logs[1].name).read()[-3000:]}") from None
+        yield address, jobs, env
     finally:
         for node in nodes:  # --block: each node drains and stops its processes (together: one wait)
             node.send_signal(signal.SIGTERM)
@@ -113,6 +132,22 @@ def cluster(s3, tmp_path_factory):
             node.wait(90)
         for log in logs:
             log.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def submit(jobs: str, config: Path, env: dict, stage_name: str) -> str:
+    """``stage_name`` as a ``ray job submit`` entrypoint; its working directory (the config alone) goes through
+    the job API, and the repository's packages are installed on every node."""
+    command = [os.path.join(os.path.dirname(sys.executable), "ray"), "job", "submit", f"--address={jobs}",
+               f"--working-dir={config.parent}", "--", sys.executable, "-m", f"ray_jobs.{stage_name}", "--config",
+               config.name]  # fmt: skip
+    for _ in range(20):  # the job agent comes up a little after the job API answers
+        submitted = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        if "No available agent" not in submitted.stderr:
+            break
+        time.sleep(3)
+    assert submitted.returncode == 0 and "succeeded" in submitted.stdout, submitted.stdout[-3000:] + submitted.stderr
+    return submitted.stdout
 
 
 def alive_nodes(address: str, env: dict) -> list[dict]:
@@ -147,7 +182,7 @@ def train_workers() -> list[psutil.Process]:
 
 
 def test_the_stages_run_on_two_nodes_from_object_storage(tmp_path, cluster, slice_folders):
-    address, env = cluster
+    address, jobs, env = cluster
     env = env | {"RAY_ADDRESS": address}
     dataset, outputs = slice_folders
     store = f"s3://{BUCKET}/store"
@@ -170,7 +205,8 @@ def test_the_stages_run_on_two_nodes_from_object_storage(tmp_path, cluster, slic
     )
     config = str(path)
     layout = Layout(store)
-    finish(stage("prepare", config, env))
+    submit(jobs, path, env, "prepare")
+    assert storage.read_json(layout.prepare_report)["users"] == USERS
 
     # SASRec: SIGKILL its Ray Train worker once the first epoch is checkpointed; the run goes on from there.
     training = stage("train_sasrec", config, env)

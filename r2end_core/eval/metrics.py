@@ -11,6 +11,7 @@ gets no credit.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -120,6 +121,82 @@ def ndcg_gains(ranks: np.ndarray, k: int) -> np.ndarray:
     return np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
 
 
+@dataclass
+class MetricSums:
+    """What the ranking metrics are made of, summed over some users: the sums of shards of the users add up
+    (``+``) to those of all of them, so users can be ranked in parts (Ray tasks) and ``metrics()`` is the same.
+    ``covered[k]``: [n_items] whether some user's top k holds the item; the tail fields count the users whose
+    target is a long-tail item (None: no tail given)."""
+
+    n_items: int
+    ks: tuple[int, ...]
+    users: int
+    hits: dict[int, int]
+    ndcg: dict[int, float]
+    covered: dict[int, np.ndarray]
+    tail_users: int | None = None
+    tail_hits: dict[int, int] | None = None
+    tail_ndcg: dict[int, float] | None = None
+
+    @classmethod
+    def of(
+        cls,
+        ranking: Ranking,
+        targets: np.ndarray,
+        n_items: int,
+        tail_items: np.ndarray | None = None,
+        ks: Sequence[int] = DEFAULT_KS,
+    ) -> MetricSums:
+        ks, ranks = tuple(sorted(ks)), ranking.ranks
+        covered = {}
+        for k in ks:
+            covered[k] = np.zeros(n_items, dtype=bool)
+            covered[k][ranking.top[:, :k].ravel()] = True
+        sums = cls(
+            n_items,
+            ks,
+            len(ranks),
+            {k: int((ranks < k).sum()) for k in ks},
+            {k: float(ndcg_gains(ranks, k).sum()) for k in ks},
+            covered,
+        )
+        if tail_items is not None:
+            tail = ranks[tail_items[targets]]
+            sums.tail_users = len(tail)
+            sums.tail_hits = {k: int((tail < k).sum()) for k in ks}
+            sums.tail_ndcg = {k: float(ndcg_gains(tail, k).sum()) for k in ks}
+        return sums
+
+    def __add__(self, other: MetricSums) -> MetricSums:
+        if (self.n_items, self.ks, self.tail_users is None) != (other.n_items, other.ks, other.tail_users is None):
+            raise ValueError("only sums over the same catalogue, ks and tail rule add up")
+        add = lambda a, b: None if a is None else {k: a[k] + b[k] for k in self.ks}  # noqa: E731
+        return MetricSums(
+            self.n_items,
+            self.ks,
+            self.users + other.users,
+            add(self.hits, other.hits),
+            add(self.ndcg, other.ndcg),
+            {k: self.covered[k] | other.covered[k] for k in self.ks},
+            None if self.tail_users is None else self.tail_users + other.tail_users,
+            add(self.tail_hits, other.tail_hits),
+            add(self.tail_ndcg, other.tail_ndcg),
+        )
+
+    def metrics(self) -> dict[str, float]:
+        metrics: dict[str, float] = {"users": self.users}
+        for k in self.ks:
+            metrics[f"hr@{k}"] = self.hits[k] / self.users
+            metrics[f"ndcg@{k}"] = self.ndcg[k] / self.users
+            metrics[f"coverage@{k}"] = int(self.covered[k].sum()) / self.n_items
+        if self.tail_users is not None:
+            metrics["tail_users"] = self.tail_users
+            for k in self.ks:
+                metrics[f"tail_hr@{k}"] = self.tail_hits[k] / self.tail_users if self.tail_users else 0.0
+                metrics[f"tail_ndcg@{k}"] = self.tail_ndcg[k] / self.tail_users if self.tail_users else 0.0
+        return metrics
+
+
 def ranking_metrics(
     ranking: Ranking,
     targets: np.ndarray,
@@ -138,19 +215,7 @@ def ranking_metrics(
     >>> m["hr@1"], round(m["ndcg@1"], 3)
     (0.5, 0.5)
     """
-    ranks = ranking.ranks
-    metrics: dict[str, float] = {"users": len(ranks)}
-    for k in sorted(ks):
-        metrics[f"hr@{k}"] = float((ranks < k).mean())
-        metrics[f"ndcg@{k}"] = float(ndcg_gains(ranks, k).mean())
-        metrics[f"coverage@{k}"] = len(np.unique(ranking.top[:, :k])) / n_items
-    if tail_items is not None:
-        in_tail = tail_items[targets]
-        metrics["tail_users"] = int(in_tail.sum())
-        for k in sorted(ks):
-            metrics[f"tail_hr@{k}"] = float((ranks[in_tail] < k).mean()) if in_tail.any() else 0.0
-            metrics[f"tail_ndcg@{k}"] = float(ndcg_gains(ranks[in_tail], k).mean()) if in_tail.any() else 0.0
-    return metrics
+    return MetricSums.of(ranking, targets, n_items, tail_items, ks).metrics()
 
 
 def paired_difference(ranks_a: np.ndarray, ranks_b: np.ndarray, k: int = 10) -> dict:

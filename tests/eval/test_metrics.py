@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from r2end_core.eval.metrics import format_table, long_tail_mask, rank_users, ranking_metrics, target_ranks
+from r2end_core.eval.metrics import (
+    MetricSums,
+    Ranking,
+    format_table,
+    long_tail_mask,
+    rank_users,
+    ranking_metrics,
+    target_ranks,
+)
 
 
 def evaluate_ranking(score_fn, targets, n_items, exclude=None, tail_items=None, ks=(5, 10, 20), chunk_size=1024):
@@ -79,6 +87,24 @@ def test_chunking_does_not_change_results():
     one = evaluate_ranking(lambda r: scores[torch.as_tensor(r)], targets, 300, exclude=exclude, chunk_size=1)
     big = evaluate_ranking(lambda r: scores[torch.as_tensor(r)], targets, 300, exclude=exclude, chunk_size=1000)
     assert one == big
+
+
+def test_sums_over_shards_of_the_users_give_the_metrics_of_all():
+    rng = np.random.default_rng(0)
+    scores, targets = torch.from_numpy(rng.normal(size=(200, 3000))), rng.integers(0, 3000, 200)
+    scores[np.arange(200), targets] += 3  # some hits
+    tail = long_tail_mask(rng.integers(0, 50, 3000))
+    ranking = rank_users(lambda r: scores[torch.as_tensor(r)], targets, 3000)
+    whole = ranking_metrics(ranking, targets, 3000, tail)
+    parts = [np.arange(0, 130), np.arange(130, 131), np.arange(131, 200)]
+    sums = [MetricSums.of(Ranking(ranking.ranks[p], ranking.top[p]), targets[p], 3000, tail) for p in parts]
+    merged = (sums[0] + sums[1] + sums[2]).metrics()
+    assert merged.keys() == whole.keys() and all(merged[k] == pytest.approx(whole[k], abs=1e-12) for k in whole)
+    assert (
+        0 < merged["coverage@10"] < 1 and 0 < merged["hr@10"] < 1 and merged["tail_users"] == int(tail[targets].sum())
+    )
+    with pytest.raises(ValueError, match="add up"):
+        sums[0] + MetricSums.of(ranking, targets, 3000)  # no tail rule
 
 
 def test_table_lists_both_splits():

@@ -21,7 +21,7 @@ from r2end_core.eval.evaluate import EvalSet, record
 from r2end_core.eval.metrics import format_table
 from r2end_core.layout import Layout
 from r2end_core.summaries import TrainSummary
-from ray_jobs import prepare, train_sasrec
+from ray_jobs import prepare, ranking, train_sasrec
 from ray_jobs.runtime import run_stage
 
 # What held the first recipe back (4x-wide feed-forward, dropout 0.5, early stop 16 epochs after the best;
@@ -62,7 +62,7 @@ def benchmark(cfg: PipelineConfig) -> None:
     chosen = max(candidates, key=lambda name: candidates[name]["valid"][SELECTION_METRIC])
     torch.set_num_threads(cfg.resources.cpus_per_worker)
     test = EvalSet.build(layout.read_users(), layout.read_items(), Split.TEST, cfg.sasrec.mask_history)
-    summary = record(layout, models.load(layout, chosen), [test]).model_dump()
+    summary = record(layout, models.load(layout, chosen), [test], ranking.on_ray(cfg.resources)).model_dump()
     result = {
         **summary,
         "chosen": chosen,

@@ -21,7 +21,7 @@ from r2end_core.layout import Layout
 from r2end_core.models import sasrec
 from r2end_core.summaries import TrainSummary
 from r2end_core.train import selection
-from ray_jobs import ray_train
+from ray_jobs import ranking, ray_train
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -84,6 +84,7 @@ def fit(
         layout,
         model,
         [EvalSet.build(users, items, s, sc.mask_history) for s in splits],
+        ranking.on_ray(cfg.resources),
         **selection.summary_fields(state),
         train_users=users.num_rows,
         eval_users=users.num_rows,

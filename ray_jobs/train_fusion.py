@@ -24,7 +24,7 @@ from r2end_core.eval.evaluate import EvalSet, record
 from r2end_core.layout import Layout
 from r2end_core.models import fusion
 from r2end_core.summaries import TrainSummary
-from ray_jobs import ray_data
+from ray_jobs import ranking, ray_data
 from ray_jobs.runtime import log, run_stage
 
 
@@ -52,6 +52,7 @@ def run(cfg: PipelineConfig, score_test: bool = True) -> TrainSummary:
         layout,
         model,
         [EvalSet.build(users, items, s, cfg.sasrec.mask_history) for s in splits],
+        ranking.on_ray(cfg.resources),
         history=searched,
         train_users=users.num_rows,
         eval_users=users.num_rows,

@@ -9,13 +9,13 @@ those earlier items are masked from the ranking unless ``mask_history`` is False
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
 
 from r2end_core import schemas, storage
 from r2end_core.data.histories import Histories
@@ -59,8 +59,12 @@ class EvalSet:
 
 @dataclass
 class Evaluation:
-    metrics: Metrics
+    sums: metrics.MetricSums  # what the metrics are made of (they add up over shards of the users)
     ranks: np.ndarray  # each user's 0-based rank of the target
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.sums.metrics()
 
     def ranks_table(self, scored: EvalSet) -> pa.Table:
         """schemas.RANKS rows, for paired comparisons of models scored on the same users."""
@@ -74,36 +78,35 @@ class Evaluation:
         )
 
 
-def evaluate(model: Recommender, scored: EvalSet, device: str = "cpu") -> Evaluation:
-    """Rank the whole catalogue for every scored user by ``model``'s scores."""
+def evaluate(
+    model: Recommender, scored: EvalSet, device: str = "cpu", rank: metrics.Ranker | None = None
+) -> Evaluation:
+    """Rank the whole catalogue for every scored user by ``model``'s scores: in this process on ``device``, or by
+    ``rank`` (``metrics.Ranker``; ``ray_jobs.ranking.on_ray`` spreads the users over Ray tasks)."""
     if model.item_ids != scored.item_ids:
         raise ValueError(
             f"model {model.manifest.name} holds {len(model.item_ids)} items that are not the {len(scored.item_ids)} "
             "prepared items in their order: it was trained on another catalogue (run prepare and train again)"
         )
-    users = torch.from_numpy(model.user_vectors(scored.histories)).to(device)
-    items = torch.from_numpy(model.item_vectors()).to(device)
-    ranking = metrics.rank_users(
-        lambda rows: (users[torch.as_tensor(rows, device=device)] @ items.T).cpu(),
-        scored.targets,
-        len(scored.item_ids),
-        scored.exclude,
+    rank = rank or functools.partial(metrics.rank_vectors, device=device)
+    ranks, sums = rank(
+        model.user_vectors(scored.histories), model.item_vectors(), scored.targets, scored.exclude, scored.tail
     )
-    return Evaluation(
-        metrics.ranking_metrics(ranking, scored.targets, len(scored.item_ids), scored.tail), ranking.ranks
-    )
+    return Evaluation(sums, ranks)
 
 
-def record(layout: Layout, model: Recommender, sets: list[EvalSet], **fields) -> TrainSummary:
-    """Score a saved model on ``sets`` and write its ``metrics.json`` (summaries.TrainSummary, with
-    ``fields``) and ``ranks.parquet`` into its version folder. A split scored later (test, once
-    selection is done) joins what was recorded."""
+def record(
+    layout: Layout, model: Recommender, sets: list[EvalSet], rank: metrics.Ranker | None = None, **fields
+) -> TrainSummary:
+    """Score a saved model on ``sets`` (by ``rank``: see ``evaluate``) and write its ``metrics.json``
+    (summaries.TrainSummary, with ``fields``) and ``ranks.parquet`` into its version folder. A split scored
+    later (test, once selection is done) joins what was recorded."""
     name, version = model.manifest.name, model.manifest.version
     path, ranks_path = (
         layout.model_version(name, version, "metrics.json"),
         layout.model_version(name, version, "ranks.parquet"),
     )
-    results = {s.split: (s, evaluate(model, s)) for s in sets}
+    results = {s.split: (s, evaluate(model, s, rank=rank)) for s in sets}
     recorded = storage.read_json(path) if storage.exists(path) else {}
     summary = TrainSummary(
         **{

@@ -19,6 +19,7 @@ import torch
 
 DEFAULT_KS = (5, 10, 20)
 CHUNK_SCORES = 1 << 24  # most scores a chunk holds (64 MB of floats): fewer users per chunk on a large catalogue
+DEFAULT_CHUNK = 1024  # users scored at once on a catalogue small enough
 
 ScoreFn = Callable[[np.ndarray], torch.Tensor]
 """Maps an array of user positions (rows of the evaluation set) to a [len, n_items] score tensor."""
@@ -77,7 +78,7 @@ def rank_users(
     n_items: int,
     exclude: Sequence[np.ndarray] | None = None,
     max_k: int = max(DEFAULT_KS),
-    chunk_size: int = 1024,
+    chunk_size: int = DEFAULT_CHUNK,
 ) -> Ranking:
     """Rank every item for every user.
 
@@ -195,6 +196,35 @@ class MetricSums:
                 metrics[f"tail_hr@{k}"] = self.tail_hits[k] / self.tail_users if self.tail_users else 0.0
                 metrics[f"tail_ndcg@{k}"] = self.tail_ndcg[k] / self.tail_users if self.tail_users else 0.0
         return metrics
+
+
+Ranker = Callable[
+    [np.ndarray, np.ndarray, np.ndarray, Sequence[np.ndarray] | None, np.ndarray | None], tuple[np.ndarray, MetricSums]
+]
+"""(user vectors, item vectors, targets, exclude, tail items) -> (each user's target rank, ``MetricSums``):
+``rank_vectors`` in this process, or one that spreads the users over workers (``ray_jobs.ranking``)."""
+
+
+def rank_vectors(
+    users: np.ndarray,
+    items: np.ndarray,
+    targets: np.ndarray,
+    exclude: Sequence[np.ndarray] | None,
+    tail_items: np.ndarray | None,
+    device: str = "cpu",
+) -> tuple[np.ndarray, MetricSums]:
+    """Rank every item for every user by the inner product ``users @ items.T`` (``rank_users``, chunked).
+
+    >>> ranks, sums = rank_vectors(np.eye(2, dtype=np.float32), np.eye(3, 2, dtype=np.float32), np.array([0, 2]),
+    ...                            None, None)
+    >>> ranks.tolist(), sums.metrics()["hr@5"]
+    ([0, 2], 1.0)
+    """
+    u, it = torch.from_numpy(users).to(device), torch.from_numpy(items).to(device)
+    ranking = rank_users(
+        lambda rows: (u[torch.as_tensor(rows, device=device)] @ it.T).cpu(), targets, len(items), exclude
+    )
+    return ranking.ranks, MetricSums.of(ranking, targets, len(items), tail_items)
 
 
 def ranking_metrics(

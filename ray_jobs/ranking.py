@@ -1,0 +1,76 @@
+"""Full-item ranking spread over Ray tasks: the users x items scores of an evaluation, in parts of users.
+
+    record(layout, model, sets, rank=ranking.on_ray(cfg.resources))
+
+Each task ranks a part of the users against the whole catalogue (``metrics.rank_vectors``, so the scores it
+holds at once stay under ``metrics.CHUNK_SCORES``) and returns their ranks and ``MetricSums``; the driver adds
+the sums. The item vectors go to the object store once. A part is a whole number of ranking chunks, so every
+score is computed as in one process: the ranks are the same, the metrics up to the order of a float sum.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import ray
+import torch
+
+from r2end_core.config import Resources
+from r2end_core.eval import metrics
+
+TASK_SCORES = 1 << 27  # scores one task computes (in chunks): ~0.5 GB of floats, seconds of work on a core
+
+
+def _rank_part(
+    users: np.ndarray,
+    items: np.ndarray,
+    targets: np.ndarray,
+    exclude: Sequence[np.ndarray] | None,
+    tail: np.ndarray | None,
+    threads: int,
+    device: str,
+) -> tuple[np.ndarray, metrics.MetricSums]:
+    torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS to the task's CPUs; torch keeps its own count
+    warnings.filterwarnings("ignore", "The given NumPy array is not writable")  # the object store's are read-only
+    return metrics.rank_vectors(users, items, targets, exclude, tail, device)
+
+
+def part_size(n_items: int, chunk_size: int = metrics.DEFAULT_CHUNK, task_scores: int = TASK_SCORES) -> int:
+    """Users per task: whole ranking chunks (as ``rank_users`` cuts them), about ``task_scores`` scores.
+
+    >>> part_size(12_101), part_size(1_000_000)
+    (10240, 128)
+    """
+    chunk = max(1, min(chunk_size, metrics.CHUNK_SCORES // n_items))
+    return chunk * max(1, task_scores // (chunk * n_items))
+
+
+def on_ray(resources: Resources, task_scores: int = TASK_SCORES) -> metrics.Ranker:
+    """A ``metrics.Ranker`` that ranks parts of the users in Ray tasks of ``resources.cpus_per_worker`` CPUs
+    (and a GPU each with ``resources.use_gpu``)."""
+    gpu = resources.use_gpu
+
+    def rank(users, items, targets, exclude, tail):
+        items_ref, tail_ref = ray.put(items), ray.put(tail)
+        task = ray.remote(num_cpus=resources.cpus_per_worker, num_gpus=1 if gpu else 0)(_rank_part)
+        size = part_size(len(items), task_scores=task_scores)
+        pending = [
+            task.remote(
+                users[start : start + size],
+                items_ref,
+                targets[start : start + size],
+                None if exclude is None else exclude[start : start + size],
+                tail_ref,
+                resources.cpus_per_worker,
+                "cuda" if gpu else "cpu",
+            )
+            for start in range(0, len(users), size)
+        ]
+        parts = ray.get(pending)
+        return np.concatenate([ranks for ranks, _ in parts]), functools.reduce(operator.add, [s for _, s in parts])
+
+    return rank

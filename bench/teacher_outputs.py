@@ -69,9 +69,9 @@ def prompt_tokens(tokenizer, kind: str, requests: list[dict]) -> list[int]:
     return [len(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]]
 
 
-def gpu_seconds(model_config, prompt_total: int, output_total: int, mean_context: float, gpu: dict) -> float:
-    c = model_config
-    params = (
+def parameters(c) -> int:
+    """A decoder's weights from its transformers config: attention (grouped-query), gated MLP, embeddings."""
+    return round(
         c.num_hidden_layers
         * (
             4 * c.hidden_size**2 * (1 + c.num_key_value_heads / c.num_attention_heads) / 2
@@ -79,6 +79,10 @@ def gpu_seconds(model_config, prompt_total: int, output_total: int, mean_context
         )
         + c.vocab_size * c.hidden_size
     )
+
+
+def gpu_seconds(model_config, prompt_total: int, output_total: int, mean_context: float, gpu: dict) -> float:
+    c, params = model_config, parameters(model_config)
     prefill = 2 * params * prompt_total / (gpu["bf16_tflops"] * 1e12 * PREFILL_UTILISATION)
     kv_bytes_per_token = c.num_hidden_layers * 2 * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads) * 2
     step_bytes = 2 * params + DECODE_BATCH * mean_context * kv_bytes_per_token

@@ -1,0 +1,583 @@
+"""How each stage's time and memory grow with the data: Beauty-shaped datasets at 1x, 4x and 16x its users
+and items (``bench.scaled_beauty``), and a catalogue of a million items for the index.
+
+    python -m bench.scale --work /work/artifacts/scale                  # 1x, 4x, 16x; resumes
+    python -m bench.scale --work /tmp/scale --sizes 0.05 0.1 --out /tmp/results   # a quick look
+
+Every (stage, size) runs in a process of its own (``python -m bench.scale --measure ...``), its resident memory
+sampled every 0.1 s from outside: the driver (that process) and the largest Ray worker under it (a ``ray::``
+process). What it measured is kept in ``<work>/measured/``, so a stopped run resumes where it was.
+
+Stages that cannot run whole at 16x on 2 cores run a fixed amount of work and are extrapolated (the table says
+so, and by what factor): SASRec's training epoch from ``--steps`` steps, the distilled student's epoch likewise,
+the text encoding from ``--rows`` texts, the full ranking from ``--rows`` users. Everything else runs whole.
+Each stage's growth exponent is the slope of log(seconds) against log(its size measure), least squares over the
+sizes: a stage linear in what it reads has 1; ranking every user against every item is measured against users
+x items (its nature), the rest against what they read (interactions, texts, users, items). SASRec runs the
+sampled softmax (what ``sasrec.softmax=auto`` picks at these sizes); ``sasrec_full_softmax`` shows why.
+
+The index point at 1M items clones the item vectors of a trained model (``--vectors``, e.g. the students
+benchmark's SASRec) with Gaussian noise (clones of an item sit near it), searched by that model's user vectors:
+recall@10 against exact search and the p50 of one query; without ``--vectors``, random Gaussian vectors (a
+harder case for HNSW), recorded as such. LLM generation is costed per 1,000 prompts from
+``bench/results/generation_cpu.json`` (tokens and seconds measured there).
+
+Writes bench/results/scale.json, scale.md and scale.png (log-log, time and memory against size, per stage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from bench import results, scaled_beauty
+
+REPO = Path(__file__).resolve().parents[1]
+SIZES = (1.0, 4.0, 16.0)
+MILLION = 1_000_000
+
+
+# --- the measurements, each in its own process ------------------------------------------------------------
+
+
+def _config(work: Path, size: float, *overrides: str):
+    from r2end_core.config import load_config
+
+    return load_config(
+        REPO / "configs/base.yaml",
+        [f"storage_path={work / 'storage' / label(size)}", f"prepare.dataset_path={dataset(work, size)}", *overrides],
+    )
+
+
+def label(size: float) -> str:
+    """>>> label(4.0), label(0.05)
+    ('4x', '0.05x')"""
+    return f"{size:g}x"
+
+
+def dataset(work: Path, size: float) -> Path:
+    """Beauty at ``size`` times its users and items (made once): whole clones of every item, sampled users."""
+    folder = work / "data" / label(size)
+    if not (folder / "items.parquet").exists():
+        import pyarrow.parquet as pq
+
+        source = Path(scaled_beauty.beauty())
+        interactions, items = (pq.read_table(source / f"{n}.parquet") for n in ("interactions", "items"))
+        scaled_beauty.write(*scaled_beauty.scaled(interactions, items, size, max(1, round(size))), folder)
+    return folder
+
+
+def _prepared(work: Path, size: float):
+    from r2end_core.layout import Layout
+
+    layout = Layout(str(work / "storage" / label(size)))
+    return layout.read_users(), layout.read_items()
+
+
+def measure_prepare(work: Path, size: float, args) -> dict:
+    from ray_jobs import prepare
+    from ray_jobs.runtime import start_local
+
+    cfg = _config(work, size)
+    start_local(num_cpus=cfg.ray.num_cpus, include_dashboard=False)
+    started = time.perf_counter()
+    report = prepare.run(cfg)
+    return {"seconds": time.perf_counter() - started, "size": report.interactions, "unit": "interactions"}
+
+
+def _sasrec(work: Path, size: float, args, softmax: str) -> dict:
+    import torch
+
+    from r2end_core.data.splits import index_sequences, training_part
+    from r2end_core.models import sasrec
+
+    cfg = _config(work, size, f"sasrec.softmax={softmax}").sasrec
+    users, items = _prepared(work, size)
+    popularity = items.column("train_popularity").to_numpy()
+    positions = cfg.batch_size * cfg.model.max_len * len(popularity) * 4 * sasrec.FULL_SOFTMAX_COPIES / 2**20
+    if softmax == "full" and positions > args.max_full_softmax_mb:
+        return {"skipped": f"a full-softmax batch takes {positions:,.0f} MB (> {args.max_full_softmax_mb:,} MB)"}
+    torch.manual_seed(0)
+    tokens = [training_part(s) + 1 for s in index_sequences(users, items)]
+    model = sasrec.SASRec(items.num_rows, cfg.model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    rng = np.random.default_rng(0)
+    batches = itertools.chain.from_iterable(  # epoch after epoch, for a catalogue whose epoch is shorter
+        sasrec.training_batches(tokens, cfg.batch_size, cfg.model.max_len, rng) for _ in itertools.count()
+    )
+    steps_per_epoch, steps = math.ceil(sum(len(t) >= 2 for t in tokens) / cfg.batch_size), args.steps
+    chosen = sasrec.choose_softmax(cfg, popularity)
+    train = lambda n: sasrec.train_one_epoch(  # noqa: E731
+        model, optimizer, itertools.islice(batches, n), torch.device("cpu"), softmax=chosen
+    )
+    train(1)  # warm-up: allocations, thread pools
+    started = time.perf_counter()
+    train(steps)
+    seconds = time.perf_counter() - started
+    return {
+        "seconds": seconds * steps_per_epoch / steps,
+        "extrapolated": f"one epoch of {steps_per_epoch} steps from {steps}",
+        "size": int(users.column("sequence").combine_chunks().value_lengths().to_numpy().sum()),
+        "unit": "interactions",
+    }
+
+
+def measure_sasrec(work: Path, size: float, args) -> dict:
+    return _sasrec(work, size, args, "sampled")
+
+
+def measure_sasrec_full_softmax(work: Path, size: float, args) -> dict:
+    return _sasrec(work, size, args, "full")
+
+
+def measure_embed(work: Path, size: float, args) -> dict:
+    """The embed stage encodes every item's text and every user's target text: timed on ``--rows`` item texts."""
+    from r2end_core.text import encoders
+
+    cfg = _config(work, size)
+    users, items = _prepared(work, size)
+    model = encoders.load_encoder(cfg.embed.encoder, "cpu", cfg.embed.max_seq_length)
+    texts = items.column("metadata_text").to_pylist()[: args.rows]
+    encoders.encode(model, texts[: cfg.embed.batch_size])  # warm-up
+    started = time.perf_counter()
+    encoders.encode(model, texts)
+    seconds = time.perf_counter() - started
+    total = items.num_rows + users.num_rows
+    return {
+        "seconds": seconds * total / len(texts),
+        "extrapolated": f"{total:,} texts from {len(texts):,}",
+        "size": total,
+        "unit": "texts",
+    }
+
+
+def measure_distill(work: Path, size: float, args) -> dict:
+    """The student's epoch over every user's history text (MSE to a target vector), from ``--steps`` steps; the
+    DeepSpeed engine around the step is left out."""
+    import torch
+
+    from r2end_core.models.r2end import distill
+
+    cfg = _config(work, size)
+    users, _ = _prepared(work, size)
+    dc, ec = cfg.distill, cfg.embed
+    model = distill.load_student(ec.encoder, "cpu", ec.max_seq_length)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=dc.learning_rate)
+    texts = users.column("train_history_text").to_pylist()
+    generator = torch.Generator().manual_seed(0)
+    steps_per_epoch, steps = math.ceil(len(texts) / dc.batch_size), args.steps
+
+    def step(i: int) -> None:
+        batch = [texts[(i * dc.batch_size + j) % len(texts)] for j in range(dc.batch_size)]
+        features = model.tokenize(batch)
+        out = model(features)["sentence_embedding"]
+        target = torch.nn.functional.normalize(torch.randn(out.shape, generator=generator), dim=-1)
+        optimizer.zero_grad()
+        distill.distillation_loss(out, target).backward()
+        optimizer.step()
+
+    step(0)  # warm-up
+    started = time.perf_counter()
+    for i in range(1, steps + 1):
+        step(i)
+    seconds = time.perf_counter() - started
+    return {
+        "seconds": seconds * steps_per_epoch / steps,
+        "extrapolated": f"one epoch of {steps_per_epoch} steps from {steps}",
+        "size": len(texts),
+        "unit": "users",
+    }
+
+
+def measure_project(work: Path, size: float, args) -> dict:
+    """One epoch of the projection f (InfoNCE over sampled negatives) on every user, whole; e_u and the item
+    embeddings are random (the step's cost does not depend on their values; encoding them is ``embed``'s)."""
+    import torch
+
+    from r2end_core.models.r2end import projection
+
+    pc = _config(work, size).project
+    users, items = _prepared(work, size)
+    generator = torch.Generator().manual_seed(0)
+    dim = 384
+    user_embeddings = torch.randn(users.num_rows, dim, generator=generator)
+    item_embeddings = torch.randn(items.num_rows, dim, generator=generator)
+    positives = torch.randint(0, items.num_rows, (users.num_rows,), generator=generator)
+    f = projection.Projection(dim, pc.model.dim)
+    optimizer = torch.optim.Adam(f.parameters(), lr=pc.learning_rate)
+    started = time.perf_counter()
+    projection.train_epoch(f, optimizer, user_embeddings, positives, item_embeddings, pc, generator)
+    return {"seconds": time.perf_counter() - started, "size": users.num_rows, "unit": "users"}
+
+
+def _vectors(n: int, dim: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+
+
+def measure_evaluation(work: Path, size: float, args) -> dict:
+    """Full ranking of the test split (every user against every item) in Ray tasks (``ray_jobs.ranking``), on
+    ``--rows`` users, extrapolated to all; the same users x items pass as DLLM2Rec's teacher rankings and each
+    candidate of the fusion's weight search."""
+    from r2end_core.config import Resources
+    from r2end_core.data.splits import Split
+    from r2end_core.eval.evaluate import EvalSet
+    from ray_jobs import ranking
+    from ray_jobs.runtime import start_local
+
+    cfg = _config(work, size)
+    users, items = _prepared(work, size)
+    scored = EvalSet.build(users.slice(0, args.rows), items, Split.TEST)
+    n = len(scored.targets)
+    start_local(num_cpus=cfg.ray.num_cpus, include_dashboard=False)
+    rank = ranking.on_ray(Resources(cpus_per_worker=1))
+    user_vectors, item_vectors = _vectors(n, 64, 0), _vectors(items.num_rows, 64, 1)
+    rank(user_vectors[:8], item_vectors, scored.targets[:8], scored.exclude[:8], scored.tail)  # warm-up
+    started = time.perf_counter()
+    rank(user_vectors, item_vectors, scored.targets, scored.exclude, scored.tail)
+    seconds = time.perf_counter() - started
+    return {
+        "seconds": seconds * users.num_rows / n,
+        "extrapolated": f"{users.num_rows:,} users from {n:,}",
+        "size": users.num_rows * items.num_rows,
+        "unit": "users x items",
+    }
+
+
+def _index_point(item_vectors: np.ndarray, queries: np.ndarray, index_cfg) -> dict:
+    """Build the index ``index_cfg`` picks for these items (tuning HNSW's efSearch to its recall target on half
+    the queries), then recall@10 against exact search and the p50 of one query on the other half."""
+    import faiss
+
+    from r2end_core.serve import index
+
+    tune, held = queries[: len(queries) // 2], queries[len(queries) // 2 :]
+    started = time.perf_counter()
+    built = index.build(item_vectors, index_cfg)
+    exact = index.build(item_vectors, index_cfg.model_copy(update={"kind": "flat"}))
+    ef_search, _ = index.reach_recall(built, exact, tune, index.resolved(index_cfg, len(item_vectors)))
+    seconds = time.perf_counter() - started
+    latencies = []
+    for query in held:
+        one = time.perf_counter()
+        index.search(built, query[None], 10)
+        latencies.append(time.perf_counter() - one)
+    return {
+        "seconds": seconds,
+        "kind": str(index.resolved(index_cfg, len(item_vectors)).kind),
+        "ef_search": ef_search,
+        "recall_at_10": index.recall(built, exact, held, 10),
+        "p50_ms": 1000 * float(np.median(latencies)),
+        "faiss_threads": faiss.omp_get_max_threads(),
+    }
+
+
+def measure_index(work: Path, size: float, args) -> dict:
+    """Build (and tune) the item index of a 64-dimensional model over the catalogue, whole."""
+    _, items = _prepared(work, size)
+    cfg = _config(work, size).index
+    point = _index_point(_vectors(items.num_rows, 64, 1), _vectors(2 * args.queries, 64, 2), cfg)
+    return {**point, "size": items.num_rows, "unit": "items"}
+
+
+MEASURES = {
+    "prepare": measure_prepare,
+    "sasrec": measure_sasrec,
+    "sasrec_full_softmax": measure_sasrec_full_softmax,
+    "embed": measure_embed,
+    "distill": measure_distill,
+    "project": measure_project,
+    "evaluation": measure_evaluation,
+    "index": measure_index,
+}
+LINEAR_GOAL = ("prepare", "sasrec", "embed", "distill", "project", "evaluation", "index")  # the <= 1.1 goal
+
+
+def index_million(args) -> dict:
+    """The 1M-item point: ``--vectors`` (storage_path:model) cloned with noise, or random vectors."""
+    from r2end_core.config import IndexConfig
+
+    rng = np.random.default_rng(3)
+    if args.vectors:
+        from r2end_core import models
+        from r2end_core.data.histories import Histories
+        from r2end_core.layout import Layout
+
+        storage_path, name = args.vectors.rsplit(":", 1)
+        layout = Layout(storage_path)
+        model = models.load(layout, name)
+        base = model.item_vectors()
+        users = layout.read_users().slice(0, 2 * args.queries)
+        queries = model.user_vectors(Histories.of_split(users, "test"))
+        picks = rng.integers(0, len(base), MILLION)
+        noise = rng.standard_normal((MILLION, base.shape[1])).astype(np.float32) * base.std(0) * args.clone_noise
+        item_vectors, source = base[picks] + noise, f"{args.vectors}, cloned with noise {args.clone_noise} x std"
+    else:
+        item_vectors, queries, source = _vectors(MILLION, 64, 1), _vectors(2 * args.queries, 64, 2), "random"
+    return {**_index_point(item_vectors, queries, IndexConfig()), "items": MILLION, "vectors": source}
+
+
+def run_measure(args) -> None:
+    """The child process: one measurement, written as JSON to ``--result``."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    out = index_million(args) if args.measure == "index_1m" else MEASURES[args.measure](work, args.size, args)
+    Path(args.result).write_text(json.dumps(out))
+
+
+# --- the driver: processes, memory, fits ----------------------------------------------------------------------
+
+
+def _peaks(process: psutil.Process, peaks: dict) -> None:
+    """Fold the current RSS of ``process`` (the driver) and of its largest ``ray::`` worker into ``peaks``."""
+    try:
+        peaks["driver"] = max(peaks["driver"], process.memory_info().rss)
+        for child in process.children(recursive=True):
+            try:
+                if child.name().startswith("ray::") or " ray::" in " ".join(child.cmdline()[:1]):
+                    peaks["worker"] = max(peaks["worker"], child.memory_info().rss)
+            except psutil.Error:
+                continue
+    except psutil.Error:
+        pass
+
+
+def measured(work: Path, stage: str, size: float | None, args) -> dict:
+    """A stage's measurement at a size, made in a child process (or read back from an earlier run)."""
+    name = stage if size is None else f"{stage}-{label(size)}"
+    path = work / "measured" / f"{name}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    result = path.with_suffix(".part")
+    command = [sys.executable, "-m", "bench.scale", "--measure", stage, "--work", str(work), "--result", str(result)]
+    command += ["--size", str(size or 0), *args.child_args]
+    print(f"scale: {name} ...", flush=True)
+    started = time.perf_counter()
+    child = subprocess.Popen(command, cwd=REPO)
+    process, peaks = psutil.Process(child.pid), {"driver": 0, "worker": 0}
+    while child.poll() is None:
+        _peaks(process, peaks)
+        time.sleep(0.1)
+    if child.returncode:
+        raise RuntimeError(f"scale: measuring {name} failed (exit {child.returncode}); its output is above")
+    out = {
+        **json.loads(result.read_text()),
+        "process_seconds": round(time.perf_counter() - started, 1),
+        "peak_rss_mb": round(peaks["driver"] / 2**20, 1),
+        "peak_worker_rss_mb": round(peaks["worker"] / 2**20, 1) if peaks["worker"] else None,
+    }
+    result.unlink()
+    path.write_text(json.dumps(out, indent=2))
+    return out
+
+
+def multinode() -> dict:
+    """The multi-node test (a head and a worker node on a local S3 server; every stage, a killed training worker,
+    Serve answering from the worker node), run by pytest: whether it passed."""
+    test = "tests/ray_jobs/test_multinode.py"
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test], cwd=REPO)
+    return {"nodes": 2, "passed": done.returncode == 0, "test": test, "seconds": round(time.perf_counter() - started)}
+
+
+def exponent(points: list[tuple[float, float]]) -> float | None:
+    """Least-squares slope of log(seconds) against log(size).
+
+    >>> round(exponent([(1, 2.0), (4, 8.0), (16, 32.0)]), 3), exponent([(1, 2.0)])
+    (1.0, None)
+    """
+    if len(points) < 2:
+        return None
+    x, y = (np.log([p[i] for p in points]) for i in (0, 1))
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def generation_cost(engine: str = "bfloat16") -> dict | None:
+    """Tokens, CPU seconds and model FLOPs (2 x parameters per computed token) per 1,000 prompts of each kind,
+    from the committed CPU generation benchmark's ``engine`` (tokens per answer and tokens per second
+    measured there; prompt tokens served from vLLM's prefix cache are not computed)."""
+    from transformers import AutoConfig
+
+    from bench.teacher_outputs import parameters
+    from r2end_core.teacher.model import resolve_teacher
+
+    path = results.FOLDER / "generation_cpu.json"
+    if not path.exists():
+        return None
+    measured_run = json.loads(path.read_text())
+    engine_run = measured_run["engines"][engine]
+    params = parameters(AutoConfig.from_pretrained(resolve_teacher(measured_run["model"])))
+    kinds = {}
+    for kind, per in engine_run["per_answer"].items():
+        computed = 1000 * (per["computed_prompt_tokens"] + per["output_tokens"])
+        kinds[kind] = {
+            "prompt_tokens": round(1000 * per["prompt_tokens"]),
+            "computed_prompt_tokens": round(1000 * per["computed_prompt_tokens"]),
+            "output_tokens": round(1000 * per["output_tokens"]),
+            "cpu_seconds": round(computed / engine_run["processed_tokens_per_s"], 1),
+            "tflop": round(2 * params * computed / 1e12, 2),
+        }
+    return {
+        "model": measured_run["model"],
+        "engine": engine,
+        "parameters": params,
+        "per_1000_prompts": kinds,
+        "source": "bench/results/generation_cpu.json",
+    }
+
+
+def report(work: Path, sizes: list[float], stages: list[str], args) -> dict:
+    table: dict[str, dict] = {}
+    for stage in ["prepare", *[s for s in stages if s != "prepare"]]:  # every other stage reads what prepare wrote
+        table[stage] = {"sizes": {}}
+        for size in sizes:
+            table[stage]["sizes"][label(size)] = measured(work, stage, size, args)
+    if "index" in table:  # serving's step that grows with the catalogue: one query's search, timed with the index
+        table["serving"] = {
+            "sizes": {
+                size: {"seconds": m["p50_ms"] / 1000, "size": m["size"], "unit": "items", "of": "p50 of one search"}
+                | {k: m[k] for k in ("peak_rss_mb", "peak_worker_rss_mb")}
+                for size, m in table["index"]["sizes"].items()
+            }
+        }
+    for row in table.values():
+        kept = [m for m in row["sizes"].values() if "seconds" in m]
+        row["exponent"] = exponent([(m["size"], m["seconds"]) for m in kept])
+        row["unit"] = kept[0]["unit"] if kept else None
+        row["extrapolated"] = any("extrapolated" in m for m in kept)
+    fitted = [table[s]["exponent"] for s in LINEAR_GOAL if s in table and table[s]["exponent"] is not None]
+    out = {
+        "sizes": [label(s) for s in sizes],
+        "stages": table,
+        "max_exponent": max(fitted) if fitted else None,
+        "max_exponent_stages": [s for s in LINEAR_GOAL if s in table],
+        "generation": generation_cost(),
+        "threads": args.threads,
+    }
+    if args.million:
+        out["index_1m"] = measured(work, "index_1m", None, args)
+    if args.multinode:
+        out["multinode"] = multinode()
+    return out
+
+
+def markdown(out: dict) -> str:
+    sizes = out["sizes"]
+    lines = [
+        "# How each stage grows with the data",
+        "",
+        "Seconds (peak RSS of the driver / largest Ray worker, MB) per stage at each size of Beauty (users and "
+        "items both times the size); the exponent is the fitted slope of log time against log of the unit. "
+        "* : extrapolated from a fixed amount of work (see the JSON for how much).",
+        "",
+        "| stage | unit | " + " | ".join(sizes) + " | exponent |",
+        "|---|---|" + "---|" * len(sizes) + "---|",
+    ]
+    for stage, row in out["stages"].items():
+        cells = []
+        for size in sizes:
+            m = row["sizes"][size]
+            if "seconds" not in m:
+                cells.append(f"skipped: {m.get('skipped', '?')}")
+                continue
+            worker = f" / {m['peak_worker_rss_mb']:,.0f}" if m.get("peak_worker_rss_mb") else ""
+            star = "*" if "extrapolated" in m else ""
+            cells.append(f"{m['seconds']:,.2f}{star} ({m['peak_rss_mb']:,.0f}{worker})")
+        slope = "" if row["exponent"] is None else f"{row['exponent']:.2f}"
+        lines.append(f"| {stage} | {row['unit']} | " + " | ".join(cells) + f" | {slope} |")
+    largest = "none fitted" if out["max_exponent"] is None else f"{out['max_exponent']:.2f}"
+    lines += ["", f"Largest exponent of {', '.join(out['max_exponent_stages'])}: {largest}."]
+    if node := out.get("multinode"):
+        verdict = "passed" if node["passed"] else "FAILED"
+        lines.append(f"Multi-node run ({node['nodes']} nodes, {node['test']}): {verdict}.")
+    if point := out.get("index_1m"):
+        lines.append(
+            f"Index at 1M items ({point['vectors']}): {point['kind']}, efSearch {point['ef_search']}, recall@10 "
+            f"{point['recall_at_10']:.3f} against exact, p50 {point['p50_ms']:.2f} ms per query, built in "
+            f"{point['seconds']:,.0f} s."
+        )
+    if gen := out.get("generation"):
+        for kind, cost in gen["per_1000_prompts"].items():
+            lines.append(
+                f"LLM generation, 1,000 {kind} prompts ({gen['model']}, {gen['parameters'] / 1e6:.0f}M parameters, "
+                f"{gen['engine']} on this CPU): {cost['prompt_tokens']:,} prompt tokens "
+                f"({cost['computed_prompt_tokens']:,} computed), {cost['output_tokens']:,} output tokens, "
+                f"{cost['tflop']} TFLOP, {cost['cpu_seconds']:,} s."
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plot(out: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(12, 5))
+    for stage, row in out["stages"].items():
+        kept = [m for m in row["sizes"].values() if "seconds" in m]
+        if not kept:
+            continue
+        size = [m["size"] for m in kept]
+        time_axis.loglog(size, [m["seconds"] for m in kept], "o-", label=stage)
+        memory_axis.loglog(size, [m["peak_rss_mb"] for m in kept], "o-", label=f"{stage} (driver)")
+        if any(m.get("peak_worker_rss_mb") for m in kept):
+            worker = [m.get("peak_worker_rss_mb") or np.nan for m in kept]
+            memory_axis.loglog(size, worker, "x--", label=f"{stage} (worker)")
+    time_axis.set(xlabel="size (the stage's unit)", ylabel="seconds", title="time")
+    memory_axis.set(xlabel="size (the stage's unit)", ylabel="peak RSS, MB", title="memory")
+    time_axis.legend(fontsize=7)
+    memory_axis.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", required=True, help="datasets, prepared tables and measurements (resumes)")
+    parser.add_argument("--sizes", type=float, nargs="+", default=list(SIZES), help="times Beauty's users and items")
+    parser.add_argument("--stages", nargs="+", default=list(MEASURES), choices=list(MEASURES))
+    parser.add_argument("--steps", type=int, default=20, help="training steps timed per epoch extrapolated")
+    parser.add_argument("--rows", type=int, default=2048, help="texts encoded, users ranked")
+    parser.add_argument("--queries", type=int, default=500, help="queries for the index's tuning and its p50")
+    parser.add_argument("--threads", type=int, default=2, help="torch and faiss threads in each measurement")
+    parser.add_argument("--max-full-softmax-mb", type=int, default=8192, help="skip larger full-softmax batches")
+    parser.add_argument("--million", action=argparse.BooleanOptionalAction, default=True, help="the 1M-item index")
+    parser.add_argument("--multinode", action="store_true", help="run the multi-node test and record it")
+    parser.add_argument("--vectors", help="storage_path:model whose vectors the 1M-item index clones")
+    parser.add_argument("--clone-noise", type=float, default=0.5, help="noise of a clone, in units of vector std")
+    parser.add_argument("--out", help="results folder (default: bench/results)")
+    parser.add_argument("--measure", help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        run_measure(args)
+        return
+    args.child_args = [
+        *("--steps", str(args.steps), "--rows", str(args.rows), "--queries", str(args.queries)),
+        *("--threads", str(args.threads), "--max-full-softmax-mb", str(args.max_full_softmax_mb)),
+        *("--clone-noise", str(args.clone_noise), *(("--vectors", args.vectors) if args.vectors else ())),
+    ]
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    out = report(Path(args.work), sorted(args.sizes), args.stages, args)
+    if args.out:
+        results.FOLDER = Path(args.out)
+    results.write("scale", out, markdown(out), config={k: v for k, v in vars(args).items() if k != "child_args"})
+    plot(out, results.FOLDER / "scale.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 
 from bench import llm_share, paired, results
 from r2end_core import models, storage
-from r2end_core.config import DistillTarget, ItemText, PipelineConfig, UserEncoder
+from r2end_core.config import DistillTarget, ItemText, PipelineConfig, SoftmaxKind, UserEncoder
 from r2end_core.data.splits import Split
 from r2end_core.eval import metrics
 from r2end_core.eval.evaluate import EvalSet
@@ -96,11 +96,12 @@ def with_seed(cfg: PipelineConfig, seed: int) -> PipelineConfig:
     return cfg.with_section("sasrec", seed=seed)
 
 
-def sasrec(offset: int = 0) -> Train:
-    """SASRec with the run's seed plus ``offset``: the ID-only ensembles' further members."""
+def sasrec(offset: int = 0, **changes) -> Train:
+    """SASRec with the run's seed plus ``offset`` (the ID-only ensembles' further members) and ``changes`` to its
+    settings."""
 
     def train(cfg: PipelineConfig, seed: int, name: str) -> TrainSummary:
-        return train_sasrec.run(with_seed(cfg, seed + offset).with_section("sasrec", run_name=name))
+        return train_sasrec.run(with_seed(cfg, seed + offset).with_section("sasrec", run_name=name, **changes))
 
     return train
 
@@ -191,6 +192,13 @@ METHODS = {
     ),
     "sasrec_3rd": Method(
         sasrec(200), "SASRec with the seed + 200 (an ID-only ensemble's member)", SASREC, uses_llm=False
+    ),
+    # what a catalogue too large for full softmax costs in accuracy (bench.scale reads it)
+    "sasrec_sampled": Method(
+        sasrec(softmax=SoftmaxKind.SAMPLED),
+        "SASRec with the sampled softmax (in-batch and uniform negatives, logQ-corrected), as on a large catalogue",
+        SASREC,
+        uses_llm=False,
     ),
     TEXT_MODEL: Method(
         r2end(),

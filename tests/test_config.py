@@ -88,3 +88,9 @@ def test_one_teacher_output_folder_or_several():
     assert str(part.embed.teacher_outputs[1]).endswith("to/smol [item]")
     with pytest.raises(ConfigError, match="kinds"):
         load_config(SAMPLE, ["embed.teacher_outputs=[{folder: a, kinds: [items]}]"])
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: p.name)
+def test_every_committed_config_loads(path):
+    cfg = load_config(path, ["storage_path=/s"] if path.name == "base.yaml" else [])  # the layer the others extend
+    assert cfg.storage_path and cfg.prepare.dataset_path

@@ -1,6 +1,8 @@
-"""Full-item ranking spread over Ray tasks: the users x items scores of an evaluation, in parts of users.
+"""Full-item ranking spread over Ray tasks: the users x items scores of an evaluation (or of DLLM2Rec's teacher
+rankings), in parts of users.
 
     record(layout, model, sets, rank=ranking.on_ray(cfg.resources))
+    dllm2rec.teacher_rankings(teacher, users, items, instances, k, rule, ranking.top_on_ray(cfg.resources))
 
 Each task ranks a part of the users against the whole catalogue (``metrics.rank_vectors``, so the scores it
 holds at once stay under ``metrics.CHUNK_SCORES``) and returns their ranks and ``MetricSums``; the driver adds
@@ -39,6 +41,12 @@ def _rank_part(
     return metrics.rank_vectors(users, items, targets, exclude, tail, device)
 
 
+def _top_part(users, items, k, exclude, threads):
+    torch.set_num_threads(threads)
+    warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+    return metrics.top_items(users, items, k, exclude)
+
+
 def part_size(n_items: int, chunk_size: int = metrics.DEFAULT_CHUNK, task_scores: int = TASK_SCORES) -> int:
     """Users per task: whole ranking chunks (as ``rank_users`` cuts them), about ``task_scores`` scores.
 
@@ -74,3 +82,26 @@ def on_ray(resources: Resources, task_scores: int = TASK_SCORES) -> metrics.Rank
         return np.concatenate([ranks for ranks, _ in parts]), functools.reduce(operator.add, [s for _, s in parts])
 
     return rank
+
+
+def top_on_ray(resources: Resources, task_scores: int = TASK_SCORES) -> metrics.TopK:
+    """A ``metrics.TopK`` that finds parts of the users' best items in Ray tasks (DLLM2Rec's teacher rankings:
+    every training instance against the whole catalogue)."""
+
+    def top(users, items, k, exclude):
+        items_ref, size = ray.put(items), part_size(len(items), task_scores=task_scores)
+        task = ray.remote(num_cpus=resources.cpus_per_worker)(_top_part)
+        pending = [
+            task.remote(
+                users[start : start + size],
+                items_ref,
+                k,
+                None if exclude is None else exclude[start : start + size],
+                resources.cpus_per_worker,
+            )
+            for start in range(0, len(users), size)
+        ]
+        parts = ray.get(pending)
+        return np.concatenate([found for found, _ in parts]), np.concatenate([scores for _, scores in parts])
+
+    return top

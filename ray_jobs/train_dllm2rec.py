@@ -20,7 +20,7 @@ from r2end_core.layout import Layout
 from r2end_core.models import dllm2rec, instances, sasrec
 from r2end_core.models.r2end import targets
 from r2end_core.summaries import EmbedReport, TrainSummary
-from ray_jobs import ray_data, sequential
+from ray_jobs import ranking, ray_data, sequential
 from ray_jobs.runtime import log, run_stage
 
 
@@ -36,7 +36,9 @@ def rankings(cfg: PipelineConfig, layout: Layout) -> tuple[str, object, float | 
     if not storage.exists(path):
         started = time.time()
         ranked = instances.training_instances(users, dc.positions, cfg.sasrec.model.max_len)
-        table = dllm2rec.teacher_rankings(teacher, users, items, ranked, dc.top_k, teacher.manifest.history)
+        table = dllm2rec.teacher_rankings(
+            teacher, users, items, ranked, dc.top_k, teacher.manifest.history, ranking.top_on_ray(cfg.resources)
+        )
         storage.write_table(table, path)
         seconds = round(time.time() - started, 1)
         log.info(f"teacher rankings: {table.num_rows:,} instances in {seconds:.0f} s -> {path}")

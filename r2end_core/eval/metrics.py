@@ -227,6 +227,40 @@ def rank_vectors(
     return ranking.ranks, MetricSums.of(ranking, targets, len(items), tail_items)
 
 
+TopK = Callable[[np.ndarray, np.ndarray, int, Sequence[np.ndarray] | None], tuple[np.ndarray, np.ndarray]]
+"""(user vectors, item vectors, k, exclude) -> ([users, k] best items, their scores): ``top_items`` in this
+process, or spread over workers (``ray_jobs.ranking.top_on_ray``)."""
+
+
+def top_items(
+    users: np.ndarray,
+    items: np.ndarray,
+    k: int,
+    exclude: Sequence[np.ndarray] | None = None,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's ``k`` best items by inner product, best first, never one of its ``exclude``; scored in chunks
+    of users holding at most ``CHUNK_SCORES`` scores.
+
+    >>> rows, scores = top_items(np.eye(2, dtype=np.float32), np.eye(3, 2, dtype=np.float32), 2, [np.array([0]), []])
+    >>> rows.tolist(), scores.tolist()
+    ([[1, 2], [1, 0]], [[0.0, 0.0], [1.0, 0.0]])
+    """
+    u, it = torch.from_numpy(users), torch.from_numpy(items)
+    chunk_size = max(1, min(chunk_size, CHUNK_SCORES // len(items)))
+    found = np.empty((len(users), k), dtype=np.int64), np.empty((len(users), k), dtype=np.float32)
+    none = torch.full((chunk_size,), -1)  # no target to keep: every excluded item is masked
+    for start in range(0, len(users), chunk_size):
+        rows = slice(start, min(start + chunk_size, len(users)))
+        with torch.no_grad():
+            scores = u[rows] @ it.T
+        if exclude is not None:
+            mask_excluded(scores, none[: len(scores)], exclude[rows])
+        top = scores.topk(k, dim=1)
+        found[0][rows], found[1][rows] = top.indices.numpy(), top.values.numpy()
+    return found
+
+
 def ranking_metrics(
     ranking: Ranking,
     targets: np.ndarray,

@@ -29,6 +29,7 @@ from r2end_core import schemas
 from r2end_core.config import Dllm2recConfig, HistoryRule
 from r2end_core.data.items import Catalogue
 from r2end_core.data.splits import index_sequences
+from r2end_core.eval import metrics
 from r2end_core.models.base import Recommender
 from r2end_core.models.instances import InstanceIndex, instance_histories
 from r2end_core.models.sasrec import AuxiliaryLoss, Batch, StepOutputs
@@ -41,37 +42,31 @@ def teacher_rankings(
     instances: tuple[np.ndarray, np.ndarray],
     k: int,
     rule: HistoryRule,
-    batch_size: int = 4096,
+    top: metrics.TopK = metrics.top_items,
 ) -> pa.Table:
     """The teacher's top-``k`` items (history items excluded) for each instance, as schemas.TEACHER_RANKINGS.
 
     ``teacher``: any model of the recommender interface over the prepared items; ``rule``: the history rule
-    its texts are written with (its manifest's).
+    its texts are written with (its manifest's); ``top``: what finds each instance's best items (in this
+    process, or ``ray_jobs.ranking.top_on_ray``).
     """
     if teacher.item_ids != items.column("item_id").to_pylist():
         raise ValueError(f"teacher {teacher.manifest.name} was trained on another catalogue: train it again")
     rows, positions = instances
     sequences = index_sequences(users, items)
     histories = instance_histories(users, Catalogue(items), rows, positions, rule)
-    user_vectors = torch.from_numpy(teacher.user_vectors(histories))  # one call: a text teacher encodes in bulk
-    item_vectors = torch.from_numpy(teacher.item_vectors())
-    targets = torch.tensor([int(sequences[r][p]) for r, p in zip(rows.tolist(), positions.tolist())])
-    found_items, found_scores = [], []
-    for start in range(0, len(rows), batch_size):
-        part = slice(start, start + batch_size)
-        scores = user_vectors[part] @ item_vectors.T
-        for n, (r, p) in enumerate(zip(rows[part].tolist(), positions[part].tolist())):
-            scores[n, torch.from_numpy(sequences[r][:p])] = -torch.inf
-        top = scores.topk(k, dim=1)
-        found_items += top.indices.tolist()
-        found_scores += top.values.tolist()
+    user_vectors = teacher.user_vectors(histories)  # one call: a text teacher encodes in bulk
+    item_vectors = teacher.item_vectors()
+    targets = np.array([int(sequences[r][p]) for r, p in zip(rows.tolist(), positions.tolist())], dtype=np.int64)
+    exclude = [sequences[r][:p] for r, p in zip(rows.tolist(), positions.tolist())]
+    found_items, found_scores = top(user_vectors, item_vectors, k, exclude)
     user_ids = users.column("user_id").to_pylist()
     columns = {
         "user_id": [user_ids[r] for r in rows.tolist()],
         "position": positions.tolist(),
-        "items": found_items,
-        "scores": found_scores,
-        "target_distance": (user_vectors - item_vectors[targets]).pow(2).sum(1).tolist(),
+        "items": found_items.tolist(),
+        "scores": found_scores.tolist(),
+        "target_distance": ((user_vectors - item_vectors[targets]) ** 2).sum(1).tolist(),
     }
     return pa.Table.from_pydict(columns, schema=schemas.TEACHER_RANKINGS)
 

@@ -1,6 +1,8 @@
 """DLLM2Rec on real Beauty sequences: the teacher's rankings, the importance weights, and a student that
 learns what the teacher ranks and reads item features (saved and loaded with them)."""
 
+import functools
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -10,6 +12,7 @@ from r2end_core import models
 from r2end_core.config import Dllm2recConfig, HistoryRule, SasrecArgs, SasrecConfig
 from r2end_core.data.items import Catalogue
 from r2end_core.data.splits import Split, index_sequences, training_part
+from r2end_core.eval import metrics
 from r2end_core.eval.evaluate import EvalSet, evaluate
 from r2end_core.layout import Layout
 from r2end_core.models import dllm2rec, instances, sasrec
@@ -27,7 +30,8 @@ def test_the_teachers_rankings_are_its_best_unseen_items(prepared_tables):
     users, items = prepared_tables
     teacher = untrained_teacher(items)
     ranked = instances.training_instances(users, "all", SMALL.max_len)
-    table = dllm2rec.teacher_rankings(teacher, users, items, ranked, 5, HistoryRule(), batch_size=97)
+    chunked = functools.partial(metrics.top_items, chunk_size=97)  # chunks that do not divide the instances
+    table = dllm2rec.teacher_rankings(teacher, users, items, ranked, 5, HistoryRule(), chunked)
     assert table.schema == dllm2rec.schemas.TEACHER_RANKINGS and table.num_rows == len(ranked[0])
     sequences = index_sequences(users, items)
     item_vectors = teacher.item_vectors()

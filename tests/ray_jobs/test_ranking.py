@@ -24,3 +24,15 @@ def test_ranking_on_ray_equals_one_process():
     np.testing.assert_array_equal(ranks, expected_ranks)
     assert sums.metrics() == pytest.approx(expected.metrics(), rel=1e-12)  # NDCG summed in another order
     assert sums.users == n_users and sums.metrics()["hr@20"] > 0
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_top_items_on_ray_equal_one_process():
+    rng = np.random.default_rng(1)
+    users, items = rng.standard_normal((3000, 8)).astype(np.float32), rng.standard_normal((900, 8)).astype(np.float32)
+    exclude = [rng.integers(0, 900, rng.integers(0, 20)) for _ in range(3000)]
+    found, scores = ranking.top_on_ray(Resources(cpus_per_worker=1), 1024 * 900)(users, items, 10, exclude)
+    expected = metrics.top_items(users, items, 10, exclude)
+    np.testing.assert_array_equal(found, expected[0])
+    np.testing.assert_array_equal(scores, expected[1])
+    assert not any(set(f) & set(e.tolist()) for f, e in zip(found, exclude))

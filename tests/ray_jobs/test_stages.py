@@ -3,9 +3,12 @@ worker, and two with DDP on a user count that splits unevenly), and the model is
 
 from __future__ import annotations
 
+import argparse
+import importlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from r2end_core import models, schemas
 from r2end_core.config import load_config
@@ -76,3 +79,29 @@ def test_two_workers_train_with_ddp_on_uneven_batches(tmp_path, ray_cluster):
     summary = train_sasrec.run(cfg)
     assert summary.epochs_trained == 1 and summary.test["users"] == 257
     assert np.isfinite(summary.valid["ndcg@10"])
+
+
+STAGES_BEFORE = {  # a stage (or benchmark) run on an empty storage path: the stage its error says to run first
+    "ray_jobs.train_sasrec": "prepare",
+    "ray_jobs.embed": "prepare",
+    "ray_jobs.distill": "embed",
+    "ray_jobs.project": "distill",
+    "ray_jobs.index": "train_sasrec",
+    "ray_jobs.train_dllm2rec": "prepare",
+    "ray_jobs.train_fusion": "prepare",
+    "ray_jobs.train_profile": "prepare",
+    "ray_jobs.generate": "prepare",
+    "bench.students_beauty": "prepare",
+}
+
+
+@pytest.mark.parametrize("stage", list(STAGES_BEFORE))
+def test_a_stage_on_an_empty_storage_path_says_which_stage_to_run_first(tmp_path, ray_cluster, stage):
+    cfg, module = sample_config(tmp_path), importlib.import_module(stage)
+    run = (
+        module.run
+        if hasattr(module, "run")
+        else lambda c: module.benchmark(c, argparse.Namespace(methods="sasrec", seeds="23", level="all"))
+    )
+    with pytest.raises(FileNotFoundError, match=rf"ray_jobs\.{STAGES_BEFORE[stage]}\b"):
+        run(cfg)

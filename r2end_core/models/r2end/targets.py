@@ -106,6 +106,7 @@ def inputs_digest(ec: EmbedConfig, layout: Layout) -> str:
         teacher_files = [f for folder in folders for f in storage.list_files(folder)]
     else:
         teacher_files = [f for kind in KINDS.values() for f in storage.list_files(layout.generated(kind.folder))]
+    require(layout.items, "prepare")  # what a storage path not prepared yet lacks, said as such
     files = [*storage.list_files(layout.users), layout.items, *teacher_files]
     inputs = {"encoder": ec.encoder, "max_seq_length": ec.max_seq_length, "files": [storage.sha256(f) for f in files]}
     if restricted := [str(s) for s in ec.teacher_outputs or [] if str(s) != s.folder]:

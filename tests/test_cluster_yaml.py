@@ -45,3 +45,13 @@ def test_validation_catches_a_misspelt_key():
     broken["available_node_types"]["gpu_worker"]["max_worker"] = 8
     with pytest.raises(ValidationError, match="max_worker"):
         validate_config(prepare_config(broken))
+
+
+def test_every_node_authenticates_with_the_token_mounted_on_it():
+    """Token auth on every node: without the shared secret no process joins, submits or reads the cluster."""
+    token = "/home/ray/.ray/auth_token"
+    assert CLUSTER["file_mounts"][token] == "~/.ray/auth_token"  # the user's own, made by ray get-auth-token
+    for commands in (CLUSTER["head_start_ray_commands"], CLUSTER["worker_start_ray_commands"]):
+        (start,) = [cmd for cmd in commands if "ray start" in cmd]
+        assert f"export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={token};" in start
+        assert start.index("RAY_AUTH_MODE=token") < start.index("ray start")

@@ -151,9 +151,13 @@ def submit(jobs: str, config: Path, env: dict, stage_name: str) -> str:
 
 
 def alive_nodes(address: str, env: dict) -> list[dict]:
-    """The cluster's alive nodes, asked by a driver of their own (this process may be in another cluster)."""
+    """The cluster's alive nodes, asked by a driver of their own (this process may be in another cluster); none
+    when the driver cannot join."""
     code = f"import json, ray; ray.init(address={address!r}, logging_level='ERROR'); print(json.dumps(ray.nodes()))"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    try:
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        return []
     if out.returncode:
         return []
     return [n for n in json.loads(out.stdout.strip().splitlines()[-1]) if n["Alive"]]
@@ -207,6 +211,13 @@ def test_the_stages_run_on_two_nodes_from_object_storage(tmp_path, cluster, slic
     layout = Layout(store)
     submit(jobs, path, env, "prepare")
     assert storage.read_json(layout.prepare_report)["users"] == USERS
+    # token auth: the job API and the GCS refuse a client that holds another token
+    intruder = env | {"RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+    job_list = [ray_cli, "job", "list", f"--address={jobs}"]
+    listed = [subprocess.run(job_list, env=e, capture_output=True, text=True, timeout=120) for e in (env, intruder)]
+    assert listed[0].returncode == 0 and listed[1].returncode != 0, listed[1].stdout[-2000:]
+    assert alive_nodes(address, intruder) == []
 
     # SASRec: SIGKILL its Ray Train worker once the first epoch is checkpointed; the run goes on from there.
     training = stage("train_sasrec", config, env)

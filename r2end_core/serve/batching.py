@@ -23,8 +23,8 @@ class Batcher(Generic[Request, Answer]):
     runs on one worker thread, one batch at a time, so the event loop keeps taking requests meanwhile.
 
     ``wait_s`` > 0 lets a batch wait that long for more requests once the compute is free (a lone request
-    then waits too). An exception in ``compute`` is every request of that batch's answer. ``batches`` and
-    ``requests`` count what was computed.
+    then waits too). A batch whose ``compute`` raises is computed again request by request: the exception is the
+    answer of the requests that raise it alone. ``batches`` and ``requests`` count the batches formed.
 
     >>> batcher = Batcher(lambda xs: [x * x for x in xs], max_batch_size=4)
     >>> async def ten():
@@ -84,18 +84,25 @@ class Batcher(Generic[Request, Answer]):
             if not batch:
                 continue
             self.batches, self.requests = self.batches + 1, self.requests + len(batch)
-            failed = None
-            try:
-                answers = await loop.run_in_executor(self.worker, self.compute, [request for request, _ in batch])
-                if len(answers) != len(batch):
-                    raise RuntimeError(f"compute gave {len(answers)} answers to a batch of {len(batch)}")
-            except Exception as err:  # the batch's requests carry it; the loop goes on
-                failed = err
-            for i, (_, answer) in enumerate(batch):
+            answers = await loop.run_in_executor(self.worker, self._answers, [request for request, _ in batch])
+            for (_, answer), (result, failed) in zip(batch, answers):
                 if answer.done():  # its client left while it was computed
                     continue
                 if failed is None:
-                    answer.set_result(answers[i])
+                    answer.set_result(result)
                 else:
                     answer.set_exception(failed)
             batch.clear()
+
+    def _answers(self, requests: list[Request]) -> list[tuple[Answer | None, Exception | None]]:
+        """(answer, None) or (None, error) per request. A batch whose compute fails is computed again one request
+        at a time, so a request that fails fails alone and the others get their answers."""
+        try:
+            answers = self.compute(requests)
+            if len(answers) != len(requests):
+                raise RuntimeError(f"compute gave {len(answers)} answers to a batch of {len(requests)}")
+            return [(answer, None) for answer in answers]
+        except Exception as err:  # the loop goes on whatever compute raises
+            if len(requests) == 1:
+                return [(None, err)]
+        return [self._answers([request])[0] for request in requests]

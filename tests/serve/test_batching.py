@@ -84,10 +84,13 @@ def test_requests_waiting_when_the_batch_loop_stops_get_an_error_not_silence():
     assert answers[1] == -1
 
 
-def test_a_failed_batch_fails_its_requests_and_the_next_batch_is_computed():
+def test_a_failing_request_fails_alone_and_its_batch_mates_get_their_answers():
+    computed = []
+
     def compute(requests: list[int]) -> list[int]:
+        computed.append(list(requests))
         if 13 in requests:
-            raise ValueError("unlucky batch")
+            raise ValueError("unlucky request")
         return requests
 
     batcher = Batcher(compute, max_batch_size=2)
@@ -97,8 +100,8 @@ def test_a_failed_batch_fails_its_requests_and_the_next_batch_is_computed():
         return await asyncio.wait_for(answers, 10)
 
     twelve, thirteen, fourteen, fifteen = asyncio.run(four())
-    assert isinstance(twelve, ValueError) and isinstance(thirteen, ValueError)
-    assert (fourteen, fifteen) == (14, 15)
+    assert isinstance(thirteen, ValueError) and (twelve, fourteen, fifteen) == (12, 14, 15)
+    assert computed == [[12, 13], [12], [13], [14, 15]]  # the failed batch again, one request at a time
 
 
 def test_a_compute_that_answers_the_wrong_number_of_requests_is_an_error():
@@ -107,7 +110,11 @@ def test_a_compute_that_answers_the_wrong_number_of_requests_is_an_error():
     async def two():
         return await asyncio.wait_for(asyncio.gather(batcher.answer(1), batcher.answer(2), return_exceptions=True), 10)
 
-    assert all(isinstance(e, RuntimeError) and "1 answers to a batch of 2" in str(e) for e in asyncio.run(two()))
+    # request by request the answers are right again: only a batch of two got one answer
+    assert asyncio.run(two()) == [1, 2]
+    lone = Batcher(lambda requests: [], max_batch_size=2)
+    with pytest.raises(RuntimeError, match="0 answers to a batch of 1"):
+        asyncio.run(asyncio.wait_for(lone.answer(1), 10))
 
 
 def test_a_request_whose_client_left_is_not_computed():

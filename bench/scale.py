@@ -9,8 +9,9 @@ sampled every 0.1 s from outside: the driver (that process) and the largest Ray 
 process). What it measured is kept in ``<work>/measured/``, so a stopped run resumes where it was.
 
 Stages that cannot run whole at 16x on 2 cores run a fixed amount of work and are extrapolated (the table says
-so, and by what factor): SASRec's training epoch from ``--steps`` steps, the distilled student's epoch likewise,
-the text encoding from ``--rows`` texts, the full ranking from ``--rows`` users. Everything else runs whole.
+so, and by what factor): SASRec's training epoch from ``--steps`` steps, the distilled student's and the
+projection's epochs likewise, the text encoding from ``--rows`` texts, the full ranking from ``--rows`` users.
+Prepare and the index run whole.
 Each stage's growth exponent is the slope of log(seconds) against log(its size measure), least squares over the
 sizes: a stage linear in what it reads has 1; ranking every user against every item is measured against users
 x items (its nature), the rest against what they read (interactions, texts, users, items). SASRec runs the
@@ -200,24 +201,36 @@ def measure_distill(work: Path, size: float, args) -> dict:
 
 
 def measure_project(work: Path, size: float, args) -> dict:
-    """One epoch of the projection f (InfoNCE over sampled negatives) on every user, whole; e_u and the item
-    embeddings are random (the step's cost does not depend on their values; encoding them is ``embed``'s)."""
+    """The projection f's epoch (InfoNCE over sampled negatives) over every user, from ``--steps`` batches; e_u
+    and the item embeddings are random (a step's cost does not depend on their values; encoding is ``embed``'s)."""
     import torch
 
     from r2end_core.models.r2end import projection
 
     pc = _config(work, size).project
     users, items = _prepared(work, size)
-    generator = torch.Generator().manual_seed(0)
-    dim = 384
-    user_embeddings = torch.randn(users.num_rows, dim, generator=generator)
+    generator, dim = torch.Generator().manual_seed(0), 384
+    rows = min(users.num_rows, (args.steps + 1) * pc.batch_size)  # a warm-up batch, then the timed ones
+    user_embeddings = torch.randn(rows, dim, generator=generator)
     item_embeddings = torch.randn(items.num_rows, dim, generator=generator)
-    positives = torch.randint(0, items.num_rows, (users.num_rows,), generator=generator)
+    positives = torch.randint(0, items.num_rows, (rows,), generator=generator)
     f = projection.Projection(dim, pc.model.dim)
     optimizer = torch.optim.Adam(f.parameters(), lr=pc.learning_rate)
+    epoch = (
+        lambda n: projection.train_epoch(  # noqa: E731
+            f, optimizer, user_embeddings[:n], positives[:n], item_embeddings, pc, generator
+        )
+    )
+    epoch(pc.batch_size)  # warm-up
     started = time.perf_counter()
-    projection.train_epoch(f, optimizer, user_embeddings, positives, item_embeddings, pc, generator)
-    return {"seconds": time.perf_counter() - started, "size": users.num_rows, "unit": "users"}
+    epoch(rows)
+    seconds = time.perf_counter() - started
+    return {
+        "seconds": seconds * users.num_rows / rows,
+        "extrapolated": f"{users.num_rows:,} users from {rows:,}",
+        "size": users.num_rows,
+        "unit": "users",
+    }
 
 
 def _vectors(n: int, dim: int, seed: int) -> np.ndarray:

@@ -444,6 +444,17 @@ def paired_vs(base: pa.Table, others: dict[str, pa.Table]) -> dict:
     }
 
 
+def embedded_by(summary) -> dict:
+    """What a record keeps of the embed stage's run: its inputs' digest and the teacher data it covered."""
+    return {
+        "inputs_digest": summary.inputs_digest,
+        "coverage": {
+            "users_with_reasoning": summary.targets.get("oracle", 0),
+            "items_with_description": summary.items_with_description,
+        },
+    }
+
+
 def benchmark(cfg: PipelineConfig, args) -> None:
     started, layout, level = time.time(), Layout(cfg.storage_path), args.level
     chosen = args.methods.split(",") if args.methods else None
@@ -459,19 +470,21 @@ def benchmark(cfg: PipelineConfig, args) -> None:
     if unknown := [m for m in chosen if m not in METHODS]:
         raise SystemExit(f"unknown methods {unknown}; choose from {list(METHODS)}")
     cfg = at_level(cfg, level)
-    summary = embed.run(cfg)
-    embedded = {
-        "inputs_digest": summary.inputs_digest,
-        "coverage": {
-            "users_with_reasoning": summary.targets.get("oracle", 0),
-            "items_with_description": summary.items_with_description,
-        },
-    }
     runs: dict[str, dict[int, dict]] = {}
 
     def train(method: str, seed: int) -> dict:
         learnt_from = {part: runs[part][seed] for part in METHODS[method].learns_from}
         return train_or_reuse(cfg, method, seed, level, embedded, learnt_from)
+
+    if args.records_only:  # each chosen method's records (and what it learns from) for every seed; no report
+        reads_texts = any(METHODS[m].uses_llm or "embed" in METHODS[m].sections for m in closure(chosen))
+        embedded = embedded_by(embed.run(cfg)) if reads_texts else {"inputs_digest": None, "coverage": {}}
+        for method in closure(chosen):
+            runs[method] = {seed: train(method, seed) for seed in seeds}
+        log.info(f"{BENCHMARK}: recorded " + ", ".join(model_name(m, s, level) for m in runs for s in seeds))
+        return
+    summary = embed.run(cfg)
+    embedded = embedded_by(summary)
 
     for method in closure(controls(chosen)):  # METHODS lists a method after what it learns from
         runs[method] = {seeds[0]: train(method, seeds[0])}
@@ -889,6 +902,12 @@ def arguments(parser) -> None:
         "--methods", default=None, help="comma-separated subset of the methods (default: all; at a level, R2END's)"
     )
     parser.add_argument("--level", default="all", help=f"the teacher data read, one of {list(LEVELS)}")
+    parser.add_argument(
+        "--records-only",
+        action="store_true",
+        help="train (or reuse) the records of --methods (and what they learn from) for every seed, and stop: "
+        "no controls, no report (the embed stage runs only if one of them reads it)",
+    )
     parser.add_argument(
         "--seeds",
         default=",".join(map(str, SEEDS)),

@@ -624,6 +624,16 @@ class ServeConfig(StrictModel):
     max_history: int = Field(200, ge=1, description="Most history items a request may carry.")
     max_text_chars: int = Field(20_000, ge=1, description="Longest history text a request may carry.")
     max_body_bytes: int = Field(65_536, ge=256, description="Larger request bodies get 413.")
+    body_timeout_s: float = Field(
+        10, gt=0, description="A request body not received whole this long after the request began gets 408."
+    )
+    request_timeout_s: float = Field(
+        30, gt=0, description="Serve's proxy answers a request still unanswered after this long with a timeout."
+    )
+    max_queued_requests: int = Field(
+        256, ge=1, description="Requests waiting for a free replica, at most; more are refused with 503."
+    )
+    retry_after_s: float = Field(1, ge=0, description="The Retry-After header of a 503 for a full queue, seconds.")
     max_batch_size: int = Field(
         32, ge=1, description="Dynamic batching: most requests encoded and searched together (1 turns it off)."
     )

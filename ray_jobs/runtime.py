@@ -34,6 +34,10 @@ SERVE_ENV = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
+    # HAProxy cuts a client silent this long, or this slow to send its request line and headers (Serve's default
+    # is an hour), and a replica that has not answered in twice serve.request_timeout_s's default
+    "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": "30",
+    "RAY_SERVE_HAPROXY_TIMEOUT_SERVER_S": "60",
 }
 RAY_LOGS = "/tmp/ray/session_latest/logs"  # a local cluster's logs (Ray's default temp dir)
 

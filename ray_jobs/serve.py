@@ -22,7 +22,8 @@ APP_NAME = "r2end"
 
 def start(cfg: PipelineConfig, **overrides) -> str:
     """Deploy (or roll out a new version of) the app; returns its base URL once it is ready."""
-    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port}, proxy_location=cfg.serve.proxy_location)
+    http = {"host": cfg.serve.host, "port": cfg.serve.port, "request_timeout_s": cfg.serve.request_timeout_s}
+    serve.start(http_options=http, proxy_location=cfg.serve.proxy_location)
     args = {"storage_path": cfg.storage_path, "use_gpu": cfg.resources.use_gpu, **cfg.serve.model_dump(), **overrides}
     serve.run(build_app(args), name=APP_NAME, route_prefix="/")
     quiet_console()  # Serve sets up its loggers as it starts

@@ -16,7 +16,9 @@ update).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 
 import numpy as np
 import torch
@@ -24,6 +26,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
+from ray.serve.config import BackpressureConfig
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -73,7 +76,9 @@ async def _invalid_request(request: Request, err: RequestValidationError) -> JSO
 
 @api.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
-    return error(err.status_code, str(err.detail))
+    response = error(err.status_code, str(err.detail))
+    response.headers.update(err.headers or {})  # a 503's Retry-After
+    return response
 
 
 @api.exception_handler(Exception)
@@ -85,9 +90,11 @@ async def _server_error(request: Request, err: Exception) -> JSONResponse:
 
 class BodyLimit:
     """413 for a body over ``max_bytes``: at once by its Content-Length, and while it is read when it has none
-    (chunked), so no body over the limit is ever held whole. Plain ASGI: no per-request task."""
+    (chunked), so no body over the limit is ever held whole; 408 for a body not received whole within
+    ``timeout_s`` of the request's start, so a client trickling bytes holds no replica. Plain ASGI: no
+    per-request task."""
 
-    max_bytes = ServeConfig().max_body_bytes  # the replica sets its configured limit
+    max_bytes, timeout_s = ServeConfig().max_body_bytes, ServeConfig().body_timeout_s  # the replica sets its own
 
     def __init__(self, app):
         self.app = app
@@ -98,11 +105,14 @@ class BodyLimit:
         limit, declared = self.max_bytes, Headers(scope=scope).get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             return await error(413, f"request body of {declared} bytes; at most {limit}")(scope, receive, send)
-        seen = 0
+        seen, deadline = 0, asyncio.get_running_loop().time() + self.timeout_s
 
         async def limited_receive():
             nonlocal seen
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), deadline - asyncio.get_running_loop().time())
+            except TimeoutError:
+                raise StarletteHTTPException(408, f"request body not received within {self.timeout_s:g} s") from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:  # Starlette's HTTPException: FastAPI passes it to _http_error, a 413
@@ -115,13 +125,13 @@ class BodyLimit:
 api.add_middleware(BodyLimit)
 
 
-@serve.deployment(max_ongoing_requests=64, health_check_period_s=10, health_check_timeout_s=30)
+@serve.deployment(health_check_period_s=10, health_check_timeout_s=30)
 @serve.ingress(api)
 class Recommender:
     def __init__(self, storage_path: str, version: str, cfg: dict, threads: int, use_gpu: bool):
         torch.set_num_threads(threads)
         self.cfg = ServeConfig(**cfg)
-        BodyLimit.max_bytes = self.cfg.max_body_bytes
+        BodyLimit.max_bytes, BodyLimit.timeout_s = self.cfg.max_body_bytes, self.cfg.body_timeout_s
         device = "cuda" if use_gpu else "cpu"
         self.served = ServedModel(Layout(storage_path), version, self.cfg.cpu_encoder, threads, device)
         self.batcher = Batcher(self.search, self.cfg.max_batch_size, self.cfg.batch_wait_timeout_s)
@@ -157,6 +167,9 @@ class Recommender:
             raise HTTPException(
                 422, f"history_text has {len(body.history_text)} characters; at most {cfg.max_text_chars}"
             )
+        if self.batcher.waiting >= cfg.max_queued_requests:  # shed load here: the queue's wait would pass timeouts
+            retry = {"Retry-After": str(math.ceil(cfg.retry_after_s))}
+            raise HTTPException(503, f"{self.batcher.waiting} requests are waiting here; retry later", retry)
         history = self.history(body)
         exclude = self.served.catalogue.rows(body.history) if body.exclude_history and body.history else set()
         rows, scores = await self.batcher.answer((history, body.k, exclude))
@@ -207,6 +220,12 @@ def build_app(args: dict) -> serve.Application:
     root = storage.absolute(cfg.storage_path)
     version = index.resolve_version(Layout(root), cfg.index_version)  # "latest" pinned now: every replica loads it
     return Recommender.options(
+        # A replica takes in twice what it may queue and sheds what passes the limit itself, with 503 and
+        # Retry-After: behind HAProxy's ingress, Serve's own queue limit is not consulted (HAProxy queues what
+        # a replica does not take in). Requests waiting for a replica in Serve's proxy are bounded by Serve's.
+        max_ongoing_requests=2 * cfg.max_queued_requests + cfg.max_batch_size,
+        max_queued_requests=cfg.max_queued_requests,
+        backpressure_config=BackpressureConfig(status_code=503, retry_after_s=cfg.retry_after_s),
         autoscaling_config={
             "min_replicas": cfg.min_replicas,
             "max_replicas": cfg.max_replicas,

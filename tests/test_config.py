@@ -94,3 +94,13 @@ def test_one_teacher_output_folder_or_several():
 def test_every_committed_config_loads(path):
     cfg = load_config(path, ["storage_path=/s"] if path.name == "base.yaml" else [])  # the layer the others extend
     assert cfg.storage_path and cfg.prepare.dataset_path
+
+
+def test_the_serve_config_files_args_are_the_apps():
+    import yaml
+
+    from serve_app.app import AppArgs
+
+    deployed = yaml.safe_load((REPO / "serve_app/serve_config.yaml").read_text())
+    args = AppArgs(**deployed["applications"][0]["args"])
+    assert deployed["http_options"]["request_timeout_s"] == args.request_timeout_s

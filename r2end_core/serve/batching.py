@@ -45,6 +45,11 @@ class Batcher(Generic[Request, Answer]):
         self.arrived: asyncio.Event | None = None  # made on first use, in the loop that serves
         self.loop_task: asyncio.Task | None = None
 
+    @property
+    def waiting(self) -> int:
+        """Requests queued for a batch (not the one being computed)."""
+        return len(self.queued)
+
     async def answer(self, request: Request) -> Answer:
         if self.loop_task is None or self.loop_task.done():  # first use, or a loop that ended (asyncio.run)
             self.arrived = asyncio.Event()

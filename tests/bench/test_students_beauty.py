@@ -133,7 +133,7 @@ def test_the_controls_run_through_the_benchmark(embedded, tmp_path, monkeypatch)
     )
     monkeypatch.setattr(results, "FOLDER", tmp_path)
     monkeypatch.setattr(bench, "RUNS", tmp_path / "students_beauty_runs")
-    bench.benchmark(cfg, argparse.Namespace(methods="fusion_dllm2rec", seeds="23", level="all"))
+    bench.benchmark(cfg, argparse.Namespace(methods="fusion_dllm2rec", seeds="23", level="all", records_only=False))
 
     trained = {p.stem for p in bench.RUNS.glob("*.json")}
     assert trained == {bench.model_name(m, 23) for m in bench.closure(bench.controls(["fusion_dllm2rec"]))}

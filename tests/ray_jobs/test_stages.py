@@ -101,7 +101,9 @@ def test_a_stage_on_an_empty_storage_path_says_which_stage_to_run_first(tmp_path
     run = (
         module.run
         if hasattr(module, "run")
-        else lambda c: module.benchmark(c, argparse.Namespace(methods="sasrec", seeds="23", level="all"))
+        else lambda c: module.benchmark(
+            c, argparse.Namespace(methods="sasrec", seeds="23", level="all", records_only=False)
+        )
     )
     with pytest.raises(FileNotFoundError, match=rf"ray_jobs\.{STAGES_BEFORE[stage]}\b"):
         run(cfg)

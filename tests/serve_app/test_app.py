@@ -9,6 +9,8 @@ import json
 import socket
 import threading
 
+import aiohttp
+import numpy as np
 import psutil
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -154,6 +156,68 @@ def test_a_chunked_body_over_the_limit_is_stopped_while_it_is_read(served):
         f"{served[1]}/recommend", data=iter(small), headers={"content-type": "application/json"}, timeout=30
     )
     assert answer.status_code == 200 and len(answer.json()["items"]) == 3, answer.text
+
+
+def trickle(url: str, body: dict, stop: threading.Event) -> bytes:
+    """A client that sends its body a byte every half second until the server answers (or ``stop``)."""
+    host, port = url.removeprefix("http://").split(":")
+    payload = json.dumps(body).encode()
+    with socket.create_connection((host, int(port)), timeout=0.5) as conn:
+        head = f"POST /recommend HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        conn.sendall(f"{head}Content-Length: {len(payload)}\r\n\r\n".encode())
+        for byte in payload:
+            if stop.is_set():
+                return b""
+            conn.sendall(bytes([byte]))
+            try:
+                if answer := conn.recv(200):
+                    return answer
+            except TimeoutError:
+                continue
+    return b""
+
+
+def test_slow_clients_and_a_flood_are_refused_and_normal_traffic_goes_on(served):
+    """Clients trickling their bodies get 408 at serve.body_timeout_s and cost normal traffic little; requests
+    past serve.max_queued_requests get 503 with Retry-After."""
+    cfg, url, _, body, _ = served
+    version = requests.get(f"{url}/healthz", timeout=30).json()["index_version"]
+    deploy.start(cfg, index_version=version, body_timeout_s=3, max_queued_requests=2)
+    try:
+
+        def latencies(n: int) -> list[float]:
+            took = []
+            for _ in range(n):
+                answer = requests.post(f"{url}/recommend", json=body, timeout=30)
+                assert answer.status_code == 200, answer.text
+                took.append(answer.elapsed.total_seconds())
+            return took
+
+        alone = latencies(40)
+        stop, answers = threading.Event(), []
+        slow = [threading.Thread(target=lambda: answers.append(trickle(url, body, stop))) for _ in range(16)]
+        for client in slow:
+            client.start()
+        beside = latencies(40)
+        for client in slow:
+            client.join(30)
+        stop.set()
+        assert len(answers) == 16 and all(a.startswith(b"HTTP/1.1 408") for a in answers), answers[:2]
+        assert np.percentile(beside, 99) < 3 * np.percentile(alone, 99), (alone, beside)
+
+        async def flood(n: int) -> list[tuple[int, str | None]]:
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+                async def one():
+                    async with session.post(f"{url}/recommend", json=body) as answer:
+                        return answer.status, answer.headers.get("Retry-After")
+
+                return await asyncio.gather(*(one() for _ in range(n)))
+
+        statuses = asyncio.run(flood(300))
+        assert {s for s, _ in statuses} == {200, 503} and all(r == "1" for s, r in statuses if s == 503)
+    finally:
+        deploy.start(cfg, index_version=version)  # the defaults again, for the tests after this one
 
 
 def test_a_fuzz_of_the_api_from_its_openapi_schema_finds_no_server_error(served):

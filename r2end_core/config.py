@@ -619,7 +619,11 @@ class IndexConfig(StrictModel):
 class ServeConfig(StrictModel):
     host: str = Field("127.0.0.1", description="Address the HTTP proxy binds (0.0.0.0 exposes it).")
     port: int = Field(8000, ge=1, le=65535)
-    index_version: str = Field("latest", description="Index version to serve (it pins the model version).")
+    index_version: str = Field(
+        "live",
+        description="Index version to serve (it pins the model version): an alias that ray_jobs.promote moves "
+        "(live), a version, or latest (the one built last). Resolved when deployed: every replica loads the same.",
+    )
     max_k: int = Field(100, ge=1, description="Largest k a request may ask for.")
     max_history: int = Field(200, ge=1, description="Most history items a request may carry.")
     max_text_chars: int = Field(20_000, ge=1, description="Longest history text a request may carry.")

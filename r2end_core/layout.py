@@ -101,6 +101,13 @@ class Layout:
     def index_latest(self) -> str:
         return self.path("index", "latest.json")
 
+    def index_alias(self, alias: str) -> str:
+        return self.path("index", "aliases", f"{alias}.json")
+
+    @property
+    def index_lease(self) -> str:
+        return self.path("index", "lease.json")
+
     # caches, runs, logs
     def text_vectors(self, encoder_id: str) -> str:
         return self.path("caches", "text_vectors", encoder_id)

@@ -160,6 +160,31 @@ class TrainSummary(Summary):
     config: dict[str, Any]  # the stage's section: how it trained, with the model arguments
 
 
+class AliasMove(Summary):
+    """One move of an index alias: ``promote`` (to a version) or ``rollback`` (to the one live before)."""
+
+    action: str
+    version: str
+    by: str  # user@host
+    at: str  # UTC, ISO 8601
+
+
+class AliasRecord(Summary):
+    """An index alias (``index/aliases/<alias>.json``): the version it names, and every move, oldest first."""
+
+    alias: str
+    version: str
+    moves: list[AliasMove]
+
+
+class Lease(Summary):
+    """Who writes under a storage path's ``index/`` now (``index/lease.json``), until when (UTC seconds)."""
+
+    holder: str
+    token: str
+    expires_at: float
+
+
 class IndexSummary(Summary):
     """An index version's manifest (``index/<version>/manifest.json``)."""
 

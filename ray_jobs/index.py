@@ -9,7 +9,8 @@
     python -m ray_jobs.index --config configs/beauty-sample.yaml --set index.new_items=/path/new_items.parquet
 
 The version is named from its inputs (model version, settings, items); ``index/latest.json`` points to
-the one built last (layout in ``r2end_core.serve.index``). Needs no Ray: it runs in this process.
+the one built last (layout in ``r2end_core.serve.index``). What is served does not change: ``ray_jobs.promote``
+moves it. Needs no Ray: it runs in this process.
 """
 
 from __future__ import annotations
@@ -20,12 +21,17 @@ from r2end_core.data.histories import Histories
 from r2end_core.data.splits import Split
 from r2end_core.layout import Layout
 from r2end_core.models.r2end.projection import user_samples
-from r2end_core.serve import index
+from r2end_core.serve import aliases, index
 from r2end_core.summaries import IndexSummary
 from ray_jobs.runtime import log, run_stage
 
 
 def run(cfg: PipelineConfig) -> IndexSummary:
+    with aliases.lease(Layout(cfg.storage_path)):  # one writer of index versions at a time
+        return build(cfg)
+
+
+def build(cfg: PipelineConfig) -> IndexSummary:
     layout, ic = Layout(cfg.storage_path), cfg.index
     if ic.new_items:
         base = index.load_manifest(layout, ic.base_version or "latest")

@@ -1,5 +1,5 @@
 """Run the stages in order on one Ray cluster (local by default, or RAY_ADDRESS), then serve:
-prepare -> SASRec -> generate -> embed -> distill -> project (R2END) -> index -> serve.
+prepare -> SASRec -> generate -> embed -> distill -> project (R2END) -> index -> promote -> serve.
 
     python -m ray_jobs.pipeline --config configs/beauty-sample.yaml [--set sasrec.max_epochs=3]
 
@@ -13,7 +13,7 @@ import time
 from r2end_core.config import PipelineConfig
 from r2end_core.eval.metrics import format_table
 from r2end_core.layout import Layout
-from ray_jobs import distill, embed, generate, index, prepare, project, serve, train_sasrec
+from ray_jobs import distill, embed, generate, index, prepare, project, promote, serve, train_sasrec
 from ray_jobs.runtime import banner, copy_ray_logs, log, run_stage
 
 STAGES = [
@@ -23,7 +23,7 @@ STAGES = [
     (embed, "the text encoder embeds items and the teacher's reasoning"),
     (distill, "the student learns to embed raw histories like the reasoning (DeepSpeed)"),
     (project, "R2END's projection aligns users and items, selected on validation"),
-    (index, "the model's item vectors in a faiss index"),
+    (index, "the model's item vectors in a faiss index, promoted to what is served"),
 ]
 SAMPLE_CAVEAT = (
     "These metrics come from a {users:,}-user sample: a smoke test of the pipeline, not a result. The sample "
@@ -40,6 +40,8 @@ def run(cfg: PipelineConfig) -> dict:
         log.info(f"   {name} done in {time.time() - t:.0f} s")
         if name in ("train_sasrec", "project"):
             results["sasrec" if name == "train_sasrec" else "r2end"] = output.model_dump()
+        if name == "index":  # the version just built becomes what is served
+            promote.run(cfg, output.version)
     log.info(f"\n== Results ({time.time() - started:.0f} s)\n{format_table(results)}")
     if cfg.prepare.sample_users:
         log.info(SAMPLE_CAVEAT.format(users=cfg.prepare.sample_users))

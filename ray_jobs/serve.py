@@ -1,6 +1,6 @@
 """Serve stage: start the application on the connected Ray cluster and ask it one real question.
 
-python -m ray_jobs.serve --config configs/beauty-sample.yaml   # serve the latest index, query once, keep serving
+python -m ray_jobs.serve --config configs/beauty-sample.yaml   # serve the live index, query once, keep serving
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ came from, saved as a version that serving loads whole.
     <storage_path>/index/<version>/manifest.json   summaries.IndexSummary: the model (name and version),
                                                    index kind and settings, recall (or exact)
     <storage_path>/index/latest.json               {"version": the version built last}
+    <storage_path>/index/aliases/<alias>.json      what is served: moved by promote and rollback only (aliases)
 
 Scores are inner products: cosine similarities for a model whose vectors are unit length (R2END),
 plain dot products otherwise (SASRec). ``flat`` is exact; ``ivf`` and ``hnsw`` are approximate, and the
@@ -24,12 +25,22 @@ from r2end_core.data.contract import read_new_items
 from r2end_core.data.histories import Histories
 from r2end_core.layout import Layout
 from r2end_core.models.base import Recommender
+from r2end_core.serve import aliases
 from r2end_core.summaries import IndexSummary
 
 
 def resolve_version(layout: Layout, version: str) -> str:
-    """``"latest"`` -> the version built last; any other name must exist."""
-    if version == "latest":
+    """``"latest"`` -> the version built last; an alias (``aliases``, e.g. ``"live"``) -> the version it names;
+    any other name must be a version that exists."""
+    if aliases.ALIAS.match(version) and version != "latest":
+        record = aliases.read(layout, version)
+        if record is None:
+            raise FileNotFoundError(
+                f"no index version promoted to '{version}' under {layout.path('index')}: build one (ray_jobs.index) "
+                f"and promote it (ray_jobs.promote --version VERSION)"
+            )
+        version = record.version
+    elif version == "latest":
         if not storage.exists(layout.index_latest):
             raise FileNotFoundError(
                 f"no index under {layout.path('index')}: run the index stage (ray_jobs.index) on this storage "
@@ -134,7 +145,8 @@ def reach_recall(
 
 
 def save(layout: Layout, index: faiss.Index, items: pa.Table, manifest: IndexSummary) -> None:
-    """Write one version; ``latest.json`` moves last, so a reader never sees half a version."""
+    """Write one version; its manifest, then ``latest.json``, last, so a reader never sees half a version. What is
+    served does not change (``aliases``)."""
     if items.num_rows != index.ntotal:
         raise ValueError(f"{items.num_rows} items for an index of {index.ntotal} vectors")
     with storage.open_output(layout.index(manifest.version, "index.faiss")) as out:

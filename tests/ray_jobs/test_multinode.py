@@ -2,7 +2,7 @@
 no CPUs, so it runs drivers but no work, and on a worker node), whose storage path is a bucket of a local
 S3-compatible server (moto). Every stage of the slice runs as its own driver joining the cluster: prepare (a
 ``ray job submit`` entrypoint), SASRec (one of its Ray Train workers SIGKILLed part-way: the run restarts from
-its checkpoint), embed, distill, project, index and serve. Inputs are read from the bucket and every artifact
+its checkpoint), embed, distill, project, index, promote and serve. Inputs are read from the bucket and every artifact
 is written there; the served replica runs on the worker node and answers over HTTP."""
 
 from __future__ import annotations
@@ -233,6 +233,7 @@ def test_the_stages_run_on_two_nodes_from_object_storage(tmp_path, cluster, slic
 
     for name in ("embed", "distill", "project", "index"):
         finish(stage(name, config, env))
+    finish(stage("promote", config, env, "--version", "latest"))
     finish(stage("serve", config, env))
     # the app outlives its driver; its replica is on the worker node (the head has no CPU for one)
     head = [n for n in alive_nodes(address, env) if n["Resources"].get("CPU", 0) == 0]

@@ -4,6 +4,7 @@ a SASRec trained on the same slice rolled out behind the same endpoint, then our
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import socket
@@ -20,7 +21,8 @@ import requests
 
 from bench import api_fuzz
 from r2end_core.layout import Layout
-from ray_jobs import index, train_sasrec
+from r2end_core.serve import aliases
+from ray_jobs import index, promote, train_sasrec
 from ray_jobs import serve as deploy
 from serve_app.app import Recommender
 from tests.conftest import BEAUTY
@@ -40,7 +42,8 @@ def served(r2end_model):
         cfg.with_section("index", kind="hnsw", hnsw_m=4, ef_search=4, recall_queries=20, recall_target=None)
     )
     built = index.run(cfg)  # exact, and the latest
-    url = deploy.start(cfg)
+    promote.run(cfg, built.version)
+    url = deploy.start(cfg)  # the live version
     yield cfg, url, built, deploy.example_request(cfg, k=10), approximate
     # No serve.shutdown(): in throughput mode the ingress replica drains for 30 s before it stops
     # (RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S); the session's cluster ends with the session.
@@ -233,7 +236,7 @@ def test_unknown_item_is_a_404(served):
     assert answer.status_code == 404 and "NOT-AN-ITEM" in answer.json()["error"]
 
 
-def test_new_item_rolls_out_without_dropping_requests(served, tmp_path):
+def test_a_new_version_is_promoted_and_rolled_back_without_dropping_requests(served, tmp_path):
     cfg, url, built, body, _ = served
     before = requests.post(f"{url}/recommend", json=body, timeout=30).json()
     # A new item that is a twin of the best recommendation: same metadata, new id.
@@ -242,10 +245,12 @@ def test_new_item_rolls_out_without_dropping_requests(served, tmp_path):
     row = items.filter(pc.equal(items["item_id"], twin)).drop_columns(["item_id"])
     new_items = tmp_path / "new_items.parquet"
     pq.write_table(row.add_column(0, "item_id", pa.array(["R2END-NEW-1"])), new_items)
-    added = index.run(cfg.with_section("index", new_items=str(new_items)))
+    added = index.run(cfg.with_section("index", new_items=str(new_items), base_version="live"))
     assert added.items == built.items + 1 and added.base_version == built.version
+    assert requests.post(f"{url}/recommend", json=body, timeout=30).json()["index_version"] == built.version
 
-    # Light load while the new version rolls out: every request answered, old version then new.
+    # Light load while the new version is promoted and rolled out, then rolled back: every request answered,
+    # each by the version that answered it.
     answers, stop = [], threading.Event()
 
     def load():
@@ -255,19 +260,31 @@ def test_new_item_rolls_out_without_dropping_requests(served, tmp_path):
                 (response.status_code, response.json().get("index_version") if response.ok else response.text)
             )
 
+    def move(**how) -> None:
+        promote.main(
+            cfg, argparse.Namespace(**{"version": None, "rollback": False, "alias": "live"} | how, deploy=True)
+        )
+
     sender = threading.Thread(target=load)
     sender.start()
     try:
-        deploy.start(cfg, index_version=added.version)
+        move(version=added.version)
+        after = requests.post(f"{url}/recommend", json=body, timeout=30).json()
+        move(rollback=True)
     finally:
         stop.set()
         sender.join()
     assert answers and all(status == 200 for status, _ in answers), answers
-    assert answers[0][1] == built.version
-    after = requests.post(f"{url}/recommend", json=body, timeout=30).json()
-    assert after["index_version"] == added.version
-    assert "R2END-NEW-1" in [i["item_id"] for i in after["items"]]
-    assert requests.get(f"{url}/items/R2END-NEW-1", timeout=30).json()["title"] == before["items"][0]["title"]
+    served_in_turn = [v for i, (_, v) in enumerate(answers) if i == 0 or answers[i - 1][1] != v]
+    assert served_in_turn == [built.version, added.version, built.version], served_in_turn
+    assert after["index_version"] == added.version and "R2END-NEW-1" in [i["item_id"] for i in after["items"]]
+    moves = aliases.read(Layout(cfg.storage_path)).moves
+    assert [(m.action, m.version) for m in moves] == [
+        ("promote", built.version),
+        ("promote", added.version),
+        ("rollback", built.version),
+    ]
+    assert requests.get(f"{url}/items/{twin}", timeout=30).status_code == 200
 
 
 def test_the_text_tower_on_onnx_runtime_answers_as_torch_does(served):

@@ -1,0 +1,115 @@
+"""Which index version is served: named aliases that only ``promote`` and ``rollback`` move, each move recorded,
+and a lease that keeps two writers off one storage path's index at once.
+
+    <storage_path>/index/aliases/<alias>.json   summaries.AliasRecord: the version, every move (who, when)
+    <storage_path>/index/lease.json             summaries.Lease: who writes index versions or moves aliases
+
+    with aliases.lease(layout):
+        aliases.promote(layout, "flat-449988b201")      # "live" now names it; Serve deploys "live" by default
+        aliases.rollback(layout)                         # back to the version promoted before it
+
+Building an index writes a new version and moves nothing that is served. The lease is a file, written and read
+back (pyarrow's filesystems have no exclusive create): it keeps out a writer that comes while it is held, not
+one that writes in the same instant.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import getpass
+import os
+import re
+import socket
+import time
+import uuid
+
+from r2end_core import storage
+from r2end_core.layout import Layout
+from r2end_core.summaries import AliasMove, AliasRecord, Lease
+
+LIVE = "live"
+ALIAS = re.compile(r"^[a-z][a-z0-9_]*$")  # never a version name: those are <kind>-<digest>
+LEASE_S = 900.0
+
+
+class LeaseHeld(RuntimeError):
+    """Another writer holds the index's lease."""
+
+
+def who() -> str:
+    return f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+def read(layout: Layout, alias: str = LIVE) -> AliasRecord | None:
+    path = layout.index_alias(alias)
+    return AliasRecord.model_validate(storage.read_json(path)) if storage.exists(path) else None
+
+
+def _moved(layout: Layout, alias: str, action: str, version: str, by: str | None) -> AliasRecord:
+    if not ALIAS.match(alias):
+        raise ValueError(f"alias {alias!r}: lower-case letters, digits and _ only, starting with a letter")
+    record = read(layout, alias)
+    at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    move = AliasMove(action=action, version=version, by=by or who(), at=at)
+    moved = AliasRecord(alias=alias, version=version, moves=[*(record.moves if record else []), move])
+    moved.write(layout.index_alias(alias))  # one atomic write: a reader sees the old record or the new
+    return moved
+
+
+def promote(layout: Layout, version: str, alias: str = LIVE, by: str | None = None) -> AliasRecord:
+    """``alias`` names ``version`` (which must exist) from now on."""
+    if not storage.exists(layout.index(version, "manifest.json")):
+        raise FileNotFoundError(f"index version '{version}' not found under {layout.path('index')}: build it first")
+    return _moved(layout, alias, "promote", version, by)
+
+
+def promoted(record: AliasRecord) -> list[str]:
+    """The versions promoted and not rolled back, oldest first: what a rollback walks back through.
+
+    >>> moves = [AliasMove(action=a, version=v, by="u", at="t") for a, v in
+    ...          [("promote", "a"), ("promote", "b"), ("promote", "c"), ("rollback", "b")]]
+    >>> promoted(AliasRecord(alias="live", version="b", moves=moves))
+    ['a', 'b']
+    """
+    stack: list[str] = []
+    for move in record.moves:
+        if move.action == "promote":
+            stack.append(move.version)
+        else:
+            stack.pop()
+    return stack
+
+
+def rollback(layout: Layout, alias: str = LIVE, by: str | None = None) -> AliasRecord:
+    """``alias`` names the version promoted before its current one again."""
+    record = read(layout, alias)
+    stack = promoted(record) if record else []
+    if len(stack) < 2:
+        raise ValueError(f"index alias '{alias}' has no earlier promotion to roll back to")
+    return _moved(layout, alias, "rollback", stack[-2], by)
+
+
+@contextlib.contextmanager
+def lease(layout: Layout, holder: str | None = None, seconds: float = LEASE_S):
+    """Hold the index's lease for a write (a build, a promotion): ``LeaseHeld`` if another writer holds an
+    unexpired one. Released on exit."""
+    path, mine = layout.index_lease, Lease(holder=holder or f"{who()}:{os.getpid()}", token=uuid.uuid4().hex,
+                                          expires_at=time.time() + seconds)  # fmt: skip
+    if storage.exists(path):
+        held = Lease.model_validate(storage.read_json(path))
+        if held.expires_at > time.time():
+            left = held.expires_at - time.time()
+            raise LeaseHeld(
+                f"{held.holder} is writing the index under {layout.root} (its lease has {left:.0f} s left; "
+                f"delete {path} if that writer is gone)"
+            )
+    mine.write(path)
+    if Lease.model_validate(storage.read_json(path)).token != mine.token:
+        raise LeaseHeld(f"another writer took the index's lease under {layout.root} at the same time")
+    try:
+        yield mine
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            if Lease.model_validate(storage.read_json(path)).token == mine.token:
+                storage.delete_file(path)

@@ -1,0 +1,74 @@
+"""What is served: aliases moved by promote and rollback only, every move recorded, and the index's lease."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from r2end_core.config import IndexConfig
+from r2end_core.layout import Layout
+from r2end_core.serve import aliases, index
+from r2end_core.summaries import IndexSummary
+
+
+def built(layout: Layout, name: str) -> str:
+    """A real (tiny) index version named ``name``."""
+    vectors = np.eye(3, dtype=np.float32)
+    items = pa.table({"item_id": ["a", "b", "c"], "title": ["A", "B", "C"], "metadata_text": ["a", "b", "c"]})
+    manifest = IndexSummary(
+        version=name,
+        items=3,
+        model="m",
+        model_version="v",
+        similarity="dot",
+        settings={"kind": "flat"},
+        quality={"exact": True},
+        base_version=None,
+        added_items=0,
+    )
+    index.save(layout, index.build(vectors, IndexConfig(kind="flat")), items, manifest)
+    return name
+
+
+def test_building_moves_nothing_served_promote_and_rollback_do(tmp_path):
+    layout = Layout(str(tmp_path))
+    first = built(layout, "flat-0001")
+    with pytest.raises(FileNotFoundError, match="no index version promoted to 'live'.*ray_jobs.promote"):
+        index.resolve_version(layout, "live")
+    aliases.promote(layout, first, by="ann@host")
+    second = built(layout, "flat-0002")
+    assert index.resolve_version(layout, "latest") == second and index.resolve_version(layout, "live") == first
+    aliases.promote(layout, second, by="bob@host")
+    third = built(layout, "flat-0003")
+    aliases.promote(layout, third)
+    assert index.resolve_version(layout, "live") == third
+    assert aliases.rollback(layout).version == second  # back through the promotions, one at a time
+    record = aliases.rollback(layout, by="ann@host")
+    assert record.version == first == index.resolve_version(layout, "live")
+    assert [(m.action, m.version, m.by) for m in record.moves][:2] == [
+        ("promote", first, "ann@host"),
+        ("promote", second, "bob@host"),
+    ]
+    assert [m.action for m in aliases.read(layout).moves] == ["promote"] * 3 + ["rollback"] * 2
+    with pytest.raises(ValueError, match="no earlier promotion"):
+        aliases.rollback(layout)
+    with pytest.raises(FileNotFoundError, match="'flat-9999' not found"):
+        aliases.promote(layout, "flat-9999")
+    with pytest.raises(ValueError, match="lower-case letters"):
+        aliases.promote(layout, first, alias="Live-2")
+    aliases.promote(layout, second, alias="canary")  # aliases are independent
+    assert index.resolve_version(layout, "canary") == second and index.resolve_version(layout, "live") == first
+
+
+def test_a_second_writer_is_kept_out_while_the_lease_is_held(tmp_path):
+    layout = Layout(str(tmp_path))
+    with aliases.lease(layout, "first"):
+        with pytest.raises(aliases.LeaseHeld, match="first is writing the index"):
+            with aliases.lease(layout, "second"):
+                pass
+    with aliases.lease(layout, "second"):  # released: the next writer gets it
+        pass
+    with aliases.lease(layout, "crashed", seconds=-1):  # an expired lease (its writer died) is taken over
+        with aliases.lease(layout, "next"):
+            pass

@@ -120,10 +120,12 @@ def weight_search(
     """``[{"weights", "hr@10", "ndcg@10", "tail_hr@10"}]``, one per candidate: the fused model's full-ranking
     metrics on ``scored`` (the validation users; ``tail_hr@10`` over those whose target is a long-tail item).
     ``vectors``: each part's (user vectors of ``scored``'s users, item vectors). Each part's scores are
-    computed once per chunk of users and summed under every candidate."""
+    computed once per chunk of users (the parts' scores together at most ``metrics.CHUNK_SCORES``) and summed
+    under every candidate."""
     users = [torch.from_numpy(u) for u, _ in vectors]
     items = [torch.from_numpy(i) for _, i in vectors]
     n_users = len(scored.targets)
+    chunk_size = max(1, min(chunk_size, metrics.CHUNK_SCORES // (len(items) * len(scored.item_ids))))  # all parts
     ranks = np.empty((len(candidates), n_users), dtype=np.int64)
     for start in range(0, n_users, chunk_size):
         rows = np.arange(start, min(start + chunk_size, n_users))

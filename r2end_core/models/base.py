@@ -48,6 +48,7 @@ class ModelManifest(BaseModel):
     max_seq_length: int | None = None  # tokens the text encoders read
     items: int
     inputs: dict[str, str] = {}  # digests of what it was trained from
+    files: dict[str, str] = {}  # each file of the version (path inside it) -> its sha256, checked on load
 
 
 class Recommender(Protocol):
@@ -75,19 +76,43 @@ def model_path(path: str, layout: Layout) -> str:
 
 def save(layout: Layout, manifest: ModelManifest, write_files: Callable[[str], None]) -> ModelManifest:
     """Write a model's files (``write_files(local folder)``) and manifest as a new version; returns the
-    manifest with its version. The same content gives the same version, which is then left as it is (with
-    the metrics recorded for it); ``latest.json`` moves last."""
+    manifest with its version and its files' sha256. The same content gives the same version, which is then left
+    as it is (with the metrics recorded for it). The manifest is written last, in one step: a version without
+    one (a writer killed mid-copy) is not a version, and the next save of that content writes it whole again;
+    ``latest.json`` moves after it."""
     with tempfile.TemporaryDirectory() as folder:
         write_files(folder)
-        weights = {name: storage.sha256(os.path.join(folder, name)) for name in sorted(os.listdir(folder))}
-        version = storage.digest({**manifest.model_dump(mode="json", exclude={"version"}), "files": weights})
-        manifest = manifest.model_copy(update={"version": version})
-        with open(os.path.join(folder, MANIFEST_FILE), "w") as out:
-            out.write(manifest.model_dump_json(indent=2))
-        if not storage.exists(layout.model_version(manifest.name, version, MANIFEST_FILE)):  # else: saved already,
-            storage.upload_folder(folder, layout.model_version(manifest.name, version))  # metrics and all
+        files = {
+            os.path.relpath(os.path.join(root, name), folder): storage.sha256(os.path.join(root, name))
+            for root, _, names in os.walk(folder)
+            for name in names
+        }
+        files = dict(sorted(files.items()))
+        version = storage.digest({**manifest.model_dump(mode="json", exclude={"version", "files"}), "files": files})
+        manifest = manifest.model_copy(update={"version": version, "files": files})
+        saved = layout.model_version(manifest.name, version, MANIFEST_FILE)
+        if not storage.exists(saved):  # else: saved already, metrics and all
+            storage.upload_folder(folder, layout.model_version(manifest.name, version))  # replaces a half copy
+            storage.write_json(manifest.model_dump(mode="json"), saved)
     storage.write_json({"version": version}, layout.model_latest(manifest.name))
     return manifest
+
+
+class DamagedVersionError(RuntimeError):
+    """A saved version whose files are not those its manifest names."""
+
+
+def verify(layout: Layout, manifest: ModelManifest) -> None:
+    """Every file of a version has the sha256 its manifest recorded (versions saved before manifests recorded
+    their files are not checked)."""
+    for name, expected in manifest.files.items():
+        path = layout.model_version(manifest.name, manifest.version, name)
+        found = storage.sha256(path) if storage.exists(path) else "missing"
+        if found != expected:
+            raise DamagedVersionError(
+                f"model {manifest.name} version {manifest.version}: {name} has sha256 {found[:16]}, its manifest "
+                f"says {expected[:16]}: the version is damaged; save it again (train, or re-run the stage)"
+            )
 
 
 def resolve_version(layout: Layout, name: str, version: str = "latest") -> str:

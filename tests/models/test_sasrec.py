@@ -2,6 +2,7 @@
 
 import copy
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -188,6 +189,28 @@ def test_the_saved_model_loads_and_scores_the_same(tmp_path, prepared_tables):
         loaded.user_vectors(Histories([["NOT-AN-ITEM"]]))
     with pytest.raises(ValueError, match="new items need a model trained with them"):
         loaded.new_item_vectors(["Rose lip balm"])
+
+
+def test_a_half_written_version_is_saved_again_and_a_damaged_one_refused(tmp_path, prepared_tables):
+    _, items = prepared_tables
+    torch.manual_seed(0)
+    model = recommender(sasrec.SASRec(items.num_rows, SMALL), items)
+    layout = Layout(str(tmp_path))
+    saved = models.save(layout, model.manifest, model.write_files)
+    folder = Path(layout.model_version(saved.name, saved.version))
+    assert set(saved.files) == {p.name for p in folder.iterdir()} - {"manifest.json"}
+    # a writer killed mid-copy: weights written, no manifest; not a version, and the next save completes it
+    (folder / "manifest.json").unlink()
+    weights = next(folder / name for name in saved.files if name != "items.parquet")
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(FileNotFoundError):
+        models.load(layout, saved.name, saved.version)
+    assert models.save(layout, model.manifest, model.write_files) == saved
+    models.load(layout, saved.name, saved.version)
+    # a file changed under a saved version: loading it says so
+    weights.write_bytes(weights.read_bytes()[:-1] + b"x")
+    with pytest.raises(models.base.DamagedVersionError, match=f"{weights.name} has sha256 .* the version is damaged"):
+        models.load(layout, saved.name)
 
 
 def test_the_training_loop_selects_on_validation_and_resumes_where_it_stopped(prepared_tables):

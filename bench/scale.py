@@ -141,6 +141,13 @@ def measure_sasrec_full_softmax(work: Path, size: float, args) -> dict:
     return _sasrec(work, size, args, "full")
 
 
+def _sample(rows: list, n: int) -> list:
+    """``n`` of ``rows`` drawn at random (the same at every run; all of them, repeated, when there are fewer):
+    the first rows of a scaled dataset are clones of the same few users or items."""
+    rng = np.random.default_rng(0)
+    return [rows[i] for i in rng.choice(len(rows), n, replace=n > len(rows))]
+
+
 def measure_embed(work: Path, size: float, args) -> dict:
     """The embed stage encodes every item's text and every user's target text: timed on ``--rows`` item texts."""
     from r2end_core.text import encoders
@@ -148,7 +155,7 @@ def measure_embed(work: Path, size: float, args) -> dict:
     cfg = _config(work, size)
     users, items = _prepared(work, size)
     model = encoders.load_encoder(cfg.embed.encoder, "cpu", cfg.embed.max_seq_length)
-    texts = items.column("metadata_text").to_pylist()[: args.rows]
+    texts = _sample(items.column("metadata_text").to_pylist(), args.rows)
     encoders.encode(model, texts[: cfg.embed.batch_size])  # warm-up
     started = time.perf_counter()
     encoders.encode(model, texts)
@@ -174,12 +181,12 @@ def measure_distill(work: Path, size: float, args) -> dict:
     dc, ec = cfg.distill, cfg.embed
     model = distill.load_student(ec.encoder, "cpu", ec.max_seq_length)
     optimizer = torch.optim.AdamW(model.parameters(), lr=dc.learning_rate)
-    texts = users.column("train_history_text").to_pylist()
+    steps_per_epoch, steps = math.ceil(users.num_rows / dc.batch_size), args.steps
+    texts = _sample(users.column("train_history_text").to_pylist(), (steps + 1) * dc.batch_size)
     generator = torch.Generator().manual_seed(0)
-    steps_per_epoch, steps = math.ceil(len(texts) / dc.batch_size), args.steps
 
     def step(i: int) -> None:
-        batch = [texts[(i * dc.batch_size + j) % len(texts)] for j in range(dc.batch_size)]
+        batch = texts[i * dc.batch_size : (i + 1) * dc.batch_size]
         features = model.tokenize(batch)
         out = model(features)["sentence_embedding"]
         target = torch.nn.functional.normalize(torch.randn(out.shape, generator=generator), dim=-1)
@@ -195,7 +202,7 @@ def measure_distill(work: Path, size: float, args) -> dict:
     return {
         "seconds": seconds * steps_per_epoch / steps,
         "extrapolated": f"one epoch of {steps_per_epoch} steps from {steps}",
-        "size": len(texts),
+        "size": users.num_rows,
         "unit": "users",
     }
 
@@ -294,9 +301,10 @@ def _index_point(item_vectors: np.ndarray, queries: np.ndarray, index_cfg) -> di
 
 
 def measure_index(work: Path, size: float, args) -> dict:
-    """Build (and tune) the item index of a 64-dimensional model over the catalogue, whole."""
+    """Build (and tune) an HNSW index of a 64-dimensional model's items over the catalogue, whole: the kind
+    ``index.kind=auto`` picks past ``exact_max_items`` (below it, exact search's build is a copy)."""
     _, items = _prepared(work, size)
-    cfg = _config(work, size).index
+    cfg = _config(work, size, "index.kind=hnsw").index
     point = _index_point(_vectors(items.num_rows, 64, 1), _vectors(2 * args.queries, 64, 2), cfg)
     return {**point, "size": items.num_rows, "unit": "items"}
 
@@ -554,7 +562,7 @@ def markdown(out: dict) -> str:
                 continue
             worker = f" / {m['peak_worker_rss_mb']:,.0f}" if m.get("peak_worker_rss_mb") else ""
             star = "*" if "extrapolated" in m else ""
-            cells.append(f"{m['seconds']:,.2f}{star} ({m['peak_rss_mb']:,.0f}{worker})")
+            cells.append(f"{m['seconds']:,.3g}{star} ({m['peak_rss_mb']:,.0f}{worker})")
         slope = "" if row["exponent"] is None else f"{row['exponent']:.2f}"
         lines.append(f"| {stage} | {row['unit']} | " + " | ".join(cells) + f" | {slope} |")
     largest = "none fitted" if out["max_exponent"] is None else f"{out['max_exponent']:.2f}"

@@ -604,16 +604,17 @@ def plot(out: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(12, 5))
-    for stage, row in out["stages"].items():
-        kept = [m for m in row["sizes"].values() if "seconds" in m]
+    for n, (stage, row) in enumerate(out["stages"].items()):
+        kept = sorted((m for m in row["sizes"].values() if "seconds" in m), key=lambda m: m["size"])
+        colour = f"C{n}"  # one per stage, in both panels
         if not kept:
             continue
         size = [m["size"] for m in kept]
-        time_axis.loglog(size, [m["seconds"] for m in kept], "o-", label=stage)
-        memory_axis.loglog(size, [m["peak_rss_mb"] for m in kept], "o-", label=f"{stage} (driver)")
+        time_axis.loglog(size, [m["seconds"] for m in kept], "o-", color=colour, label=stage)
+        memory_axis.loglog(size, [m["peak_rss_mb"] for m in kept], "o-", color=colour, label=f"{stage} (driver)")
         if any(m.get("peak_worker_rss_mb") for m in kept):
             worker = [m.get("peak_worker_rss_mb") or np.nan for m in kept]
-            memory_axis.loglog(size, worker, "x--", label=f"{stage} (worker)")
+            memory_axis.loglog(size, worker, "x--", color=colour, label=f"{stage} (worker)")
     time_axis.set(xlabel="size (the stage's unit)", ylabel="seconds", title="time")
     memory_axis.set(xlabel="size (the stage's unit)", ylabel="peak RSS, MB", title="memory")
     time_axis.legend(fontsize=7)

@@ -5,8 +5,8 @@
     python -m ray_jobs.promote --config configs/beauty-sample.yaml                            # the record
 
 Moves the alias ``--alias`` (``live``, which Serve deploys by default) under the index's lease and records who
-and when (``index/aliases/<alias>.json``); ``--deploy`` then rolls the running app out to it (Serve starts the
-new replicas before it stops the old ones).
+and when (``index/aliases/<alias>.json``). ``python -m ray_jobs.serve`` (or ``serve deploy``) then rolls the
+running app out to it: Serve starts the new replicas before it stops the old ones.
 """
 
 from __future__ import annotations
@@ -39,20 +39,13 @@ def run(
 
 
 def main(cfg: PipelineConfig, args) -> AliasRecord:
-    record = run(cfg, args.version, args.rollback, args.alias)
-    if args.deploy:
-        from ray_jobs import serve
-
-        serve.start(cfg, index_version=record.version)
-        log.info(f"deployed index version {record.version}")
-    return record
+    return run(cfg, args.version, args.rollback, args.alias)
 
 
 def arguments(parser) -> None:
     parser.add_argument("--version", help="the index version to promote (or latest: the one built last)")
     parser.add_argument("--rollback", action="store_true", help="back to the version promoted before")
     parser.add_argument("--alias", default=aliases.LIVE, help="the alias to move (default: live)")
-    parser.add_argument("--deploy", action="store_true", help="then roll the running Serve app out to it")
 
 
 if __name__ == "__main__":

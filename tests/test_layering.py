@@ -8,7 +8,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 #: ray_jobs modules that wire Ray for the launchers; every other module there is a launcher.
-HELPERS = {"runtime", "ray_train", "ray_data", "sequential"}
+HELPERS = {"runtime", "ray_train", "ray_data", "sequential", "ranking"}
 COMPOSER = "pipeline"
 
 

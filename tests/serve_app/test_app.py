@@ -261,9 +261,8 @@ def test_a_new_version_is_promoted_and_rolled_back_without_dropping_requests(ser
             )
 
     def move(**how) -> None:
-        promote.main(
-            cfg, argparse.Namespace(**{"version": None, "rollback": False, "alias": "live"} | how, deploy=True)
-        )
+        promote.main(cfg, argparse.Namespace(**{"version": None, "rollback": False, "alias": "live"} | how))
+        deploy.start(cfg)  # the live version, as Serve deploys by default
 
     sender = threading.Thread(target=load)
     sender.start()

@@ -15,7 +15,9 @@ Prepare and the index run whole.
 Each stage's growth exponent is the slope of log(seconds) against log(its size measure), least squares over the
 sizes: a stage linear in what it reads has 1; ranking every user against every item is measured against users
 x items (its nature), the rest against what they read (interactions, texts, users, items). SASRec runs the
-sampled softmax (what ``sasrec.softmax=auto`` picks at these sizes); ``sasrec_full_softmax`` shows why.
+sampled softmax (what ``sasrec.softmax=auto`` picks at these sizes; ``sasrec_full_softmax`` shows why), with
+Adam moving every item row at every step (``sasrec``, the default) and with sparse item updates
+(``sasrec_sparse_items``, ``sasrec.item_updates=sparse``, what the million-user config sets).
 
 The index point at 1M items clones the item vectors of a trained model (``--vectors``, e.g. the students
 benchmark's SASRec) with Gaussian noise (clones of an item sit near it), searched by that model's user vectors:
@@ -96,13 +98,13 @@ def measure_prepare(work: Path, size: float, args) -> dict:
     return {"seconds": time.perf_counter() - started, "size": report.interactions, "unit": "interactions"}
 
 
-def _sasrec(work: Path, size: float, args, softmax: str) -> dict:
+def _sasrec(work: Path, size: float, args, softmax: str, item_updates: str = "dense") -> dict:
     import torch
 
     from r2end_core.data.splits import index_sequences, training_part
     from r2end_core.models import sasrec
 
-    cfg = _config(work, size, f"sasrec.softmax={softmax}").sasrec
+    cfg = _config(work, size, f"sasrec.softmax={softmax}", f"sasrec.item_updates={item_updates}").sasrec
     users, items = _prepared(work, size)
     popularity = items.column("train_popularity").to_numpy()
     positions = cfg.batch_size * cfg.model.max_len * len(popularity) * 4 * sasrec.FULL_SOFTMAX_COPIES / 2**20
@@ -111,7 +113,7 @@ def _sasrec(work: Path, size: float, args, softmax: str) -> dict:
     torch.manual_seed(0)
     tokens = [training_part(s) + 1 for s in index_sequences(users, items)]
     model = sasrec.SASRec(items.num_rows, cfg.model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    optimizer = sasrec.optimizer_for(model, list(model.parameters()), cfg, sasrec.Extras(), softmax == "sampled")
     rng = np.random.default_rng(0)
     batches = itertools.chain.from_iterable(  # epoch after epoch, for a catalogue whose epoch is shorter
         sasrec.training_batches(tokens, cfg.batch_size, cfg.model.max_len, rng) for _ in itertools.count()
@@ -139,6 +141,11 @@ def measure_sasrec(work: Path, size: float, args) -> dict:
 
 def measure_sasrec_full_softmax(work: Path, size: float, args) -> dict:
     return _sasrec(work, size, args, "full")
+
+
+def measure_sasrec_sparse_items(work: Path, size: float, args) -> dict:
+    """The sampled softmax with ``sasrec.item_updates=sparse``: lazy Adam moves only the item rows a step reads."""
+    return _sasrec(work, size, args, "sampled", "sparse")
 
 
 def _sample(rows: list, n: int) -> list:
@@ -313,6 +320,7 @@ MEASURES = {
     "prepare": measure_prepare,
     "sasrec": measure_sasrec,
     "sasrec_full_softmax": measure_sasrec_full_softmax,
+    "sasrec_sparse_items": measure_sasrec_sparse_items,
     "embed": measure_embed,
     "distill": measure_distill,
     "project": measure_project,

@@ -219,7 +219,14 @@ class SasrecConfig(StrictModel):
         "log-probabilities and gradient: 3 x positions x items x 4 bytes); above it, sampled.",
     )
 
-    _dumped_when_set = frozenset({"softmax", "sampled_negatives", "full_softmax_max_mb"})
+    item_updates: Literal["dense", "sparse"] = Field(
+        "dense",
+        description="How the item table learns with the sampled softmax: dense (Adam moves every row at every "
+        "step: a step costs O(items)) or sparse (sparse gradients and lazy Adam, SparseAdam: only the rows a step "
+        "reads move, so a step costs O(batch) whatever the catalogue). sparse needs the sampled softmax, no "
+        "weight decay and no auxiliary loss.",
+    )
+    _dumped_when_set = frozenset({"softmax", "sampled_negatives", "full_softmax_max_mb", "item_updates"})
 
     @model_validator(mode="after")
     def _validates_and_feeds_every_worker(self):

@@ -250,9 +250,11 @@ class SampledSoftmax:
         candidates, counts = torch.unique(torch.cat([targets, drawn]), return_counts=True)
         share = popularity.to(hidden.device, torch.float32).clamp(min=1.0)
         expected = len(targets) * share[candidates] / share.sum() + negatives / n_items
-        scores = hidden @ module.item_emb.weight[candidates + 1].T
+        # a sparse item table (sasrec.item_updates=sparse) is read through its lookup: sparse gradients
+        rows = module.item_emb if module.item_emb.sparse else (lambda index: module.item_emb.weight[index])
+        scores = hidden @ rows(candidates + 1).T
         self.log_normaliser = torch.logsumexp(scores + (counts / expected).log()[None, :], dim=1)
-        target_scores = (hidden * module.item_emb.weight[targets + 1]).sum(1)
+        target_scores = (hidden * rows(targets + 1)).sum(1)
         self.cross_entropy = (self.log_normaliser - target_scores).mean()
 
     def log_probs_of(self, rows: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
@@ -274,17 +276,22 @@ Softmax = Callable[[SASRec, torch.Tensor, torch.Tensor], CatalogueScores]
 FULL_SOFTMAX_COPIES = 3
 
 
-def choose_softmax(cfg: SasrecConfig, popularity: np.ndarray, world: int = 1) -> Softmax:
-    """The softmax ``cfg.softmax`` asks for; ``auto``: sampled when a worker's full-softmax batch would take
-    more than ``cfg.full_softmax_max_mb`` (``popularity``: the catalogue's training counts)."""
+def softmax_kind(cfg: SasrecConfig, n_items: int, world: int = 1) -> SoftmaxKind:
+    """``cfg.softmax``, with ``auto`` made sampled when a worker's full-softmax batch would take more than
+    ``cfg.full_softmax_max_mb``, else full."""
     positions = -(-cfg.batch_size // world) * cfg.model.max_len
-    full_mb = FULL_SOFTMAX_COPIES * positions * len(popularity) * 4 / 2**20
-    kind = cfg.softmax
-    if kind == SoftmaxKind.AUTO:
-        kind = SoftmaxKind.SAMPLED if full_mb > cfg.full_softmax_max_mb else SoftmaxKind.FULL
-        if kind == SoftmaxKind.SAMPLED:
-            log.info(f"sampled softmax: a full-softmax batch would take {full_mb:,.0f} MB per worker")
-    if kind == SoftmaxKind.FULL:
+    full_mb = FULL_SOFTMAX_COPIES * positions * n_items * 4 / 2**20
+    if cfg.softmax != SoftmaxKind.AUTO:
+        return SoftmaxKind(cfg.softmax)
+    if full_mb > cfg.full_softmax_max_mb:
+        log.info(f"sampled softmax: a full-softmax batch would take {full_mb:,.0f} MB per worker")
+        return SoftmaxKind.SAMPLED
+    return SoftmaxKind.FULL
+
+
+def choose_softmax(cfg: SasrecConfig, popularity: np.ndarray, world: int = 1) -> Softmax:
+    """The softmax ``softmax_kind`` picks (``popularity``: the catalogue's training counts)."""
+    if softmax_kind(cfg, len(popularity), world) == SoftmaxKind.FULL:
         return FullSoftmax
     counts = torch.tensor(np.asarray(popularity), dtype=torch.float32)
     return lambda module, hidden, targets: SampledSoftmax(module, hidden, targets, cfg.sampled_negatives, counts)
@@ -320,6 +327,44 @@ class AuxiliaryLoss(nn.Module):
 
     def forward(self, batch: Batch, outputs: StepOutputs, epoch: int) -> tuple[torch.Tensor, float]:
         raise NotImplementedError
+
+
+class SplitAdam:
+    """Adam on the dense parameters and lazy Adam (``SparseAdam``: the moments of a row move only when a step
+    reads it) on a sparse item table; one optimizer to the training loop and its checkpoints."""
+
+    def __init__(self, dense: list[nn.Parameter], sparse: list[nn.Parameter], lr: float, weight_decay: float):
+        self.dense = torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay)
+        self.sparse = torch.optim.SparseAdam(sparse, lr=lr)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.dense.zero_grad(set_to_none=set_to_none)
+        self.sparse.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        self.dense.step()
+        self.sparse.step()
+
+    def state_dict(self) -> dict:
+        return {"dense": self.dense.state_dict(), "sparse": self.sparse.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.dense.load_state_dict(state["dense"])
+        self.sparse.load_state_dict(state["sparse"])
+
+
+def optimizer_for(core: SASRec, parameters: list[nn.Parameter], cfg: SasrecConfig, extras: Extras, sampled: bool):
+    """Adam over ``parameters``; with ``cfg.item_updates=sparse``, the item table sparse under lazy Adam."""
+    if cfg.item_updates == "dense":
+        return torch.optim.Adam(parameters, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    if not sampled or cfg.weight_decay or extras.auxiliary is not None:
+        raise ValueError(
+            "sasrec.item_updates=sparse needs the sampled softmax (the full one reads every item's row at every "
+            "step), weight_decay 0 (lazy Adam has none) and no auxiliary loss (it reads rows densely)"
+        )
+    core.item_emb.sparse = True
+    table = core.item_emb.weight
+    return SplitAdam([p for p in parameters if p is not table], [table], cfg.learning_rate, cfg.weight_decay)
 
 
 def train_one_epoch(
@@ -420,7 +465,8 @@ def train(
     trained = {name: m.to(device) for name, m in extras.trained_modules().items()}
     model = wrap(core)
     parameters = [*model.parameters(), *(p for m in trained.values() for p in m.parameters())]
-    optimizer = torch.optim.Adam(parameters, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    sampled = softmax_kind(cfg, items.num_rows, world) == SoftmaxKind.SAMPLED
+    optimizer = optimizer_for(core, parameters, cfg, extras, sampled)
     sasrec_model = manifest("", cfg.model, items.num_rows, history, {})
     scorer = SasrecRecommender(core, valid.item_ids, sasrec_model, str(device))
     rng = np.random.default_rng(cfg.seed)

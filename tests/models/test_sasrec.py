@@ -2,6 +2,7 @@
 
 import copy
 import io
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -261,3 +262,28 @@ def test_positions_from_end_give_the_latest_item_the_same_position():
         model.blocks = torch.nn.ModuleList()  # the input alone: the latest item, the same position
         assert torch.allclose(model(torch.tensor([[7, 0, 0]]))[0, 0], model(torch.tensor([[3, 9, 7]]))[0, 2])
     assert not torch.allclose(short[0, 0], long[0, 2])  # with attention, what came before still counts
+
+
+def test_sparse_item_updates_move_only_the_rows_a_step_reads(prepared_tables):
+    """sasrec.item_updates=sparse: with the sampled softmax a step reads some item rows and lazy Adam moves only
+    those, so a step costs the same whatever the catalogue; it trains through the usual loop and checkpoints."""
+    users, items = prepared_tables
+    cfg = SasrecConfig(model=SMALL, batch_size=32, softmax="sampled", sampled_negatives=16, item_updates="sparse")
+    torch.manual_seed(0)
+    core = sasrec.SASRec(items.num_rows, SMALL)
+    optimizer = sasrec.optimizer_for(core, list(core.parameters()), cfg, sasrec.Extras(), sampled=True)
+    tokens = [training_part(s) + 1 for s in index_sequences(users, items)]
+    batches = sasrec.training_batches(tokens, 32, SMALL.max_len, np.random.default_rng(0))
+    softmax = sasrec.choose_softmax(cfg, items["train_popularity"].to_numpy())
+    for _ in range(2):  # the second step: Adam's moments of rows read before do not move rows unread now
+        before = core.item_emb.weight.detach().clone()
+        sasrec.train_one_epoch(core, optimizer, itertools.islice(batches, 1), torch.device("cpu"), softmax=softmax)
+        read = set(core.item_emb.weight.grad.coalesce().indices()[0].tolist())
+        moved = set(torch.nonzero((core.item_emb.weight.detach() != before).any(1)).flatten().tolist())
+        assert moved and moved <= read and len(read) < items.num_rows // 2
+    for wrong in ({"softmax": "full"}, {"weight_decay": 0.1}):
+        with pytest.raises(ValueError, match="item_updates=sparse needs the sampled softmax"):
+            sasrec.optimizer_for(core, list(core.parameters()), cfg.model_copy(update=wrong), sasrec.Extras(),
+                                 sampled="softmax" not in wrong)  # fmt: skip
+    state, record = next(sasrec.train(users, items, cfg.model_copy(update={"max_epochs": 1}), HistoryRule(), "cpu"))
+    assert set(state["current"]["optimizer"]) == {"dense", "sparse"} and record["valid"]["users"] == users.num_rows

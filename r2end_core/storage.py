@@ -135,6 +135,13 @@ def upload_folder(local_folder: str, path: str, replace: bool = True) -> None:
     pafs.copy_files(local_folder, inner, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
 
 
+def copy_folder_to_local(path: str, local_target: str) -> None:
+    """Copy the folder at ``path`` (local or a URI) to the new local folder ``local_target``."""
+    fs, inner = filesystem(path)
+    os.makedirs(local_target)
+    pafs.copy_files(inner, local_target, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+
+
 def local_folder(path: str, cache_root: str) -> str:
     """A local folder holding the files at ``path``: the path itself when local, else a copy under
     ``cache_root``."""

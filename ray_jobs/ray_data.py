@@ -105,7 +105,7 @@ def with_bulk_encoding(model: Recommender, layout: Layout, ec: EmbedConfig, reso
     """``model``, its history texts encoded on Ray Data through the shared cache when it reads them with a
     text encoder (an R2END model); any other model as it is."""
     if "text" in model.manifest.reads and model.manifest.text_encoder:
-        source = model_path(model.manifest.text_encoder, layout)
+        source = model_path(model.manifest.text_encoder, layout, model.manifest)
         weights = model.manifest.inputs["user_encoder"]
         model.embed_users = history_embedder(layout, source, weights, ec, resources)
     return model

@@ -66,12 +66,33 @@ class Recommender(Protocol):
         this kind cannot)."""
 
 
-def model_path(path: str, layout: Layout) -> str:
-    """A manifest's encoder path: bundled names, URIs and absolute paths as they are; the rest under the
-    storage path."""
+IN_VERSION = "./"  # a manifest path that starts so names a file or folder inside the model's own version
+
+
+def model_path(path: str, layout: Layout, manifest: ModelManifest | None = None) -> str:
+    """A manifest's encoder path: inside ``manifest``'s version folder (``./encoder``), bundled names, URIs and
+    absolute paths as they are, the rest under the storage path."""
+    if path.startswith(IN_VERSION):
+        if manifest is None or not manifest.version:
+            raise ValueError(f"{path} is inside a saved model version: give its manifest")
+        return layout.model_version(manifest.name, manifest.version, path.removeprefix(IN_VERSION))
     if path.startswith("bundled:") or storage.is_uri(path) or path.startswith("/"):
         return path
     return layout.path(path)
+
+
+def stored_path(path: str | None, manifest: ModelManifest) -> str | None:
+    """A manifest's path as another model names it: one inside ``manifest``'s version becomes the version
+    folder's path under the storage path (``models/<name>/<version>/...``).
+
+    >>> m = ModelManifest(kind="r2end", name="r2end", version="abc", args={}, reads="text", similarity="cosine",
+    ...                   history={}, items=1)
+    >>> stored_path("./encoder", m), stored_path("bundled:all-minilm-l6-v2", m)
+    ('models/r2end/abc/encoder', 'bundled:all-minilm-l6-v2')
+    """
+    if path is None or not path.startswith(IN_VERSION):
+        return path
+    return f"models/{manifest.name}/{manifest.version}/{path.removeprefix(IN_VERSION)}"
 
 
 def save(layout: Layout, manifest: ModelManifest, write_files: Callable[[str], None]) -> ModelManifest:

@@ -34,7 +34,7 @@ from r2end_core import storage
 from r2end_core.eval import metrics
 from r2end_core.eval.evaluate import EvalSet
 from r2end_core.layout import Layout
-from r2end_core.models.base import ModelManifest, Recommender
+from r2end_core.models.base import ModelManifest, Recommender, stored_path
 
 FUSION_FILE = "fusion.json"
 SELECTED_BY = "ndcg@10"
@@ -93,8 +93,8 @@ def manifest(name: str, parts: Sequence[Recommender], weights: Sequence[float]) 
         reads="item_ids+text" if reads == {"item_ids", "text"} else reads.pop(),
         similarity="dot",
         history=text.history,
-        text_encoder=text.text_encoder,
-        item_encoder=text.item_encoder,
+        text_encoder=stored_path(text.text_encoder, text),
+        item_encoder=stored_path(text.item_encoder, text),
         max_seq_length=text.max_seq_length,
         items=kinds[0].items,
         inputs={m.name: m.version for m in kinds},

@@ -33,7 +33,7 @@ def with_cpu_encoder(model: Recommender, layout: Layout, backend: str, threads: 
         return model
     for tower in text_towers(model):
         manifest = tower.manifest
-        source = model_path(manifest.text_encoder, layout)
+        source = model_path(manifest.text_encoder, layout, manifest)
         precision = backend.removeprefix("onnx-")
         weights = manifest.inputs["user_encoder"]  # what names them in the text-vector cache too
         encoder = onnx_encoder.load(source, weights, manifest.max_seq_length, "end", precision, threads)

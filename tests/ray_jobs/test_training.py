@@ -7,6 +7,7 @@ text model's rankings on Ray Train."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import torch
 
 from bench import paired
 from r2end_core import models, schemas, storage
+from r2end_core.data.histories import Histories
 from r2end_core.data.splits import Split
 from r2end_core.eval.evaluate import EvalSet, evaluate
 from r2end_core.layout import Layout
@@ -100,7 +102,14 @@ def test_embed_distill_resume_project(tmp_path, embedded):
     # The model in its folder scores as the stage recorded, through the recommender interface; the best
     # epoch's validation score during training is the one recorded.
     r2end = models.load(layout, "r2end")
-    assert r2end.manifest.version == summary.version and r2end.manifest.text_encoder == "students/student/model"
+    assert r2end.manifest.version == summary.version and r2end.manifest.text_encoder == "./encoder"
+    # the version holds its encoder: the student's folder, which the next distillation replaces, can go
+    assert {f for f in r2end.manifest.files if f.startswith("encoder/")} >= {"encoder/config.json"}
+    histories = Histories.of_split(layout.read_users().slice(0, 3), Split.TEST)
+    before = r2end.user_vectors(histories)
+    shutil.move(layout.student("student", "model"), tmp_path / "student-away")
+    np.testing.assert_allclose(models.load(layout, "r2end").user_vectors(histories), before, rtol=1e-5, atol=1e-6)
+    shutil.move(tmp_path / "student-away", layout.student("student", "model"))
     assert summary.history[summary.best_epoch - 1]["valid"]["ndcg@10"] == pytest.approx(
         summary.valid["ndcg@10"], abs=1e-6
     )

@@ -18,7 +18,7 @@ from r2end_core.config import HistoryRule, PipelineConfig, R2endArgs, UserEncode
 from r2end_core.data.histories import Histories
 from r2end_core.data.items import UnknownItemsError
 from r2end_core.layout import Layout
-from r2end_core.models.base import ModelManifest, model_path
+from r2end_core.models.base import IN_VERSION, ModelManifest, model_path
 from r2end_core.models.r2end.projection import Projection, unit_vectors
 from r2end_core.summaries import DistillSummary
 from r2end_core.text import encoders
@@ -58,6 +58,19 @@ def manifest(
     )
 
 
+ENCODER_DIR = "encoder"
+
+
+def packed(manifest: ModelManifest, layout: Layout) -> tuple[ModelManifest, str | None]:
+    """(the manifest to save, the folder ``write_files`` copies into the version): a text encoder under the
+    storage path (the distilled student, which the next distillation under its run name replaces) is copied into
+    the version as ``./encoder``; a bundled encoder (checked by its digest) is named as it is."""
+    source = manifest.text_encoder
+    if not source or source.startswith(("bundled:", IN_VERSION)):
+        return manifest, None
+    return manifest.model_copy(update={"text_encoder": IN_VERSION + ENCODER_DIR}), model_path(source, layout)
+
+
 def user_encoder(cfg: PipelineConfig, layout: Layout) -> tuple[str | None, str | None, str]:
     """Where a project run's user embeddings come from: (the manifest's text encoder, the folder or name to
     encode with, what names its weights). The item-mean encoder reads item embeddings: no text encoder."""
@@ -95,7 +108,7 @@ class R2endRecommender:
         """The manifest's ``text_encoder`` or ``item_encoder``, loaded once."""
         loaded = self.__dict__.setdefault("_encoders", {})
         if which not in loaded:
-            source = model_path(getattr(self.manifest, which), self.layout)
+            source = model_path(getattr(self.manifest, which), self.layout, self.manifest)
             keep = "end" if which == "text_encoder" else "start"  # a history text lists the oldest first
             loaded[which] = encoders.load_encoder(source, self.device, self.manifest.max_seq_length, keep=keep)
         return loaded[which]
@@ -129,8 +142,11 @@ class R2endRecommender:
         """Enc(M_i) through f: a new item has no teacher description, as the catalogue's items without one."""
         return self.project(encoders.encode(self.encoder("item_encoder"), metadata_texts))
 
-    def write_files(self, folder: str) -> None:
-        """The version folder's files (``models.base.save``): the item embeddings and f, if any."""
+    def write_files(self, folder: str, encoder_from: str | None = None) -> None:
+        """The version folder's files (``models.base.save``): the item embeddings, f if any, and the text
+        encoder copied from ``encoder_from`` (``packed``), so the version holds everything it serves."""
+        if encoder_from:
+            storage.copy_folder_to_local(encoder_from, os.path.join(folder, ENCODER_DIR))
         items = pa.table(
             {"item_id": self.item_ids, "embedding": schemas.vector_column(self.item_embeddings)},
             schema=schemas.MODEL_ITEM_EMBEDDINGS,

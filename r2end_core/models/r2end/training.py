@@ -88,10 +88,9 @@ class ProjectionRun:
             f = projection.Projection(self.scorer.item_embeddings.shape[1], self.cfg.model.dim)
             f.load_state_dict(state["best"]["weights"]["projection"])
             fields = selection.summary_fields(state)
-        model = recommender.R2endRecommender(
-            self.scorer.manifest, self.scorer.items_table, f, self.scorer.embed_users, layout
-        )
-        model.manifest = models.save(layout, model.manifest, model.write_files)
+        manifest, encoder_from = recommender.packed(self.scorer.manifest, layout)
+        model = recommender.R2endRecommender(manifest, self.scorer.items_table, f, self.scorer.embed_users, layout)
+        model.manifest = models.save(layout, manifest, lambda folder: model.write_files(folder, encoder_from))
         return record(
             layout,
             model,

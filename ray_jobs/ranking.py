@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import operator
 import warnings
-from collections.abc import Sequence
 
 import numpy as np
 import ray
@@ -27,24 +26,35 @@ from r2end_core.eval import metrics
 TASK_SCORES = 1 << 27  # scores one task computes (in chunks): ~0.5 GB of floats, seconds of work on a core
 
 
-def _rank_part(
-    users: np.ndarray,
-    items: np.ndarray,
-    targets: np.ndarray,
-    exclude: Sequence[np.ndarray] | None,
-    tail: np.ndarray | None,
-    threads: int,
-    device: str,
-) -> tuple[np.ndarray, metrics.MetricSums]:
+def _task(compute, threads: int, *args):
+    """``compute(*args)`` in a Ray task of ``threads`` CPUs."""
     torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS to the task's CPUs; torch keeps its own count
     warnings.filterwarnings("ignore", "The given NumPy array is not writable")  # the object store's are read-only
-    return metrics.rank_vectors(users, items, targets, exclude, tail, device)
+    return compute(*args)
 
 
-def _top_part(users, items, k, exclude, threads):
-    torch.set_num_threads(threads)
-    warnings.filterwarnings("ignore", "The given NumPy array is not writable")
-    return metrics.top_items(users, items, k, exclude)
+def _in_parts(
+    resources: Resources, compute, users, items, per_user: list, shared: list, task_scores: int, gpu: bool = False
+) -> list:
+    """``compute(users part, items, *per_user parts, *shared)`` for parts of the users, one Ray task each (items
+    and ``shared`` put in the object store once); the parts' results in the users' order."""
+    size, items_ref = part_size(len(items), task_scores=task_scores), ray.put(items)
+    shared = [ray.put(value) for value in shared]
+    gpus = 1 if gpu and resources.use_gpu else 0  # a GPU only for a compute that uses it
+    task = ray.remote(num_cpus=resources.cpus_per_worker, num_gpus=gpus)(_task)
+    cut = lambda values, start: None if values is None else values[start : start + size]  # noqa: E731
+    pending = [
+        task.remote(
+            compute,
+            resources.cpus_per_worker,
+            users[start : start + size],
+            items_ref,
+            *(cut(values, start) for values in per_user),
+            *shared,
+        )  # fmt: skip
+        for start in range(0, len(users), size)
+    ]
+    return ray.get(pending)
 
 
 def part_size(n_items: int, chunk_size: int = metrics.DEFAULT_CHUNK, task_scores: int = TASK_SCORES) -> int:
@@ -60,25 +70,12 @@ def part_size(n_items: int, chunk_size: int = metrics.DEFAULT_CHUNK, task_scores
 def on_ray(resources: Resources, task_scores: int = TASK_SCORES) -> metrics.Ranker:
     """A ``metrics.Ranker`` that ranks parts of the users in Ray tasks of ``resources.cpus_per_worker`` CPUs
     (and a GPU each with ``resources.use_gpu``)."""
-    gpu = resources.use_gpu
+    device = "cuda" if resources.use_gpu else "cpu"
 
     def rank(users, items, targets, exclude, tail):
-        items_ref, tail_ref = ray.put(items), ray.put(tail)
-        task = ray.remote(num_cpus=resources.cpus_per_worker, num_gpus=1 if gpu else 0)(_rank_part)
-        size = part_size(len(items), task_scores=task_scores)
-        pending = [
-            task.remote(
-                users[start : start + size],
-                items_ref,
-                targets[start : start + size],
-                None if exclude is None else exclude[start : start + size],
-                tail_ref,
-                resources.cpus_per_worker,
-                "cuda" if gpu else "cpu",
-            )
-            for start in range(0, len(users), size)
-        ]
-        parts = ray.get(pending)
+        parts = _in_parts(
+            resources, metrics.rank_vectors, users, items, [targets, exclude], [tail, device], task_scores, gpu=True
+        )
         return np.concatenate([ranks for ranks, _ in parts]), functools.reduce(operator.add, [s for _, s in parts])
 
     return rank
@@ -89,19 +86,11 @@ def top_on_ray(resources: Resources, task_scores: int = TASK_SCORES) -> metrics.
     every training instance against the whole catalogue)."""
 
     def top(users, items, k, exclude):
-        items_ref, size = ray.put(items), part_size(len(items), task_scores=task_scores)
-        task = ray.remote(num_cpus=resources.cpus_per_worker)(_top_part)
-        pending = [
-            task.remote(
-                users[start : start + size],
-                items_ref,
-                k,
-                None if exclude is None else exclude[start : start + size],
-                resources.cpus_per_worker,
-            )
-            for start in range(0, len(users), size)
-        ]
-        parts = ray.get(pending)
+        parts = _in_parts(resources, _top_items, users, items, [exclude], [k], task_scores)
         return np.concatenate([found for found, _ in parts]), np.concatenate([scores for _, scores in parts])
 
     return top
+
+
+def _top_items(users, items, exclude, k):
+    return metrics.top_items(users, items, k, exclude)

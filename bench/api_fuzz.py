@@ -1,9 +1,12 @@
-"""A property-based fuzz of the HTTP API from its own OpenAPI schema (schemathesis on hypothesis): bodies,
-paths and parameters that fit the schema and ones that break it, sent to a live endpoint. Counts the
-answers by status; a 5xx is a server error, which no input may cause.
+"""A property-based fuzz of the HTTP API (schemathesis on hypothesis), sent to a live endpoint: cases from
+its own OpenAPI schema that fit it and ones that break it, and requests drawn from the real catalogue (real
+item ids, in histories of every allowed length, with and without timestamps, and texts for a text model),
+so that most cases get past validation into encoding and search. Every answer is checked against the
+schema: no 5xx, a documented status, the documented content type, a body of the documented shape, and a
+schema-breaking request refused.
 
-    found = fuzz("http://127.0.0.1:8000", cases=300, seconds=60)
-    found["server_errors"], found["statuses"]        # 0, {"200": 41, "422": 233, "404": 26}
+    found = fuzz("http://127.0.0.1:8000", cases=300, seconds=60, item_ids=ids)
+    found["server_errors"], found["check_failures"], found["reach_rate"]    # 0, {}, 0.62
 
 Bounded in count and in time (cases still to come after ``seconds`` are skipped); seeded, so a run repeats.
 """
@@ -19,13 +22,69 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
+from schemathesis.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    negative_data_rejection,
+]
+LAST_SECOND = 253_402_300_799  # the schema's bound on a timestamp
 
 
-def fuzz(url: str, cases: int, seconds: float, seed: int = 0) -> dict:
-    """``{"cases", "server_errors", "statuses", "failures": [first few 5xx: method, path, body, answer]}``."""
+def catalogue_bodies(item_ids: list[str], texts: list[str], max_k: int, max_history: int) -> st.SearchStrategy:
+    """Request bodies for ``POST /recommend`` that the schema allows, made of real item ids (and, when
+    ``texts`` are given, history texts joined from them): lengths up to the server's bounds, repeated ids,
+    timestamps in any order with ``at`` at or after the latest, ``k`` anywhere in its range."""
+    ids = st.lists(st.sampled_from(item_ids), min_size=1, max_size=max_history)
+    common = {"k": st.integers(1, max_k), "exclude_history": st.booleans()}
+
+    @st.composite
+    def with_times(draw) -> dict:
+        history = draw(ids)
+        times = draw(st.lists(st.integers(0, LAST_SECOND - 1), min_size=len(history), max_size=len(history)))
+        body = {"history": history, "timestamps": times}
+        if draw(st.booleans()):
+            body["at"] = draw(st.integers(max(times), LAST_SECOND))
+        return body | {key: draw(value) for key, value in common.items()}
+
+    kinds = [st.fixed_dictionaries({"history": ids}, optional=common), with_times()]
+    if texts:
+        joined = st.lists(st.sampled_from(texts), min_size=1, max_size=8).map("\n".join)
+        kinds.append(st.fixed_dictionaries({"history_text": joined}, optional=common))
+    return st.one_of(kinds)
+
+
+def fuzz(
+    url: str,
+    cases: int,
+    seconds: float,
+    seed: int = 0,
+    item_ids: list[str] | None = None,
+    texts: list[str] | None = None,
+) -> dict:
+    """Send up to ``cases`` cases: from the catalogue three times in five when ``item_ids`` are given, else
+    from the schema alone (positive and negative). Returns ``{"cases", "statuses", "server_errors",
+    "reached" (answers 200 to POST /recommend: encoded and searched), "reach_rate", "check_failures"
+    (count per check), "failures" (the first few: request, answer, what failed)}``."""
     schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
-    cases_of = st.one_of(*(schema.as_strategy(mode) for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)))
-    statuses, failures, deadline = Counter(), [], time.monotonic() + seconds
+    limits = schema.raw_schema["components"]["schemas"]["RecommendRequest"]["properties"]
+    from_schema = [schema.as_strategy(mode) for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)]
+    kinds = from_schema
+    if item_ids:
+        bodies = catalogue_bodies(item_ids, texts or [], limits["k"]["maximum"], limits["history"]["maxItems"])
+        recommend = schema["/recommend"]["POST"]
+        kinds = [*[bodies.map(lambda body: recommend.Case(body=body, media_type="application/json"))] * 3, *kinds]
+    statuses, failed, failures = Counter(), Counter(), []
+    reached, deadline = 0, time.monotonic() + seconds
 
     @hypothesis_seed(seed)
     @settings(
@@ -35,32 +94,36 @@ def fuzz(url: str, cases: int, seconds: float, seed: int = 0) -> dict:
         phases=[Phase.generate],  # counting, not shrinking a failure
         suppress_health_check=list(HealthCheck),
     )
-    @given(cases_of)
+    @given(st.one_of(kinds))
     def send(case) -> None:
+        nonlocal reached
         if time.monotonic() > deadline:
             return
+        request = {"method": case.method, "path": case.formatted_path, "body": repr(case.body)[:300]}
         try:
             answer = case.call(base_url=url, timeout=30)
         except requests.RequestException as err:  # no answer at all counts against the server too
             statuses[type(err).__name__] += 1
-            failures.append({"method": case.method, "path": case.formatted_path, "body": repr(case.body)[:300]})
+            failures.append(request | {"failed": [type(err).__name__]})
             return
         statuses[str(answer.status_code)] += 1
-        if answer.status_code >= 500 and len(failures) < 10:
-            failures.append(
-                {
-                    "method": case.method,
-                    "path": case.formatted_path,
-                    "body": repr(case.body)[:300],
-                    "answer": answer.text[:300],
-                }
-            )
+        reached += case.method == "POST" and case.path == "/recommend" and answer.status_code == 200
+        try:
+            case.validate_response(answer, checks=CHECKS)
+        except schemathesis.FailureGroup as group:
+            titles = sorted({failure.title for failure in group.exceptions})
+            failed.update(titles)
+            if len(failures) < 10:
+                failures.append(request | {"status": answer.status_code, "answer": answer.text[:300], "failed": titles})
 
     send()
-    server_errors = sum(n for status, n in statuses.items() if not status.isdigit() or int(status) >= 500)
+    total = sum(statuses.values())
     return {
-        "cases": sum(statuses.values()),
-        "server_errors": server_errors,
+        "cases": total,
         "statuses": dict(sorted(statuses.items())),
+        "server_errors": sum(n for status, n in statuses.items() if not status.isdigit() or int(status) >= 500),
+        "reached": reached,
+        "reach_rate": round(reached / total, 4) if total else 0.0,
+        "check_failures": dict(sorted(failed.items())),
         "failures": failures,
     }

@@ -19,10 +19,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from typing import Annotated
 
 import numpy as np
 import torch
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
@@ -32,13 +33,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from r2end_core import storage
 from r2end_core.config import ServeConfig
+from r2end_core.data.contract import ITEM_ID_PATTERN
 from r2end_core.data.histories import Histories
 from r2end_core.data.items import UnknownItemsError
 from r2end_core.layout import Layout
 from r2end_core.serve import index
 from r2end_core.serve.batching import Batcher
 from r2end_core.serve.served import ServedModel
-from serve_app.api import Health, Item, RecommendRequest, RecommendResponse
+from serve_app.api import Health, Item, RecommendRequest, RecommendResponse, error_responses, with_limits
 
 log = logging.getLogger("ray.serve")
 
@@ -132,6 +134,8 @@ class Recommender:
         torch.set_num_threads(threads)
         self.cfg = ServeConfig(**cfg)
         BodyLimit.max_bytes, BodyLimit.timeout_s = self.cfg.max_body_bytes, self.cfg.body_timeout_s
+        api.openapi_schema = None
+        with_limits(api.openapi(), self.cfg)  # FastAPI serves the schema it cached, with this config's bounds
         device = "cuda" if use_gpu else "cpu"
         self.served = ServedModel(Layout(storage_path), version, self.cfg.cpu_encoder, threads, device)
         self.batcher = Batcher(self.search, self.cfg.max_batch_size, self.cfg.batch_wait_timeout_s)
@@ -155,7 +159,7 @@ class Recommender:
             shown = ", ".join(err.ids[:10]) + (f" and {len(err.ids) - 10} more" if len(err.ids) > 10 else "")
             raise HTTPException(422, f"unknown item ids in history: {shown}") from None
 
-    @api.post("/recommend", response_model=RecommendResponse)
+    @api.post("/recommend", response_model=RecommendResponse, responses=error_responses(400, 408, 413, 422, 503))
     async def recommend(self, body: RecommendRequest) -> RecommendResponse:
         """Top-k items for a history of item ids (or history text, for a model that reads text)."""
         cfg = self.cfg
@@ -181,8 +185,8 @@ class Recommender:
             index_version=self.served.index.version,
         )
 
-    @api.get("/items/{item_id}", response_model=Item)
-    async def item(self, item_id: str) -> Item:
+    @api.get("/items/{item_id}", response_model=Item, responses=error_responses(404, 408, 413, 422, 503))
+    async def item(self, item_id: Annotated[str, Path(pattern=ITEM_ID_PATTERN)]) -> Item:
         """One indexed item: id, title, and the metadata text histories are written from."""
         catalogue = self.served.catalogue
         if item_id not in catalogue.row:
@@ -190,7 +194,7 @@ class Recommender:
         row = catalogue.row[item_id]
         return Item(item_id=item_id, title=catalogue.titles[row], metadata_text=catalogue.metadata_text[item_id])
 
-    @api.get("/healthz", response_model=Health)
+    @api.get("/healthz", response_model=Health, responses=error_responses(408, 413, 503))
     async def healthz(self) -> Health:
         """What this replica serves, from its state (no encoding; Serve's check_health asks the model)."""
         served = self.served

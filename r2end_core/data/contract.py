@@ -69,6 +69,17 @@ def _is_text_type(t: pa.DataType) -> bool:
 
 
 ID, TEXT = (_is_id_type, "string or integer"), (_is_text_type, "string")
+#: an item id: 1 to 128 characters, none of them whitespace or control characters (what the HTTP API accepts)
+ITEM_ID_PATTERN = r"^[^\s\x00-\x1f\x7f]{1,128}$"
+
+
+def _check_item_ids(file: str, frame: pd.DataFrame, show: list[str]) -> None:
+    bad = frame[~frame["item_id"].astype(str).str.fullmatch(ITEM_ID_PATTERN[1:-1])]
+    if len(bad):
+        problem = "ids that are not 1 to 128 characters free of whitespace and control characters"
+        _fail(file, "item_id", problem, bad, show)
+
+
 #: column -> (what its Arrow type must pass, how to say so), for every column of the contract a file has
 INTERACTION_TYPES = {
     "user_id": ID,
@@ -171,6 +182,7 @@ def load_and_validate(dataset_path: str, cfg: PrepareConfig) -> PreparedData:
     dup_items = items[items["item_id"].duplicated(keep=False)]
     if len(dup_items):
         _fail(items_file, "item_id", "duplicate item ids", dup_items, ["item_id"])
+    _check_item_ids(items_file, items, ["item_id"])
 
     unknown = inter[~inter["item_id"].isin(set(items["item_id"]))]
     if len(unknown):
@@ -258,6 +270,7 @@ def read_new_items(path: str, known_ids: set[str]) -> pa.Table:
         _fail(path, "item_id", "null ids", rows, ["item_id"])
     if (rows := frame[frame["item_id"].duplicated(keep=False)]).size:
         _fail(path, "item_id", "duplicate ids", rows, ["item_id"])
+    _check_item_ids(path, frame, ["item_id"])
     if (rows := frame[frame["item_id"].isin(known_ids)]).size:
         _fail(path, "item_id", "ids already in the index (new items need new ids)", rows, ["item_id"])
     records = frame.to_dict("records")

@@ -148,6 +148,11 @@ def float_price_as_text(inter, items):
     return inter, items.assign(price=items["price"].astype(str))
 
 
+def item_id_with_a_space(inter, items):
+    renamed = {items.loc[4, "item_id"]: "B00 SPACE"}
+    return inter.replace({"item_id": renamed}), items.replace({"item_id": renamed})
+
+
 def empty_interactions(inter, items):
     return inter.iloc[:0], items
 
@@ -168,6 +173,11 @@ def empty_interactions(inter, items):
         (null_user, r"column 'user_id': null values \(1 rows\), e.g. row 3"),
         (duplicate_item_ids, r"items.parquet: column 'item_id': duplicate item ids \(2 rows\)"),
         (float_price_as_text, r"items.parquet: column 'price' has type (large_)?string; expected a number"),
+        (
+            item_id_with_a_space,
+            r"items.parquet: column 'item_id': ids that are not 1 to 128 characters free of whitespace and control "
+            r"characters \(1 rows\), e.g. row 4 .*B00 SPACE",
+        ),
         (empty_interactions, r"interactions.parquet: the file is empty"),
     ],
     ids=[
@@ -180,6 +190,7 @@ def empty_interactions(inter, items):
         "null-id",
         "duplicate-item",
         "wrong-item-type",
+        "item-id-the-api-refuses",
         "empty-file",
     ],
 )

@@ -200,6 +200,12 @@ METHODS = {
         SASREC,
         uses_llm=False,
     ),
+    "sasrec_sampled_4096": Method(
+        sasrec(softmax=SoftmaxKind.SAMPLED, sampled_negatives=4096),
+        "SASRec with the sampled softmax and 4,096 uniform negatives (bench.scale picks the count on validation)",
+        SASREC,
+        uses_llm=False,
+    ),
     TEXT_MODEL: Method(
         r2end(),
         "R2END: distilled text encoder + projection",

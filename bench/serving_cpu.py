@@ -27,6 +27,7 @@ Writes bench/results/serving_cpu.json (the first model's measures at the top, ev
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import itertools
 import json
@@ -46,7 +47,7 @@ import ray
 import torch
 from ray import serve
 
-from bench import api_fuzz, results
+from bench import api_fuzz, endpoint_trials, results
 from r2end_core import models, storage
 from r2end_core.config import PipelineConfig
 from r2end_core.data.histories import Histories
@@ -59,12 +60,14 @@ from r2end_core.serve.requests import test_time_request
 from r2end_core.serve.served import ServedModel
 from r2end_core.teacher import prompts
 from ray_jobs import index as index_stage
+from ray_jobs import promote
 from ray_jobs import serve as deploy
 from ray_jobs.runtime import run_stage
 
 QUERIES, PHASE_S, PHASE_MAX_REQUESTS, LLM_REQUESTS = 1000, 20.0, 5000, 8
 ERRORS_PHASE_S, KILL_PHASE_S, HEY_S = 60.0, 30.0, 15
-FUZZ_CASES, FUZZ_S = 1000, 180.0
+FUZZ_CASES, FUZZ_S = 10_000, 1800.0
+SLOW_CLIENTS, SLOW_REQUESTS = 16, 200  # clients trickling their bodies; normal requests alone and beside them
 # validation users the encoders are ranked on (8,000: a relative NDCG@10 loss within about ±0.6%, one s.e.; 2,000
 # put 2.7% on int8 where 4,000 then put 0.95%); the batch size; the encoder phase's rounds (side_by_side)
 ENCODER_USERS, BATCH, ROUNDS = 8000, 32, 10
@@ -80,9 +83,13 @@ GOALS = {
     "llm_in_loop_latency_ratio": ">= 100",
     "errors": "0",
     "fuzz_5xx": "0",
+    "fuzz_reach_rate": ">= 0.5",
+    "fuzz_check_failures": "0",
+    "slow_clients_p99_ratio": "<= 2",
+    "rollout_errors": "0",
 }
 # the first model's measures at the JSON's top level: the goals' and the fp32 encoder's, and the fuzz's size
-HEADLINE = [*GOALS, "onnx_speedup", "onnx_rel_ndcg_loss", "fuzz_cases"]
+HEADLINE = [*GOALS, "onnx_speedup", "onnx_rel_ndcg_loss", "fuzz_cases", "slow_clients", "rollout"]
 
 
 def user_queries(cfg: PipelineConfig, n: int) -> list[dict]:
@@ -399,6 +406,20 @@ def llm_in_the_loop(cfg: PipelineConfig, bodies: list[dict], served: ServedModel
     }
 
 
+def rollout(cfg: PipelineConfig, url: str, body: dict, version: str) -> dict:
+    """``version`` made live, then another version of the same model (HNSW instead of exact search)
+    promoted and rolled out under load, then rolled back (``endpoint_trials.rollout``)."""
+    other = index_stage.run(cfg.with_section("index", kind="hnsw"))
+    promote.run(cfg, version)
+    deploy.start(cfg)  # the live version, as Serve deploys by default
+
+    def move(how: argparse.Namespace) -> None:
+        promote.main(cfg, how)
+        deploy.start(cfg)
+
+    return endpoint_trials.rollout(url, body, move, other.version) | {"from": version, "to": other.version}
+
+
 def bench_model(cfg: PipelineConfig, name: str, bodies: list[dict]) -> tuple[dict, ServedModel]:
     """Every phase but the LLM's for one model; returns (its result, the model as served in process)."""
     cfg = cfg.with_section("index", model=name)
@@ -412,13 +433,17 @@ def bench_model(cfg: PipelineConfig, name: str, bodies: list[dict]) -> tuple[dic
         f"c{c}": with_batch_sizes(url, lambda c=c: with_machine_cpu(lambda: load(url, bodies, c))) for c in (1, 8, 32)
     }
     phases["hey"] = {f"c{c}": with_machine_cpu(lambda c=c: hey(url, bodies[0], c)) for c in (1, 32)}
-    phases["fuzz"] = api_fuzz.fuzz(url, FUZZ_CASES, FUZZ_S)
+    items = Layout(cfg.storage_path).read_items()
+    texts = items.column("title").drop_null().to_pylist() if served.manifest.reads == "text" else None
+    phases["fuzz"] = api_fuzz.fuzz(url, FUZZ_CASES, FUZZ_S, item_ids=items.column("item_id").to_pylist(), texts=texts)
+    phases["slow_clients"] = endpoint_trials.slow_clients(url, bodies[0], SLOW_CLIENTS, SLOW_REQUESTS)
     deploy.start(cfg, index_version=built.version, min_replicas=1, max_replicas=1, max_batch_size=1)
     phases["http_unbatched"] = {"c32": with_batch_sizes(url, lambda: with_machine_cpu(lambda: load(url, bodies, 32)))}
     deploy.start(cfg, index_version=built.version)  # the default: autoscaling between min and max replicas
     autoscaling = with_machine_cpu(lambda: load(url, bodies, 32, ERRORS_PHASE_S))
     phases["autoscaling_60s"] = {**autoscaling, "replicas_at_end": replicas()}
     phases["replica_killed"] = with_machine_cpu(lambda: replica_killed(cfg, bodies, built.version))
+    phases["rollout"] = rollout(cfg, url, bodies[0], built.version)
     serve.shutdown()
     http, floor = phases["http"], phases["in_process"]
     result = {
@@ -434,6 +459,12 @@ def bench_model(cfg: PipelineConfig, name: str, bodies: list[dict]) -> tuple[dic
         "errors": phases["autoscaling_60s"]["errors"],
         "fuzz_cases": phases["fuzz"]["cases"],
         "fuzz_5xx": phases["fuzz"]["server_errors"],
+        "fuzz_reach_rate": phases["fuzz"]["reach_rate"],
+        "fuzz_check_failures": sum(phases["fuzz"]["check_failures"].values()),
+        "slow_clients": phases["slow_clients"],
+        "slow_clients_p99_ratio": phases["slow_clients"]["p99_ratio"],
+        "rollout": phases["rollout"],
+        "rollout_errors": phases["rollout"]["errors"],
         "hey_c1_p50_ms": phases["hey"]["c1"].get("p50_ms"),
         "hey_c32_qps": phases["hey"]["c32"].get("qps"),
         "cpu_steal_max": max(steals(phases)),
@@ -566,10 +597,16 @@ def report(out: dict) -> str:
             f"p99 {r['p99_ms']} ms, statuses {r['statuses']}; machine CPU busy / stolen {cpu_shares(r['cpu'])}."
             for r in hey_rows
         ]
-        fuzz, killed = p["fuzz"], p["replica_killed"]
+        fuzz, killed, slow, moved = p["fuzz"], p["replica_killed"], p["slow_clients"], p["rollout"]
         lines += [
-            f"Fuzz: {fuzz['cases']} schemathesis cases from the OpenAPI schema, statuses {fuzz['statuses']}, "
-            f"{fuzz['server_errors']} server errors.",
+            f"Fuzz: {fuzz['cases']} schemathesis cases (from the OpenAPI schema, and three in five made of real "
+            f"catalogue ids), statuses {fuzz['statuses']}, {fuzz['server_errors']} server errors, "
+            f"{fuzz['reach_rate']:.0%} encoded and searched, response checks failed {fuzz['check_failures'] or 0}.",
+            f"Slow clients: {slow['slow_clients']} clients trickling their bodies got {slow['slow_answers']}; beside "
+            f"them normal requests' p99 was {slow['p99_beside_ms']} ms against {slow['p99_alone_ms']} ms alone "
+            f"({slow['p99_ratio']}x), {slow['errors']} errors.",
+            f"Rollout: {moved['requests']} requests while `{moved['to']}` was promoted and rolled back; "
+            f"{moved['errors']} errors; versions in turn {moved['versions_seen']}.",
             f"Replica kill: `{killed.get('killed')}`; Serve had 2 running again after "
             f"{killed.get('replaced_after_s')} s; {killed['errors']} failed requests ({killed['statuses']}).",
         ]

@@ -8,10 +8,7 @@ import argparse
 import asyncio
 import json
 import socket
-import threading
 
-import aiohttp
-import numpy as np
 import psutil
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -19,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
-from bench import api_fuzz
+from bench import api_fuzz, endpoint_trials
 from r2end_core.layout import Layout
 from r2end_core.serve import aliases
 from ray_jobs import index, promote, train_sasrec
@@ -166,25 +163,6 @@ def test_a_chunked_body_over_the_limit_is_stopped_while_it_is_read(served):
     assert answer.status_code == 200 and len(answer.json()["items"]) == 3, answer.text
 
 
-def trickle(url: str, body: dict, stop: threading.Event) -> bytes:
-    """A client that sends its body a byte every half second until the server answers (or ``stop``)."""
-    host, port = url.removeprefix("http://").split(":")
-    payload = json.dumps(body).encode()
-    with socket.create_connection((host, int(port)), timeout=0.5) as conn:
-        head = f"POST /recommend HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-        conn.sendall(f"{head}Content-Length: {len(payload)}\r\n\r\n".encode())
-        for byte in payload:
-            if stop.is_set():
-                return b""
-            conn.sendall(bytes([byte]))
-            try:
-                if answer := conn.recv(200):
-                    return answer
-            except TimeoutError:
-                continue
-    return b""
-
-
 def test_slow_clients_and_a_flood_are_refused_and_normal_traffic_goes_on(served):
     """Clients trickling their bodies get 408 at serve.body_timeout_s and cost normal traffic little; requests
     past serve.max_queued_requests get 503 with Retry-After."""
@@ -192,38 +170,12 @@ def test_slow_clients_and_a_flood_are_refused_and_normal_traffic_goes_on(served)
     version = requests.get(f"{url}/healthz", timeout=30).json()["index_version"]
     deploy.start(cfg, index_version=version, body_timeout_s=3, max_queued_requests=2)
     try:
-
-        def latencies(n: int) -> list[float]:
-            took = []
-            for _ in range(n):
-                answer = requests.post(f"{url}/recommend", json=body, timeout=30)
-                assert answer.status_code == 200, answer.text
-                took.append(answer.elapsed.total_seconds())
-            return took
-
-        alone = latencies(40)
-        stop, answers = threading.Event(), []
-        slow = [threading.Thread(target=lambda: answers.append(trickle(url, body, stop))) for _ in range(16)]
-        for client in slow:
-            client.start()
-        beside = latencies(40)
-        for client in slow:
-            client.join(30)
-        stop.set()
-        assert len(answers) == 16 and all(a.startswith(b"HTTP/1.1 408") for a in answers), answers[:2]
-        assert np.percentile(beside, 99) < 3 * np.percentile(alone, 99), (alone, beside)
-
-        async def flood(n: int) -> list[tuple[int, str | None]]:
-            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-
-                async def one():
-                    async with session.post(f"{url}/recommend", json=body) as answer:
-                        return answer.status, answer.headers.get("Retry-After")
-
-                return await asyncio.gather(*(one() for _ in range(n)))
-
-        statuses = asyncio.run(flood(300))
-        assert {s for s, _ in statuses} == {200, 503} and all(r == "1" for s, r in statuses if s == 503)
+        found = endpoint_trials.slow_clients(url, body, slow=16, requests_each=40)
+        refused = sum(n for line, n in found["slow_answers"].items() if line.startswith("HTTP/1.1 408"))
+        assert refused == 16 and found["errors"] == 0, found
+        assert found["p99_ratio"] < 3, found
+        flooded = endpoint_trials.flood(url, body, 300)
+        assert set(flooded["statuses"]) == {"200", "503"} and flooded["retry_after"] == ["1"], flooded
     finally:
         deploy.start(cfg, index_version=version)  # the defaults again, for the tests after this one
 
@@ -265,32 +217,14 @@ def test_a_new_version_is_promoted_and_rolled_back_without_dropping_requests(ser
 
     # Light load while the new version is promoted and rolled out, then rolled back: every request answered,
     # each by the version that answered it.
-    answers, stop = [], threading.Event()
-
-    def load():
-        while not stop.is_set():
-            response = requests.post(f"{url}/recommend", json=body, timeout=60)
-            answers.append(
-                (response.status_code, response.json().get("index_version") if response.ok else response.text)
-            )
-
-    def move(**how) -> None:
-        promote.main(cfg, argparse.Namespace(**{"version": None, "rollback": False, "alias": "live"} | how))
+    def move(how: argparse.Namespace) -> None:
+        promote.main(cfg, how)
         deploy.start(cfg)  # the live version, as Serve deploys by default
 
-    sender = threading.Thread(target=load)
-    sender.start()
-    try:
-        move(version=added.version)
-        after = requests.post(f"{url}/recommend", json=body, timeout=30).json()
-        move(rollback=True)
-    finally:
-        stop.set()
-        sender.join()
-    assert answers and all(status == 200 for status, _ in answers), answers
-    served_in_turn = [v for i, (_, v) in enumerate(answers) if i == 0 or answers[i - 1][1] != v]
-    assert served_in_turn == [built.version, added.version, built.version], served_in_turn
-    assert after["index_version"] == added.version and "R2END-NEW-1" in [i["item_id"] for i in after["items"]]
+    found = endpoint_trials.rollout(url, body, move, added.version)
+    assert found["requests"] and found["errors"] == 0, found
+    assert found["versions_seen"] == [built.version, added.version, built.version], found["versions_seen"]
+    assert "R2END-NEW-1" in found["first_items"][added.version]
     moves = aliases.read(Layout(cfg.storage_path)).moves
     assert [(m.action, m.version) for m in moves] == [
         ("promote", built.version),

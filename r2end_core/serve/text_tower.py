@@ -9,8 +9,9 @@ A text model (R2END) and a fusion's text parts encode history texts through the 
 
 from __future__ import annotations
 
+from r2end_core import storage
 from r2end_core.layout import Layout
-from r2end_core.models.base import Recommender, model_path
+from r2end_core.models.base import ModelManifest, Recommender, model_path
 from r2end_core.models.fusion import FusionRecommender
 from r2end_core.models.r2end.recommender import R2endRecommender
 from r2end_core.text import onnx_encoder
@@ -25,6 +26,22 @@ def text_towers(model: Recommender) -> list[R2endRecommender]:
     return [model] if isinstance(model, R2endRecommender) and model.manifest.text_encoder else []
 
 
+def encoder_weights(manifest: ModelManifest) -> str:
+    """What names a text tower's encoder weights in the ONNX export cache: the sha256 of the encoder files its
+    version holds (so two versions share an export only when their weights are the same bytes), else the
+    encoder it names (a bundled one).
+
+    >>> from types import SimpleNamespace as Manifest
+    >>> held = Manifest(text_encoder="./encoder", files={"encoder/w.bin": "ab12", "projection.pt": "cd34"})
+    >>> encoder_weights(held) == encoder_weights(Manifest(text_encoder="./encoder", files={"encoder/w.bin": "ab12"}))
+    True
+    >>> encoder_weights(Manifest(text_encoder="bundled:all-minilm-l6-v2", files={}))
+    'bundled:all-minilm-l6-v2'
+    """
+    held = {path: digest for path, digest in manifest.files.items() if path.startswith("encoder/")}
+    return storage.digest(held) if held else manifest.text_encoder
+
+
 def with_cpu_encoder(model: Recommender, layout: Layout, backend: str, threads: int) -> Recommender:
     """``model`` with its text towers on ``backend`` (one of ``BACKENDS``; ``torch`` leaves it as it is)."""
     if backend not in BACKENDS:
@@ -35,7 +52,7 @@ def with_cpu_encoder(model: Recommender, layout: Layout, backend: str, threads: 
         manifest = tower.manifest
         source = model_path(manifest.text_encoder, layout, manifest)
         precision = backend.removeprefix("onnx-")
-        weights = manifest.inputs["user_encoder"]  # what names them in the text-vector cache too
+        weights = encoder_weights(manifest)
         encoder = onnx_encoder.load(source, weights, manifest.max_seq_length, "end", precision, threads)
         tower.embed_users = lambda histories, encoder=encoder: encoder.encode(histories.texts)
     return model

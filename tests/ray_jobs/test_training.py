@@ -7,6 +7,7 @@ text model's rankings on Ray Train."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -51,6 +52,18 @@ def distill_job(config_path: Path, log: Path, address: str) -> subprocess.Popen:
         )
 
 
+def train_workers(session_dir: str) -> list[psutil.Process]:
+    """The Ray Train workers of the cluster whose session folder is ``session_dir`` (their raylet's sockets are
+    in it; another Ray cluster on the machine has its own)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if (process.info["cmdline"] or [""])[0].startswith("ray::RayTrainWorker"):
+            with contextlib.suppress(psutil.Error):
+                if session_dir in " ".join(process.parent().cmdline()):
+                    found.append(process)
+    return found
+
+
 def checkpoints(layout: Layout, run: str) -> list[Path]:
     """Checkpoints Ray Train has registered for ``run`` (the snapshot is written once a checkpoint is complete);
     other tests' distillation runs share the session's storage path."""
@@ -84,8 +97,8 @@ def test_embed_distill_resume_project(tmp_path, ray_cluster, embedded):
         )
         assert time.time() < deadline, "no checkpoint in time"
         time.sleep(0.5)
-    workers = [p for p in psutil.process_iter(["cmdline"]) if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
-    assert killed.poll() is None and len(workers) == 1, "the run ended before its worker was killed"
+    workers = train_workers(ray_cluster._private.worker.global_worker.node.get_session_dir_path())
+    assert killed.poll() is None and len(workers) == 1, f"the run ended before its worker was killed: {workers}"
     workers[0].send_signal(signal.SIGKILL)
     assert killed.wait(timeout=600) == 0, (tmp_path / "killed.log").read_text()[-4000:]
     student = DistillSummary.read(layout.student("student", "metrics.json"), "distill")

@@ -90,8 +90,6 @@ def with_limits(schema: dict, cfg: ServeConfig) -> dict:
     """The OpenAPI ``schema`` with this server's bounds on a request (``cfg.max_k``, ``max_history``,
     ``max_text_chars``), which the endpoint enforces: what a client or a fuzzer reads is what is checked."""
     fields = schema["components"]["schemas"]["RecommendRequest"]["properties"]
-    for name in ("history", "timestamps", "at", "history_text"):  # absent, never null
-        fields[name].pop("default", None)
     fields["k"]["maximum"] = cfg.max_k
     fields["history"]["maxItems"] = fields["timestamps"]["maxItems"] = cfg.max_history
     fields["history_text"]["maxLength"] = cfg.max_text_chars

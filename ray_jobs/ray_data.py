@@ -16,17 +16,21 @@ from r2end_core.text import encoders, onnx_encoder
 from r2end_core.text.cache import cached_encode, encoder_id
 
 
+def load_text_encoder(
+    source: str, max_seq_length: int, keep: str, threads: int, device: str, onnx: tuple[str, str] | None
+) -> Callable[[list[str]], np.ndarray]:
+    """texts -> unit vectors, by the encoder at ``source`` on torch or (``onnx``) ONNX Runtime."""
+    if onnx:  # (what names the weights, precision)
+        model = onnx_encoder.load(source, onnx[0], max_seq_length, keep, onnx[1], threads)
+        return lambda texts: model.encode(texts, batch_size=ONNX_BATCH)
+    model = encoders.load_encoder(source, device, max_seq_length, keep)
+    return lambda texts: encoders.encode(model, texts)
+
+
 class _Encoder:
-    def __init__(
-        self, source: str, max_seq_length: int, keep: str, threads: int, device: str, onnx: tuple[str, str] | None
-    ):
+    def __init__(self, threads: int, **encoder):
         torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS=1 in actors
-        if onnx:  # (what names the weights, precision)
-            model = onnx_encoder.load(source, onnx[0], max_seq_length, keep, onnx[1], threads)
-            self.encode = lambda texts: model.encode(texts, batch_size=ONNX_BATCH)
-        else:
-            model = encoders.load_encoder(source, device, max_seq_length, keep)
-            self.encode = lambda texts: encoders.encode(model, texts)
+        self.encode = load_text_encoder(threads=threads, **encoder)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {"position": batch["position"], "embedding": self.encode(list(batch["text"]))}
@@ -50,6 +54,8 @@ def encode_texts(
     """
     if not texts:
         raise ValueError("encode_texts got no texts")
+    if len(texts) < ec.ray_data_min_texts:  # an actor pool's start would cost more than the encoding
+        return load_text_encoder(source, ec.max_seq_length, keep, torch.get_num_threads(), "cpu", onnx)(texts)
     # Similar lengths in one batch pad less: feed the texts sorted by length, restore order after.
     order = np.argsort([len(t) for t in texts], kind="stable")
     dataset = ray.data.from_items([{"position": int(i), "text": texts[i]} for i in order])

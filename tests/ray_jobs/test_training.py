@@ -248,11 +248,19 @@ def test_profile_distillation_from_generated_profiles_and_the_other_sources(r2en
 
 
 def test_history_texts_encode_in_bulk_on_onnx_runtime_as_on_torch(embedded):
-    """embed.cpu_history_encoder=onnx-fp32: the Ray Data encoders export the encoder and run it on ONNX
-    Runtime; the vectors are torch's to float noise, cached apart from torch's."""
+    """embed.cpu_history_encoder=onnx-fp32: the encoders export the encoder and run it on ONNX Runtime; the
+    vectors are torch's to float noise, cached apart from torch's. Each backend encodes alike on Ray Data's
+    actors and, for fewer texts than ``embed.ray_data_min_texts``, in the calling process."""
     cfg = embedded[0]
     layout, encoder = Layout(cfg.storage_path), cfg.embed.encoder
     texts = layout.read_users().column("train_history_text").to_pylist()[:12]
+    on_ray_data = cfg.embed.model_copy(update={"ray_data_min_texts": 0})
+    for onnx in (None, (encoder, "fp32")):
+        here, on_actors = (
+            ray_data.encode_texts(texts, encoder, ec, cfg.resources, keep="end", onnx=onnx)
+            for ec in (cfg.embed, on_ray_data)
+        )
+        assert np.min((here * on_actors).sum(1)) > 0.99999, onnx
     vectors = {
         backend: ray_data.history_text_encoder(
             layout, encoder, encoder, cfg.embed.model_copy(update={"cpu_history_encoder": backend}), cfg.resources

@@ -155,6 +155,9 @@ def train_student(
     epoch with the lowest, and training stops after ``patience`` epochs without a lower one."""
     import deepspeed  # only where it trains: importing it logs accelerator warnings
 
+    # On CPU, DeepSpeed's process group JIT-compiles a shared-memory all-reduce kernel (C++: about a minute on 2
+    # cores, again in each new environment) that only its inference all-reduce calls; training needs none.
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     torch.manual_seed(cfg.seed)
     model = load_student(ec.encoder, str(device), ec.max_seq_length)
     texts, targets = examples.column("history_text").to_pylist(), torch.from_numpy(to_matrix(examples["target"]))

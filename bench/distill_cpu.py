@@ -29,6 +29,8 @@ SETTINGS = {
     "bfloat16_buckets": {"dtype": "bfloat16", "length_buckets": True},
 }
 BASE = "float32"
+#: the most a setting may raise the held-out loss, in every seed, and still be chosen (set before the first run)
+LOSS_TOLERANCE = 0.01
 
 
 def distill_once(cfg: PipelineConfig, setting: str, seed: int) -> dict:
@@ -64,6 +66,18 @@ def summarise(runs: dict[str, dict[int, dict]]) -> dict:
     return out
 
 
+def cheapest_holding(settings: dict[str, dict]) -> str:
+    """The fastest setting whose held-out loss is within ``LOSS_TOLERANCE`` of float32's in every seed.
+
+    >>> cheapest_holding({"float32": {"speedup": 1.0, "held_out_loss_change_per_seed": [0.0]},
+    ...                   "bfloat16": {"speedup": 2.0, "held_out_loss_change_per_seed": [0.03]},
+    ...                   "float32_buckets": {"speedup": 1.5, "held_out_loss_change_per_seed": [0.004]}})
+    'float32_buckets'
+    """
+    holding = [s for s, v in settings.items() if max(v["held_out_loss_change_per_seed"]) <= LOSS_TOLERANCE]
+    return max(holding, key=lambda s: settings[s]["speedup"])
+
+
 def report(out: dict) -> str:
     lines = [
         "# Distilling the student on this CPU: precision and length buckets",
@@ -84,6 +98,11 @@ def report(out: dict) -> str:
             f"| {s['train_seconds']:,.0f} | {s['speedup']:.2f}x | {s['held_out_loss']:.5f} | "
             f"{s['held_out_loss_change']:+.2%} ({per_seed}) |"
         )
+    lines += [
+        "",
+        f"Chosen for the students benchmark: **{out['chosen']}**, the fastest setting whose held-out loss is within "
+        f"{LOSS_TOLERANCE:.0%} of float32's in every seed (a rule set before the first run).",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -102,9 +121,11 @@ def benchmark(cfg: PipelineConfig, args) -> dict:
         "users_distilled": first["users_distilled"],
         "users_held_out": first["users_held_out"],
         "settings": summarise(runs),
+        "loss_tolerance": LOSS_TOLERANCE,
         "runs": {setting: {str(s): r for s, r in by_seed.items()} for setting, by_seed in runs.items()},
         "machine": results.machine(),
     }
+    out["chosen"] = cheapest_holding(out["settings"])
     results.write(BENCHMARK, out, report(out), cfg.model_dump(mode="json"))
     return out
 

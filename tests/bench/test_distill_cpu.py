@@ -17,5 +17,7 @@ def test_each_setting_is_compared_with_float32_of_the_same_seed():
     assert summary["bfloat16"]["speedup"] == 2.5  # the mean of 2x and 3x, not 220 s / 90 s
     assert summary["bfloat16"]["held_out_loss_change_per_seed"] == [0.02, 0.05]
     assert summary["bfloat16"]["held_out_loss_change"] == 0.035
-    table = distill_cpu.report({"users_distilled": 2000, "users_held_out": 500, "seeds": [22, 23], "settings": summary})
+    table = distill_cpu.report(
+        {"users_distilled": 2000, "users_held_out": 500, "seeds": [22, 23], "settings": summary, "chosen": "bfloat16"}
+    )
     assert "| bfloat16 | bfloat16 | no | 45 | 2.50x | 0.46500 | +3.50% (+2.00%, +5.00%) |" in table

@@ -3,8 +3,9 @@
     python -m bench.distill_cpu [--config configs/bench/distill-cpu.yaml] [--seeds 22,23]
 
 R2END's students cost the most CPU hours of the students benchmark (an epoch over every Beauty user is about
-an hour in float32). This prepares and embeds the config's sample of Beauty users, then distills the same
-student for one epoch under each setting and seed, the settings' order reversed for every other seed, and
+an hour in float32). This prepares Beauty and embeds the oracle reasoning of the config's sample of users
+(``embed.teacher_outputs``' ``sample_users``), then distills the same student for one epoch under each setting
+and seed, the settings' order reversed for every other seed, and
 reads from each run's summary the training loop's own seconds (Ray Train's start apart) and the held-out
 users' loss after the epoch: a setting is only cheaper if that loss holds. Writes
 bench/results/distill_cpu.{json,md}.

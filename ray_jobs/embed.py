@@ -4,11 +4,13 @@
 
 Reads the prepared tables and the teacher outputs (``embed.teacher_outputs``, else this storage path's
 ``generated/``); writes ``embeddings/`` (schemas in ``r2end_core.schemas``). A re-run whose inputs
-(encoder settings and the bytes of every table it reads) are unchanged reuses what it wrote.
+(encoder settings and the bytes of every table it reads) are unchanged reuses what it wrote; a bundled encoder's
+vectors are also kept per text (``caches/text_vectors/``), so a run whose inputs changed encodes only new texts.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 
 from r2end_core import storage
@@ -17,6 +19,7 @@ from r2end_core.layout import Layout
 from r2end_core.models.r2end import targets
 from r2end_core.summaries import EmbedReport
 from r2end_core.teacher.folders import read_teacher_outputs
+from r2end_core.text.cache import cached_encode, encoder_id
 from ray_jobs.ray_data import encode_texts
 from ray_jobs.runtime import log, run_stage
 
@@ -34,13 +37,12 @@ def run(cfg: PipelineConfig) -> EmbedReport:
         storage.delete_file(layout.embeddings("report.json"))  # the embeddings are about to change under it
     users, items = layout.read_users(), layout.read_items()
     source = " + ".join(map(str, ec.teacher_outputs or [layout.path("generated")]))
-    made = targets.embed(
-        users,
-        items,
-        read_teacher_outputs(ec.teacher_outputs, layout),
-        source,
-        lambda texts: encode_texts(texts, ec.encoder, ec, cfg.resources),
-    )
+
+    encode = functools.partial(encode_texts, source=ec.encoder, ec=ec, resources=cfg.resources)
+    if ec.encoder.startswith("bundled:"):  # weights fixed by their sha256: each text is encoded once, ever
+        cache = encoder_id(ec.encoder, ec.max_seq_length, "start")
+        encode = functools.partial(cached_encode, layout=layout, encoder=cache, encode=encode)
+    made = targets.embed(users, items, read_teacher_outputs(ec.teacher_outputs, layout), source, encode)
     for name in ("items", "targets"):
         storage.write_table(made[name], layout.embeddings(f"{name}.parquet"))
     if made["grounding"] is not None:

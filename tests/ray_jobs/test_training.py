@@ -8,6 +8,7 @@ text model's rankings on Ray Train."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+import pyarrow as pa
 import pytest
 import torch
 
@@ -85,6 +87,14 @@ def test_embed_distill_resume_project(tmp_path, ray_cluster, embedded):
     # Same inputs: the written embeddings are reused; another encoder setting would encode again.
     assert embed.run(cfg) == report.model_copy(update={"reused": True})
     assert targets_digest(cfg.embed.model_copy(update={"max_seq_length": 64}), layout) != report.inputs_digest
+    # Each text the bundled encoder embedded is kept, so a run whose inputs change encodes only new texts.
+    cache = layout.text_vectors(encoder_id(cfg.embed.encoder, cfg.embed.max_seq_length, "start"))
+    kept = pa.concat_tables([storage.read_table(f) for f in storage.list_files(cache)])
+    row = {key: i for i, key in enumerate(kept.column("text_sha256").to_pylist())}
+    items = layout.read_items().sort_by("item_index")
+    keys = [hashlib.sha256(t.encode()).hexdigest() for t in items.column("metadata_text").to_pylist()]
+    item_vectors = storage.read_table(layout.embeddings("items.parquet")).sort_by("item_index")["metadata_embedding"]
+    assert np.array_equal(schemas.to_matrix(kept["embedding"])[[row[k] for k in keys]], schemas.to_matrix(item_vectors))
 
     # Distillation's Ray Train worker SIGKILLed after the first checkpoint: the run restarts it from there
     # (ray.max_failures) and ends with the losses and weights of a run nobody killed.

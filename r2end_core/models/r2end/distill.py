@@ -157,7 +157,8 @@ def train_student(
 
     # On CPU, DeepSpeed's process group JIT-compiles a shared-memory all-reduce kernel (C++: about a minute on 2
     # cores, again in each new environment) that only its inference all-reduce calls; training needs none.
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    if torch.device(device).type == "cpu":  # (on GPU the kernel's builder does not exist: nothing to skip)
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     torch.manual_seed(cfg.seed)
     model = load_student(ec.encoder, str(device), ec.max_seq_length)
     texts, targets = examples.column("history_text").to_pylist(), torch.from_numpy(to_matrix(examples["target"]))

@@ -148,6 +148,13 @@ class PrepareConfig(StrictModel):
     buyer_context_max_items: int = Field(
         10, ge=0, description="Most frequent preceding items kept as an item's buyer context."
     )
+    interactions_per_part: int = Field(
+        1_000_000,
+        ge=1,
+        description="Interactions one task reads and checks: the file is read in slices of whole row groups "
+        "holding at least this many rows (users are then grouped into as many parts). Sets the parallelism, "
+        "not the result.",
+    )
 
 
 class SasrecArgs(StrictModel):

@@ -1,33 +1,68 @@
-"""Stage 0, prepare: validate a dataset and write the users and items tables (Ray Data writes the users).
+"""Stage 0, prepare: validate a dataset and write the users and items tables, on Ray Data (``data.prepare``:
+the interactions are read, checked and grouped by user in parts; no process holds them all).
 
 ray job submit --working-dir . -- python -m ray_jobs.prepare --config configs/beauty-sample.yaml
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import pyarrow as pa
 import ray
 
 from r2end_core import storage
 from r2end_core.config import PipelineConfig
-from r2end_core.data import contract, histories, items
+from r2end_core.data import prepare
 from r2end_core.layout import Layout
 from r2end_core.summaries import PrepareReport
 from ray_jobs.runtime import log, run_stage
 
 
+@dataclass
+class OnRayData:
+    """``prepare.Frames`` on a Ray Data dataset; a grouping hash-partitions it into ``partitions`` blocks."""
+
+    dataset: ray.data.Dataset
+    partitions: int
+
+    def _with(self, dataset: ray.data.Dataset) -> OnRayData:
+        return OnRayData(dataset, self.partitions)
+
+    def map(self, fn, **kwargs) -> OnRayData:
+        return self._with(self.dataset.map_batches(fn, batch_size=None, batch_format="pyarrow", fn_kwargs=kwargs))
+
+    def group(self, key, fn, **kwargs) -> OnRayData:
+        # every row of a key lands in one block (as GroupedData.map_groups does it), whole blocks reach ``fn``
+        blocks = self.dataset.repartition(self.partitions, keys=[key], sort=True)
+        return self._with(blocks.map_batches(fn, batch_size=None, batch_format="pyarrow", fn_kwargs=kwargs))
+
+    def sort(self, column) -> OnRayData:
+        return self._with(self.dataset.sort(column))
+
+    def materialize(self) -> OnRayData:
+        return self._with(self.dataset.materialize())
+
+    def tables(self):
+        yield from self.dataset.iter_batches(batch_size=None, batch_format="pyarrow")
+
+
+def on_ray_data(slices: pa.Table) -> OnRayData:
+    """``prepare.Engine`` on Ray Data: one block (and read task) per slice of the file."""
+    return OnRayData(ray.data.from_arrow(prepare.Parts.of(slices).parts), slices.num_rows)
+
+
 def run(cfg: PipelineConfig) -> PrepareReport:
-    layout, pc = Layout(cfg.storage_path), cfg.prepare
-    prepared = contract.load_and_validate(pc.dataset_path, pc)
-    texts = items.metadata_texts(prepared.items)
-    item_table = items.build_item_table(
-        prepared.sequences["sequence"], prepared.items, texts, pc.buyer_context_max_items
-    )
-    storage.write_table(item_table, layout.items)
-    # Verbalising histories is the per-user work that grows with the data: Ray Data spreads it.
-    users = ray.data.from_arrow(contract.sequences_table(prepared)).map_batches(
-        histories.build_user_rows, batch_format="pyarrow", fn_kwargs={"metadata_text": texts, "rule": pc.history}
-    )
-    users.write_parquet(layout.users, mode="overwrite")
+    layout = Layout(cfg.storage_path)
+    context = ray.data.DataContext.get_current()
+    in_order = context.execution_options.preserve_order
+    context.execution_options.preserve_order = True  # a sample is drawn by position in the users' order
+    try:
+        prepared = prepare.prepare(cfg.prepare, on_ray_data)
+        storage.write_table(prepared.items, layout.items)
+        prepared.users.dataset.write_parquet(layout.users, mode="overwrite")
+    finally:
+        context.execution_options.preserve_order = in_order
     prepared.report.write(layout.prepare_report)
     r = prepared.report
     log.info(

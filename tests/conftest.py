@@ -36,11 +36,13 @@ def beauty_frames() -> tuple[pd.DataFrame, pd.DataFrame]:
     return inter, items
 
 
-def write_dataset(folder: Path, interactions: pd.DataFrame | pa.Table, items: pd.DataFrame | pa.Table) -> str:
+def write_dataset(
+    folder: Path, interactions: pd.DataFrame | pa.Table, items: pd.DataFrame | pa.Table, row_group_size=None
+) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     for name, frame in (("interactions", interactions), ("items", items)):
         table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
-        pq.write_table(table, folder / f"{name}.parquet")
+        pq.write_table(table, folder / f"{name}.parquet", row_group_size=row_group_size)
     return str(folder)
 
 
@@ -63,18 +65,13 @@ def ray_cluster():
 
 
 def prepare_tables(path: str, **overrides):
-    """(prepared data, users, items) as the prepare stage builds them (schemas.USERS, ITEMS), without Ray."""
+    """(report, users, items) as the prepare stage builds them (schemas.USERS, ITEMS), in this process."""
+    from r2end_core import schemas
     from r2end_core.config import PrepareConfig
-    from r2end_core.data import contract, histories, items
+    from r2end_core.data import prepare
 
-    cfg = PrepareConfig(dataset_path=path, **overrides)
-    prepared = contract.load_and_validate(path, cfg)
-    texts = items.metadata_texts(prepared.items)
-    users = histories.build_user_rows(contract.sequences_table(prepared), texts, cfg.history)
-    catalogue = items.build_item_table(
-        prepared.sequences["sequence"], prepared.items, texts, cfg.buyer_context_max_items
-    )
-    return prepared, users, catalogue
+    prepared = prepare.prepare(PrepareConfig(dataset_path=path, **overrides), prepare.Parts.of)
+    return prepared.report, prepare.collect(prepared.users, schemas.USERS), prepared.items
 
 
 @pytest.fixture

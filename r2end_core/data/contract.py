@@ -1,4 +1,4 @@
-"""The dataset contract: load a dataset folder and check it, naming the file, column and rows of any problem.
+"""The dataset contract: open a dataset folder and check it, naming the file, column and rows of any problem.
 
 A dataset is a folder with two Parquet files:
 
@@ -10,44 +10,47 @@ A dataset is a folder with two Parquet files:
     ``item_id`` plus any of ``title``, ``brand``, ``categories`` (list of strings or one string),
     ``price``, ``description``. Other columns are ignored.
 
+The interactions are checked in parts, so no process holds them all (``data.prepare`` runs the parts in this
+process or on Ray Data):
+
+    folder = open_dataset(path)                             # schemas and the items, checked here
+    rows = read_interactions(slices, folder)                # a part of the rows, ids as strings, numbered
+    summaries = interaction_problems(rows, folder)          # nulls, unknown items: counts and first rows
+    users = user_sequences(rows_of_whole_users, folder, cfg)  # ordered sequences + duplicates, short users
+    raise_first_problem(concatenated summaries, folder, cfg)  # names file, column, count and first rows
+
 New items added to a built index (``read_new_items``) follow the items file's contract.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from r2end_core import storage
 from r2end_core.config import PrepareConfig
 from r2end_core.data.items import METADATA_FIELDS, _present, item_metadata_text
-from r2end_core.summaries import PrepareReport
 
 INTERACTIONS_FILE = "interactions.parquet"
 ITEMS_FILE = "items.parquet"
+EXAMPLES = 3  # rows an error message shows
 
 
 class DataValidationError(ValueError):
     """Input data that breaks the contract; the message names file, column and example rows."""
 
 
-@dataclass
-class PreparedData:
-    """A validated dataset: users' ordered sequences and the item catalogue."""
-
-    sequences: pd.DataFrame  # user_id, sequence (list[str]), timestamps (list[int] or None)
-    items: pd.DataFrame  # item_id + the metadata fields the dataset has, sorted by item_id
-    has_timestamps: bool
-    report: PrepareReport
+# --------------------------------------------------------------------------- columns and types
 
 
-# --------------------------------------------------------------------------- validation
-
-
-def _examples(frame: pd.DataFrame, columns: list[str], limit: int = 3) -> str:
+def _examples(frame: pd.DataFrame, columns: list[str], limit: int = EXAMPLES) -> str:
     rows = []
     for row_number, row in frame.head(limit).iterrows():
         values = ", ".join(f"{c}={row[c]!r}" for c in columns)
@@ -102,27 +105,27 @@ ITEM_TYPES = {
 }
 
 
-def _check_types(file: str, table: pa.Table, types: dict) -> None:
+def _check_types(file: str, schema: pa.Schema, types: dict) -> None:
     for column, (accepts, expected) in types.items():
-        if column in table.column_names and not accepts(dtype := table.schema.field(column).type):
+        if column in schema.names and not accepts(dtype := schema.field(column).type):
             raise DataValidationError(f"{file}: column '{column}' has type {dtype}; expected {expected}")
 
 
-def _read(path: str, file: str) -> pa.Table:
-    return _read_file(storage.join(path, file), f" (a dataset folder needs {INTERACTIONS_FILE} and {ITEMS_FILE})")
+def _missing(path: str, hint: str = "") -> None:
+    if not storage.exists(path):
+        raise DataValidationError(f"{path}: file not found{hint}")
 
 
 def _read_file(path: str, hint: str = "") -> pa.Table:
-    if not storage.exists(path):
-        raise DataValidationError(f"{path}: file not found{hint}")
+    _missing(path, hint)
     table = storage.read_table(path)
     if table.num_rows == 0:
         raise DataValidationError(f"{path}: the file is empty (0 rows)")
     return table
 
 
-def _validate_interactions_columns(file: str, table: pa.Table) -> bool:
-    names = set(table.column_names)
+def _validate_interactions_columns(file: str, schema: pa.Schema) -> None:
+    names = set(schema.names)
     missing = [c for c in ("user_id", "item_id") if c not in names]
     if missing:
         raise DataValidationError(f"{file}: missing required column(s) {missing}; found {sorted(names)}")
@@ -130,52 +133,71 @@ def _validate_interactions_columns(file: str, table: pa.Table) -> bool:
         raise DataValidationError(
             f"{file}: needs 'timestamp' and/or 'seq_pos' to order each user's items; found {sorted(names)}"
         )
-    _check_types(file, table, INTERACTION_TYPES)
-    return "timestamp" in names
+    _check_types(file, schema, INTERACTION_TYPES)
 
 
-def _validate_items_columns(file: str, table: pa.Table) -> None:
-    names = set(table.column_names)
+def _validate_items_columns(file: str, schema: pa.Schema) -> None:
+    names = set(schema.names)
     if "item_id" not in names:
         raise DataValidationError(f"{file}: missing required column ['item_id']; found {sorted(names)}")
-    _check_types(file, table, ITEM_TYPES)
+    _check_types(file, schema, ITEM_TYPES)
 
 
 def _to_frame(table: pa.Table) -> pd.DataFrame:
-    if "timestamp" in table.column_names and pa.types.is_timestamp(table.schema.field("timestamp").type):
-        seconds = table.column("timestamp").cast(pa.timestamp("s")).cast(pa.int64())
-        table = table.set_column(table.column_names.index("timestamp"), "timestamp", seconds)
     frame = table.to_pandas()
-    for column in ("user_id", "item_id"):
-        if column in frame and pa.types.is_integer(table.schema.field(column).type):
-            frame[column] = frame[column].astype("Int64").astype(str)
+    if "item_id" in frame and pa.types.is_integer(table.schema.field("item_id").type):
+        frame["item_id"] = frame["item_id"].astype("Int64").astype(str)
     return frame
 
 
-def load_and_validate(dataset_path: str, cfg: PrepareConfig) -> PreparedData:
-    """Load a dataset folder, check it against the contract, order and (optionally) sample it.
+# --------------------------------------------------------------------------- the folder
 
-    Raises DataValidationError naming the file, column and example rows of the first problem.
-    Users with fewer than ``cfg.min_interactions`` items are dropped and counted in
-    ``report.dropped_short_users``, or raise, as ``cfg.short_users`` says.
-    """
-    inter_file = storage.join(dataset_path, INTERACTIONS_FILE)
-    items_file = storage.join(dataset_path, ITEMS_FILE)
-    inter_table = _read(dataset_path, INTERACTIONS_FILE)
-    items_table = _read(dataset_path, ITEMS_FILE)
-    has_timestamps = _validate_interactions_columns(inter_file, inter_table)
-    _validate_items_columns(items_file, items_table)
-    has_positions = "seq_pos" in inter_table.column_names
 
-    inter = _to_frame(inter_table)
+@dataclass(frozen=True)
+class DatasetFolder:
+    """A dataset folder whose interactions' columns and whole items file passed the contract: what every part
+    of the interactions is checked against."""
+
+    interactions_file: str
+    items_file: str
+    row_groups: tuple[int, ...]  # the rows of each of the interactions file's row groups
+    columns: tuple[str, ...]  # the interactions' columns
+    items: pd.DataFrame  # item_id (as strings) + the metadata fields the file has, in file order
+
+    @property
+    def has_timestamps(self) -> bool:
+        return "timestamp" in self.columns
+
+    @property
+    def has_positions(self) -> bool:
+        return "seq_pos" in self.columns
+
+    @property
+    def position(self) -> str:
+        """What orders a user's items: ``seq_pos`` where the file has it (ties in time stay in file order)."""
+        return "seq_pos" if self.has_positions else "timestamp"
+
+    @property
+    def shown(self) -> list[str]:
+        """The columns an error shows of a row."""
+        return ["user_id", "item_id", *(c for c in ("timestamp", "seq_pos") if c in self.columns)]
+
+
+def open_dataset(dataset_path: str) -> DatasetFolder:
+    """Check a dataset folder's interactions schema (read from the file's footer, not its rows) and its whole
+    items file. Raises DataValidationError naming the file, column and example rows of the first problem."""
+    inter_file, items_file = (storage.join(dataset_path, name) for name in (INTERACTIONS_FILE, ITEMS_FILE))
+    hint = f" (a dataset folder needs {INTERACTIONS_FILE} and {ITEMS_FILE})"
+    _missing(inter_file, hint)
+    with storage.open_input(inter_file) as source:
+        metadata = pq.ParquetFile(source).metadata
+    if metadata.num_rows == 0:
+        raise DataValidationError(f"{inter_file}: the file is empty (0 rows)")
+    schema = metadata.schema.to_arrow_schema()
+    items_table = _read_file(items_file, hint)
+    _validate_interactions_columns(inter_file, schema)
+    _validate_items_columns(items_file, items_table.schema)
     items = _to_frame(items_table)
-    order_columns = [c for c in ("timestamp", "seq_pos") if c in inter]
-    show = ["user_id", "item_id", *order_columns]
-
-    for column in ["user_id", "item_id", *order_columns]:
-        nulls = inter[inter[column].isna()]
-        if len(nulls):
-            _fail(inter_file, column, "null values", nulls, show)
     nulls = items[items["item_id"].isna()]
     if len(nulls):
         _fail(items_file, "item_id", "null values", nulls, ["item_id"])
@@ -183,71 +205,208 @@ def load_and_validate(dataset_path: str, cfg: PrepareConfig) -> PreparedData:
     if len(dup_items):
         _fail(items_file, "item_id", "duplicate item ids", dup_items, ["item_id"])
     _check_item_ids(items_file, items, ["item_id"])
-
-    unknown = inter[~inter["item_id"].isin(set(items["item_id"]))]
-    if len(unknown):
-        _fail(inter_file, "item_id", f"items missing from {ITEMS_FILE}", unknown, show)
-
-    position = "seq_pos" if has_positions else "timestamp"
-    dup_key = ["user_id", "seq_pos"] if has_positions else ["user_id", "item_id", "timestamp"]
-    dups = inter[inter.duplicated(dup_key, keep=False)]
-    if len(dups):
-        _fail(inter_file, position, f"duplicate ({', '.join(dup_key)}) rows", dups, show)
-
-    # Stable sort keeps file order among equal timestamps (the only tie-break without seq_pos).
-    inter = inter.sort_values(["user_id", position], kind="stable")
-    if has_positions and has_timestamps:
-        backwards = inter.groupby("user_id", sort=False)["timestamp"].diff() < 0
-        if backwards.any():
-            _fail(inter_file, "timestamp", "timestamps decrease along seq_pos", inter[backwards], show)
-
-    counts = inter.groupby("user_id", sort=False)["item_id"].transform("size")
-    short = inter[counts < cfg.min_interactions]
-    dropped_users = short["user_id"].nunique()
-    if dropped_users and cfg.short_users == "error":
-        _fail(inter_file, "user_id", f"users with fewer than {cfg.min_interactions} interactions", short, show)
-    inter = inter[counts >= cfg.min_interactions]
-    if inter.empty:
-        raise DataValidationError(f"{inter_file}: no user has at least {cfg.min_interactions} interactions")
-
-    # Users in order of first appearance in the file (the dataset's own user order).
-    first_row = inter.reset_index().groupby("user_id")["index"].min().sort_values()
-    users = first_row.index.to_numpy()
-    if cfg.sample_users is not None and cfg.sample_users < len(users):
-        rng = np.random.default_rng(cfg.sample_seed)
-        users = users[np.sort(rng.choice(len(users), size=cfg.sample_users, replace=False))]
-        inter = inter[inter["user_id"].isin(set(users))]
-
-    grouped = inter.groupby("user_id", sort=False)
-    sequences = pd.DataFrame({"user_id": users})
-    sequences["sequence"] = sequences["user_id"].map(grouped["item_id"].agg(list))
-    sequences["timestamps"] = (
-        sequences["user_id"].map(grouped["timestamp"].agg(lambda s: [int(v) for v in s])) if has_timestamps else None
-    )
-
-    used = set(inter["item_id"])
     keep = [c for c in ("item_id", *METADATA_FIELDS) if c in items]
-    catalogue = items[items["item_id"].isin(used)][keep].sort_values("item_id").reset_index(drop=True)
-    report = PrepareReport(
-        interactions=len(inter),
-        users=len(sequences),
-        items=len(catalogue),
-        dropped_short_users=int(dropped_users),
-        items_without_interactions=len(items) - len(catalogue) if cfg.sample_users is None else None,
-        has_timestamps=has_timestamps,
-        metadata_fields=[c for c in METADATA_FIELDS if c in items],
-        missing_metadata_fields=[c for c in METADATA_FIELDS if c not in items],
-        has_reviews="review_text" in inter,
-        sampled=cfg.sample_users is not None,
-    )
-    return PreparedData(sequences=sequences, items=catalogue, has_timestamps=has_timestamps, report=report)
+    row_groups = tuple(metadata.row_group(g).num_rows for g in range(metadata.num_row_groups))
+    return DatasetFolder(inter_file, items_file, row_groups, tuple(schema.names), items[keep])
 
 
-def sequences_table(data: PreparedData) -> pa.Table:
-    """Users' ordered sequences (and timestamps) as the prepare stage hands them to Ray Data."""
-    return pa.Table.from_pandas(data.sequences, preserve_index=False).cast(
-        pa.schema([("user_id", pa.string()), ("sequence", pa.list_(pa.string())), ("timestamps", pa.list_(pa.int64()))])
+def interaction_slices(folder: DatasetFolder, rows_per_slice: int) -> pa.Table:
+    """The interactions file cut into slices of whole row groups (``first_group`` to ``end_group``, its rows
+    numbered from ``first_row``), each of at least ``rows_per_slice`` rows but the last (or one row group, if
+    larger): a slice is read without decoding any other.
+
+    >>> folder = DatasetFolder("i", "t", (2, 2, 1), ("user_id",), pd.DataFrame())
+    >>> interaction_slices(folder, 3).to_pydict()
+    {'first_group': [0, 2], 'end_group': [2, 3], 'first_row': [0, 4]}
+    """
+    slices, first, rows, seen = {"first_group": [], "end_group": [], "first_row": []}, 0, 0, 0
+    for group, size in enumerate(folder.row_groups):
+        rows += size
+        if rows >= rows_per_slice or group == len(folder.row_groups) - 1:
+            for key, value in zip(slices, (first, group + 1, seen)):
+                slices[key].append(value)
+            first, seen, rows = group + 1, seen + rows, 0
+    return pa.table(slices, schema=pa.schema([(key, pa.int64()) for key in slices]))
+
+
+def read_interactions(slices: pa.Table, folder: DatasetFolder) -> pa.Table:
+    """The interactions in ``slices`` (``interaction_slices``' rows), numbered by their ``row`` in the file,
+    ids as strings, timestamps as integer seconds; the other columns (ratings, reviews) are not read."""
+    columns = [c for c in ("user_id", "item_id", "timestamp", "seq_pos") if c in folder.columns]
+    parts = []
+    with storage.open_input(folder.interactions_file) as source:
+        parquet = pq.ParquetFile(source)
+        for first, end, start in zip(*(slices[c].to_pylist() for c in ("first_group", "end_group", "first_row"))):
+            table = parquet.read_row_groups(list(range(first, end)), columns=columns)
+            rows = np.arange(start, start + table.num_rows, dtype=np.int64)
+            parts.append(table.append_column("row", pa.array(rows)))
+    rows = pa.concat_tables(parts)
+    for column in ("user_id", "item_id"):
+        rows = rows.set_column(rows.schema.get_field_index(column), column, rows[column].cast(pa.string()))
+    if "timestamp" in columns:
+        stamps = rows["timestamp"]
+        if pa.types.is_timestamp(stamps.type):
+            stamps = stamps.cast(pa.timestamp("s")).cast(pa.int64())
+        rows = rows.set_column(rows.schema.get_field_index("timestamp"), "timestamp", stamps.cast(pa.int64()))
+    return rows
+
+
+# --------------------------------------------------------------------------- problems, found in parts
+
+#: a part's problems: per check, how many rows break it and the first of them (``EXAMPLES`` at most)
+PROBLEMS = pa.schema(
+    [
+        pa.field("check", pa.string(), nullable=False),
+        pa.field("rows", pa.int64(), nullable=False),
+        pa.field("examples", pa.list_(pa.struct([("row", pa.int64()), ("text", pa.string())])), nullable=False),
+    ]
+)
+#: the order checks are reported in (the first one found stops the stage)
+CHECKS = ("null user_id", "null item_id", "null timestamp", "null seq_pos", "unknown item", "duplicate", "backwards",
+          "short")  # fmt: skip
+
+
+def _describe(check: str, folder: DatasetFolder, cfg: PrepareConfig) -> tuple[str, str]:
+    """(column, problem) of a check, as an error names them."""
+    if check.startswith("null "):
+        return check.removeprefix("null "), "null values"
+    key = ["user_id", "seq_pos"] if folder.has_positions else ["user_id", "item_id", "timestamp"]
+    return {
+        "unknown item": ("item_id", f"items missing from {ITEMS_FILE}"),
+        "duplicate": (folder.position, f"duplicate ({', '.join(key)}) rows"),
+        "backwards": ("timestamp", "timestamps decrease along seq_pos"),
+        "short": ("user_id", f"users with fewer than {cfg.min_interactions} interactions"),
+    }[check]
+
+
+def _example_text(rows: pa.Table, shown: list[str]) -> list[str]:
+    values = rows.select(["row", *shown]).to_pylist()
+    return [f"row {v['row']} (" + ", ".join(f"{c}={v[c]!r}" for c in shown) + ")" for v in values]
+
+
+def _summary(check: str, bad: pa.Table, text: Callable[[pa.Table], list[str]]) -> dict | None:
+    """The PROBLEMS row of ``check`` whose broken rows are ``bad`` (None when there are none); ``text`` writes
+    the first ones as an error shows them."""
+    if bad.num_rows == 0:
+        return None
+    first = bad.take(pc.sort_indices(bad["row"])[:EXAMPLES])
+    examples = [{"row": r, "text": t} for r, t in zip(first["row"].to_pylist(), text(first))]
+    return {"check": check, "rows": bad.num_rows, "examples": examples}
+
+
+def interaction_problems(rows: pa.Table, folder: DatasetFolder) -> pa.Table:
+    """PROBLEMS of a part of ``read_interactions``' rows: null ids, times or positions, items the items file
+    lacks. Parts' summaries concatenate; ``raise_first_problem`` reads them."""
+    text = functools.partial(_example_text, shown=folder.shown)
+    found = [_summary(f"null {c}", rows.filter(pc.is_null(rows[c])), text) for c in folder.shown]
+    known = pa.array(folder.items["item_id"].to_numpy(), pa.string())
+    unknown = pc.and_(pc.invert(pc.is_in(rows["item_id"], known)), pc.is_valid(rows["item_id"]))
+    found.append(_summary("unknown item", rows.filter(unknown), text))
+    return pa.Table.from_pylist([f for f in found if f], schema=PROBLEMS)
+
+
+def raise_first_problem(summaries: pa.Table, folder: DatasetFolder, cfg: PrepareConfig) -> None:
+    """Raise DataValidationError for the first check (in ``CHECKS`` order) any part found broken: the file, the
+    column, how many rows in all, and the first rows in the file."""
+    for check in CHECKS:
+        mine = summaries.filter(pc.equal(summaries["check"], check))
+        if mine.num_rows:
+            examples = sorted((e for part in mine["examples"].to_pylist() for e in part), key=lambda e: e["row"])
+            rows = sum(mine["rows"].to_pylist())
+            more = f" and {rows - EXAMPLES} more" if rows > EXAMPLES else ""
+            column, problem = _describe(check, folder, cfg)
+            shown = "; ".join(e["text"] for e in examples[:EXAMPLES])
+            raise DataValidationError(
+                f"{folder.interactions_file}: column '{column}': {problem} ({rows} rows), e.g. {shown}{more}"
+            )
+
+
+# --------------------------------------------------------------------------- users' sequences
+
+#: a problem a user's own rows show (``user_sequences``): which check, the row in the file, how an error shows it
+PROBLEM_ROW = pa.struct([("check", pa.string()), ("row", pa.int64()), ("text", pa.string())])
+#: one row per user of ``user_sequences``: the ordered items, where the user first appears in the file, and
+#: the problems of its own rows (duplicates, time against order, too few items when they are an error)
+USER_SEQUENCES = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("sequence", pa.list_(pa.string()), nullable=False),
+        pa.field("timestamps", pa.list_(pa.int64())),  # null when the dataset has none
+        pa.field("first_row", pa.int64(), nullable=False),
+        pa.field("short", pa.bool_(), nullable=False),
+        pa.field("problems", pa.list_(PROBLEM_ROW), nullable=False),
+    ]
+)
+
+
+def _lists(offsets: np.ndarray, values: pa.Array) -> pa.ListArray:
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values)
+
+
+def user_sequences(rows: pa.Table, folder: DatasetFolder, cfg: PrepareConfig) -> pa.Table:
+    """USER_SEQUENCES of the users in ``rows`` (``read_interactions``' rows without nulls or unknown items,
+    holding every row of each of its users), sorted by user id. A user's items are ordered by ``seq_pos``, else
+    by time with ties in file order; its problems: rows of a duplicate (user, position) (or (user, item, time)
+    without positions), rows whose time goes back along ``seq_pos``, and with ``cfg.short_users == "error"``
+    every row of a user with fewer than ``cfg.min_interactions`` items."""
+    if rows.num_rows == 0:
+        return USER_SEQUENCES.empty_table()
+    frame = rows.to_pandas().sort_values(["user_id", folder.position, "row"], kind="stable", ignore_index=True)
+    users = frame["user_id"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    offsets = np.r_[starts, len(frame)]
+    short = np.diff(offsets) < cfg.min_interactions
+    key = ["user_id", "seq_pos"] if folder.has_positions else ["user_id", "item_id", "timestamp"]
+    broken = {"duplicate": frame.duplicated(key, keep=False).to_numpy()}
+    if folder.has_positions and folder.has_timestamps:
+        broken["backwards"] = (frame.groupby("user_id", sort=False)["timestamp"].diff() < 0).to_numpy()
+    if cfg.short_users == "error":
+        broken["short"] = np.repeat(short, np.diff(offsets))
+    user_of_row = np.repeat(np.arange(len(starts)), np.diff(offsets))
+    found = [(check, np.flatnonzero(mask)) for check, mask in broken.items() if mask.any()]
+    at = np.concatenate([positions for _, positions in found]) if found else np.empty(0, np.int64)
+    order = np.argsort(user_of_row[at], kind="stable")
+    at = at[order]
+    checks = np.concatenate([[check] * len(positions) for check, positions in found])[order] if found else []
+    shown = pa.Table.from_pandas(frame.iloc[at], preserve_index=False)
+    problems = pa.StructArray.from_arrays(
+        [
+            pa.array(checks, pa.string()),
+            shown["row"].combine_chunks(),
+            pa.array(_example_text(shown, folder.shown), pa.string()),
+        ],
+        fields=list(PROBLEM_ROW),
     )
+    times = (
+        _lists(offsets, pa.array(frame["timestamp"].to_numpy(), pa.int64()))
+        if folder.has_timestamps
+        else pa.nulls(len(starts), pa.list_(pa.int64()))
+    )
+    return pa.table(
+        {
+            "user_id": pa.array(users[starts], pa.string()),
+            "sequence": _lists(offsets, pa.array(frame["item_id"].to_numpy(), pa.string())),
+            "timestamps": times,
+            "first_row": np.minimum.reduceat(frame["row"].to_numpy(), starts),
+            "short": short,
+            "problems": _lists(np.searchsorted(user_of_row[at], np.arange(len(starts) + 1)), problems),
+        },
+        schema=USER_SEQUENCES,
+    )
+
+
+def user_problems(users: pa.Table) -> pa.Table:
+    """PROBLEMS of some ``user_sequences`` rows (for ``raise_first_problem``)."""
+    flat = pa.Table.from_struct_array(pc.list_flatten(users["problems"]))
+    text = lambda first: first["text"].to_pylist()  # noqa: E731
+    found = [
+        _summary(check, flat.filter(pc.equal(flat["check"], check)), text)
+        for check in pc.unique(flat["check"]).to_pylist()
+    ]
+    return pa.Table.from_pylist(found, schema=PROBLEMS)
+
+
+# --------------------------------------------------------------------------- new items
 
 
 def read_new_items(path: str, known_ids: set[str]) -> pa.Table:
@@ -258,7 +417,7 @@ def read_new_items(path: str, known_ids: set[str]) -> pa.Table:
     already-indexed id, or a file with no metadata column at all.
     """
     table = _read_file(path)
-    _validate_items_columns(path, table)
+    _validate_items_columns(path, table.schema)
     if not [c for c in METADATA_FIELDS if c in table.column_names]:
         raise DataValidationError(
             f"{path}: no metadata column; an item needs at least one of {list(METADATA_FIELDS)} "

@@ -4,16 +4,14 @@ writes a history of item ids as the history text H_u at request time, exactly as
 
 from __future__ import annotations
 
-import collections
-
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from r2end_core import schemas
 from r2end_core.config import HistoryRule
 from r2end_core.data.histories import Histories, history_text
-from r2end_core.data.splits import training_part
 
 METADATA_FIELDS = ("title", "brand", "categories", "price", "description")
 
@@ -54,30 +52,113 @@ def item_metadata_text(item: dict) -> str:
 
 
 def metadata_texts(items: pd.DataFrame) -> dict[str, str]:
-    """item_id -> M_i for a catalogue frame (``contract.PreparedData.items``)."""
+    """item_id -> M_i for a catalogue frame (the prepared catalogue)."""
     return {row["item_id"]: item_metadata_text(row) for row in items.to_dict("records")}
 
 
+#: per item over some users' sequences: how often it occurs, and how often in a training part
+ITEM_COUNTS = pa.schema([("item_id", pa.string()), ("interactions", pa.int64()), ("train_popularity", pa.int64())])
+#: per item: the items its buyers had just before it in a training part, most often first, and how often
+BUYER_CONTEXT = pa.schema(
+    [("item_id", pa.string()), ("before", pa.list_(pa.string())), ("count", pa.list_(pa.int64()))]
+)
+
+
+def _flat_training(users: pa.Table) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """Every item of ``users``' sequences, each one's position in its sequence, and whether it is in the
+    training part (``splits.training_part``: all but the last two)."""
+    sequences = users["sequence"].combine_chunks()
+    flat, parents = pc.list_flatten(sequences), pc.list_parent_indices(sequences).to_numpy()
+    offsets = sequences.offsets.to_numpy()[:-1] - sequences.offsets[0].as_py()
+    position = np.arange(len(flat)) - offsets[parents]
+    lengths = pc.list_value_length(sequences).to_numpy()
+    return flat, position, position < lengths[parents] - 2
+
+
+def item_counts(users: pa.Table) -> pa.Table:
+    """ITEM_COUNTS of some users' sequences (parts' counts add up: ``sum_item_counts``).
+
+    >>> item_counts(pa.table({"sequence": [["a", "b", "c", "a"]]})).sort_by("item_id").to_pydict()
+    {'item_id': ['a', 'b', 'c'], 'interactions': [2, 1, 1], 'train_popularity': [1, 1, 0]}
+    """
+    flat, _, train = _flat_training(users)
+    ones = pa.table(
+        {"item_id": flat, "interactions": np.ones(len(flat), np.int64), "train_popularity": train.astype(np.int64)}
+    )
+    return sum_item_counts(ones)
+
+
+def sum_item_counts(counts: pa.Table) -> pa.Table:
+    """ITEM_COUNTS summed per item."""
+    summed = counts.group_by("item_id").aggregate([("interactions", "sum"), ("train_popularity", "sum")])
+    return (
+        summed.rename_columns({"interactions_sum": "interactions", "train_popularity_sum": "train_popularity"})
+        .select(ITEM_COUNTS.names)
+        .cast(ITEM_COUNTS)
+    )
+
+
+def preceding_items(users: pa.Table) -> pa.Table:
+    """(item_id, before, count): how often ``before`` came just before ``item_id`` in some users' training
+    parts (counts of parts add up).
+
+    >>> preceding_items(pa.table({"sequence": [["a", "b", "a", "b", "x", "y"]]})).sort_by("before").to_pydict()
+    {'item_id': ['b', 'a'], 'before': ['a', 'b'], 'count': [2, 1]}
+    """
+    flat, position, train = _flat_training(users)
+    pair = np.flatnonzero(train & (position >= 1))  # both items in the training part
+    pairs = pa.table({"item_id": flat.take(pair), "before": flat.take(pair - 1), "count": np.ones(len(pair), np.int64)})
+    return _sum_pairs(pairs)
+
+
+def _sum_pairs(pairs: pa.Table) -> pa.Table:
+    return (
+        pairs.group_by(["item_id", "before"])
+        .aggregate([("count", "sum")])
+        .rename_columns({"count_sum": "count"})
+        .select(["item_id", "before", "count"])
+    )
+
+
+def buyer_context(pairs: pa.Table, max_items: int) -> pa.Table:
+    """BUYER_CONTEXT of the items in ``pairs`` (``preceding_items`` rows, every row of each item there): its
+    ``max_items`` most frequent preceding items, ties by id.
+
+    >>> pairs = pa.table({"item_id": ["b", "b", "b"], "before": ["z", "a", "z"], "count": [1, 1, 1]})
+    >>> buyer_context(pairs, 5).to_pylist()
+    [{'item_id': 'b', 'before': ['z', 'a'], 'count': [2, 1]}]
+    """
+    summed = _sum_pairs(pairs)
+    ordered = summed.take(
+        pc.sort_indices(summed, [("item_id", "ascending"), ("count", "descending"), ("before", "ascending")])
+    )
+    item = ordered["item_id"].to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(np.r_[True, item[1:] != item[:-1]]) if len(item) else np.empty(0, np.int64)
+    rank = np.arange(len(item)) - np.repeat(starts, np.diff(np.r_[starts, len(item)]))
+    kept = ordered.filter(rank < max_items)
+    groups = kept.group_by("item_id", use_threads=False).aggregate([("before", "list"), ("count", "list")])
+    return (
+        groups.rename_columns({"before_list": "before", "count_list": "count"})
+        .select(BUYER_CONTEXT.names)
+        .cast(BUYER_CONTEXT)
+    )
+
+
 def build_item_table(
-    sequences: list[list[str]], items: pd.DataFrame, metadata_text: dict[str, str], buyer_context_max_items: int
+    items: pd.DataFrame, metadata_text: dict[str, str], counts: pa.Table, context: pa.Table
 ) -> pa.Table:
-    """Items table (``schemas.ITEMS``): metadata text, buyer context and popularity.
+    """Items table (``schemas.ITEMS``) of the catalogue ``items`` in their order: metadata text, buyer context
+    (``BUYER_CONTEXT``) and training popularity (``ITEM_COUNTS``).
 
     Buyer context and popularity count only each user's training part, so no validation or
     test interaction reaches an item description.
     """
-    popularity: collections.Counter[str] = collections.Counter()
-    preceding: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
-    for sequence in sequences:
-        train = training_part(sequence)
-        popularity.update(train)
-        for before, item in zip(train, train[1:]):
-            preceding[item][before] += 1
-
+    popularity = dict(zip(counts["item_id"].to_pylist(), counts["train_popularity"].to_pylist()))
+    preceding = {row["item_id"]: list(zip(row["before"], row["count"])) for row in context.to_pylist()}
     rows = []
     for index, item in enumerate(items.to_dict("records")):
         item_id = item["item_id"]
-        ranked = sorted(preceding[item_id].items(), key=lambda kv: (-kv[1], kv[0]))[:buyer_context_max_items]
+        ranked = preceding.get(item_id, [])
         context_ids = [other for other, _ in ranked]
         context_text = "\n".join(f"- {metadata_text[other]} (bought just before by {count})" for other, count in ranked)
         categories = item.get("categories")
@@ -100,7 +181,7 @@ def build_item_table(
                 "metadata_text": metadata_text[item_id],
                 "buyer_context_ids": context_ids,
                 "buyer_context_text": context_text,
-                "train_popularity": popularity[item_id],
+                "train_popularity": popularity.get(item_id, 0),
             }
         )
     return pa.Table.from_pylist(rows, schema=schemas.ITEMS)

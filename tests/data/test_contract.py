@@ -18,9 +18,9 @@ from tests.conftest import write_dataset
 
 def test_real_sample_loads_and_splits_leave_one_out(beauty_dir, beauty_frames):
     inter, _ = beauty_frames
-    prepared, users, items = prepare(beauty_dir)
-    assert prepared.report.users == 300 and prepared.report.interactions == len(inter)
-    assert prepared.report.missing_metadata_fields == ["description"]
+    report, users, items = prepare(beauty_dir)
+    assert report.users == 300 and report.interactions == len(inter)
+    assert report.missing_metadata_fields == ["description"]
     assert users.schema.equals(schemas.USERS) and items.schema.equals(schemas.ITEMS)
     first = users.to_pylist()[0]
     raw = inter[inter["user_id"] == first["user_id"]].sort_values("seq_pos")["item_id"].tolist()
@@ -32,8 +32,15 @@ def test_real_sample_loads_and_splits_leave_one_out(beauty_dir, beauty_frames):
 
 def test_user_order_is_first_appearance(beauty_dir, beauty_frames):
     inter, _ = beauty_frames
-    prepared, _, _ = prepare(beauty_dir)
-    assert prepared.sequences["user_id"].tolist() == inter["user_id"].drop_duplicates().tolist()
+    _, users, _ = prepare(beauty_dir)
+    assert users["user_id"].to_pylist() == inter["user_id"].drop_duplicates().tolist()
+
+
+def test_reading_in_slices_of_row_groups_changes_nothing(tmp_path, beauty_dir, beauty_frames):
+    """Users whose rows span slices (and parts) are grouped whole: the tables are those of one slice."""
+    report, users, items = prepare(beauty_dir)
+    sliced = write_dataset(tmp_path / "d", *beauty_frames, row_group_size=100)
+    assert prepare(sliced, interactions_per_part=250) == (report, users, items)
 
 
 def test_texts_are_deterministic_and_dated(beauty_dir):
@@ -71,8 +78,8 @@ def test_validation_and_test_items_never_reach_training_artifacts(tmp_path, beau
 def test_dataset_without_timestamps_uses_positions(tmp_path, beauty_frames):
     inter, items = beauty_frames
     path = write_dataset(tmp_path / "d", inter.drop(columns=["timestamp"]), items)
-    prepared, users, _ = prepare(path)
-    assert not prepared.has_timestamps
+    report, users, _ = prepare(path)
+    assert not report.has_timestamps
     row = users.to_pylist()[0]
     assert row["timestamps"] is None
     assert row["test_history_ids"] == row["sequence"][:-1][-8:]
@@ -84,19 +91,19 @@ def test_integer_ids_and_extra_metadata(tmp_path, beauty_frames):
     codes = {item: n for n, item in enumerate(items["item_id"])}
     inter = inter.assign(item_id=inter["item_id"].map(codes))
     items = items.assign(item_id=items["item_id"].map(codes), description="A real description.")
-    prepared, _, table = prepare(write_dataset(tmp_path / "d", inter, items))
-    assert prepared.report.missing_metadata_fields == []
+    report, _, table = prepare(write_dataset(tmp_path / "d", inter, items))
+    assert report.missing_metadata_fields == []
     assert table.column("item_id").type == pa.string()
     assert "description: A real description." in table.column("metadata_text")[0].as_py()
 
 
 def test_sampling_is_seeded(beauty_dir):
-    a, _, _ = prepare(beauty_dir, sample_users=50, sample_seed=1)
-    b, _, _ = prepare(beauty_dir, sample_users=50, sample_seed=1)
-    c, _, _ = prepare(beauty_dir, sample_users=50, sample_seed=2)
-    assert a.sequences["user_id"].tolist() == b.sequences["user_id"].tolist()
-    assert a.sequences["user_id"].tolist() != c.sequences["user_id"].tolist()
-    assert a.report.users == 50
+    report, a, _ = prepare(beauty_dir, sample_users=50, sample_seed=1)
+    _, b, _ = prepare(beauty_dir, sample_users=50, sample_seed=1)
+    _, c, _ = prepare(beauty_dir, sample_users=50, sample_seed=2)
+    assert a["user_id"].to_pylist() == b["user_id"].to_pylist()
+    assert a["user_id"].to_pylist() != c["user_id"].to_pylist()
+    assert report.users == 50 and a.num_rows == 50
 
 
 # --------------------------------------------------------------------------- bad input
@@ -220,8 +227,8 @@ def shorten_first_user(inter, items):
 
 def test_short_users_are_dropped_and_counted(tmp_path, beauty_frames):
     path = corrupt(tmp_path, beauty_frames, shorten_first_user)
-    prepared, _, _ = prepare(path)
-    assert prepared.report.dropped_short_users == 1 and prepared.report.users == 299
+    report, _, _ = prepare(path)
+    assert report.dropped_short_users == 1 and report.users == 299
 
 
 def test_short_users_can_be_an_error(tmp_path, beauty_frames):
@@ -238,6 +245,6 @@ def test_arrow_timestamp_column_is_read_as_seconds(tmp_path, beauty_frames):
     table = pa.Table.from_pandas(inter, preserve_index=False)
     stamps = table.column("timestamp").cast(pa.timestamp("s"))
     table = table.set_column(table.column_names.index("timestamp"), "timestamp", stamps)
-    prepared, _, _ = prepare(write_dataset(tmp_path / "d", table, items))
-    first = inter[inter["user_id"] == prepared.sequences["user_id"][0]].sort_values("seq_pos")
-    assert prepared.sequences["timestamps"][0] == first["timestamp"].tolist()
+    _, users, _ = prepare(write_dataset(tmp_path / "d", table, items))
+    first = inter[inter["user_id"] == users["user_id"][0].as_py()].sort_values("seq_pos")
+    assert users["timestamps"][0].as_py() == first["timestamp"].tolist()

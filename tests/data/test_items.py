@@ -9,9 +9,9 @@ from tests.conftest import prepare_tables as prepare
 
 
 def test_buyer_context_counts_previous_items(beauty_dir):
-    prepared, _, items = prepare(beauty_dir)
+    _, users, items = prepare(beauty_dir)
     expected: dict[str, dict[str, int]] = {}
-    for seq in prepared.sequences["sequence"]:
+    for seq in users["sequence"].to_pylist():
         train = seq[:-2]
         for before, item in zip(train, train[1:]):
             expected.setdefault(item, {}).setdefault(before, 0)

@@ -8,14 +8,17 @@ import importlib
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from r2end_core import models, schemas
+from r2end_core import models, schemas, storage
 from r2end_core.config import load_config
+from r2end_core.data import prepare as prepare_in_process
+from r2end_core.data.contract import DataValidationError
 from r2end_core.data.histories import Histories
 from r2end_core.layout import Layout
 from ray_jobs import index, prepare, train_sasrec
-from tests.conftest import BEAUTY
+from tests.conftest import BEAUTY, write_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -62,6 +65,38 @@ def test_prepare_then_sasrec_then_its_index(tmp_path, ray_cluster):
     built = index.run(cfg.with_section("index", model="sasrec", kind="hnsw", recall_queries=20))
     assert built.model == "sasrec" and built.similarity == "dot" and built.items == items.num_rows
     assert built.quality["queries"] == 20 and 0 < built.quality["recall@10"] <= 1
+
+
+def test_prepare_on_ray_data_in_parts_is_prepare_in_one_process(tmp_path, ray_cluster, beauty_frames):
+    """Read in slices of 500 rows, grouped by user into as many blocks, sorted and sampled across them: the
+    tables are the ones one process makes from the whole file, and bad rows are named as there."""
+    inter, items = beauty_frames
+    data = write_dataset(tmp_path / "data", inter, items, row_group_size=250)
+    cfg = sample_config(
+        tmp_path, f"prepare.dataset_path={data}", "prepare.interactions_per_part=500", "prepare.sample_users=120"
+    )
+    layout = Layout(cfg.storage_path)
+    report = prepare.run(cfg)
+    whole = prepare_in_process.prepare(cfg.prepare, prepare_in_process.Parts.of)
+    assert report == whole.report and report.users == 120
+    assert len(storage.list_files(layout.users)) > 1  # the users were written from several blocks
+    whole_users = prepare_in_process.collect(whole.users, schemas.USERS).sort_by("user_id")  # as readers see them
+    assert layout.read_users().to_pylist() == whole_users.to_pylist()
+    assert layout.read_items().to_pylist() == whole.items.to_pylist()
+
+    inter = pd.concat(
+        [inter, inter.iloc[[1234]]], ignore_index=True
+    )  # a duplicate of a row in the 3rd slice of the file
+    bad = sample_config(
+        tmp_path,
+        "prepare.interactions_per_part=500",
+        f"prepare.dataset_path={write_dataset(tmp_path / 'bad', inter, items, row_group_size=250)}",
+    )
+    with pytest.raises(
+        DataValidationError,
+        match=rf"duplicate \(user_id, seq_pos\) rows \(2 rows\), e.g. row 1234 .*; row {len(inter) - 1} ",
+    ):
+        prepare.run(bad)
 
 
 def test_two_workers_train_with_ddp_on_uneven_batches(tmp_path, ray_cluster):

@@ -252,17 +252,20 @@ def _vectors(n: int, dim: int, seed: int) -> np.ndarray:
 
 def measure_evaluation(work: Path, size: float, args) -> dict:
     """Full ranking of the test split (every user against every item) in Ray tasks (``ray_jobs.ranking``), on
-    ``--rows`` users, extrapolated to all; the same users x items pass as DLLM2Rec's teacher rankings and each
-    candidate of the fusion's weight search."""
+    the first ``--rows`` users read as ``evaluate.stored_sets`` reads a block, extrapolated to all; the same
+    users x items pass as DLLM2Rec's teacher rankings and each candidate of the fusion's weight search."""
     from r2end_core.config import Resources
     from r2end_core.data.splits import Split
-    from r2end_core.eval.evaluate import EvalSet
+    from r2end_core.eval.evaluate import stored_sets
+    from r2end_core.layout import Layout
+    from r2end_core.summaries import PrepareReport
     from ray_jobs import ranking
     from ray_jobs.runtime import start_local
 
     cfg = _config(work, size)
-    users, items = _prepared(work, size)
-    scored = EvalSet.build(users.slice(0, args.rows), items, Split.TEST)
+    layout = Layout(cfg.storage_path)
+    items, users = layout.read_items(), PrepareReport.read(layout.prepare_report, "prepare").users
+    scored = next(stored_sets(layout, items, [Split.TEST], users=args.rows))
     n = len(scored.targets)
     start_local(num_cpus=cfg.ray.num_cpus, include_dashboard=False)
     rank = ranking.on_ray(Resources(cpus_per_worker=1))
@@ -272,9 +275,9 @@ def measure_evaluation(work: Path, size: float, args) -> dict:
     rank(user_vectors, item_vectors, scored.targets, scored.exclude, scored.tail)
     seconds = time.perf_counter() - started
     return {
-        "seconds": seconds * users.num_rows / n,
-        "extrapolated": f"{users.num_rows:,} users from {n:,}",
-        "size": users.num_rows * items.num_rows,
+        "seconds": seconds * users / n,
+        "extrapolated": f"{users:,} users from {n:,}",
+        "size": users * items.num_rows,
         "unit": "users x items",
     }
 

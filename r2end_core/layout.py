@@ -30,6 +30,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -129,6 +130,12 @@ class Layout:
         """Users sorted by user_id, so every reader sees the same order whatever Ray wrote."""
         require(self.users, "prepare")
         return storage.read_table(self.users).sort_by("user_id")
+
+    def iter_users(self, columns: list[str], rows: int) -> Iterator[pa.Table]:
+        """The users (only ``columns``) in blocks of at most ``rows``, in the files' order: for a pass over
+        every user that holds one block at a time."""
+        require(self.users, "prepare")
+        return storage.iter_tables(self.users, columns, rows)
 
     def read_items(self) -> pa.Table:
         require(self.items, "prepare")

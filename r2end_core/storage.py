@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -50,15 +53,36 @@ def write_table(table: pa.Table, path: str) -> None:
     pq.write_table(table, inner, filesystem=fs, compression="zstd")
 
 
-def write_table_atomic(table: pa.Table, path: str) -> None:
-    """Write to a hidden temporary name, then move into place: readers (and a re-run after a
-    kill) see the whole file or nothing. Parquet readers skip names starting with '.'."""
+@contextlib.contextmanager
+def table_writer(path: str, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
+    """A Parquet writer (``write_table`` as often as wanted) whose file appears at ``path`` when the block ends
+    without an error: written to a hidden temporary name, then moved into place, so readers (and a re-run after
+    a kill) see the whole file or nothing. Parquet readers skip names starting with '.'."""
     fs, inner = filesystem(path)
     folder, name = inner.rsplit("/", 1)
     fs.create_dir(folder, recursive=True)
     staging = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
-    pq.write_table(table, staging, filesystem=fs, compression="zstd")
+    try:
+        with fs.open_output_stream(staging) as sink, pq.ParquetWriter(sink, schema, compression="zstd") as writer:
+            yield writer
+    except BaseException:
+        fs.delete_file(staging)
+        raise
     fs.move(staging, inner)
+
+
+def write_table_atomic(table: pa.Table, path: str) -> None:
+    """``table`` at ``path``, whole or not at all (``table_writer``)."""
+    with table_writer(path, table.schema) as writer:
+        writer.write_table(table)
+
+
+def iter_tables(path: str, columns: list[str] | None = None, rows: int = 1 << 16) -> Iterator[pa.Table]:
+    """A Parquet file, or a folder of them, as consecutive tables of at most ``rows`` rows, read as they are
+    consumed (only ``columns``): a reader holds one at a time."""
+    fs, inner = filesystem(path)
+    for batch in pads.dataset(inner, filesystem=fs, format="parquet").to_batches(columns=columns, batch_size=rows):
+        yield pa.Table.from_batches([batch])
 
 
 def list_files(folder: str, suffix: str = ".parquet") -> list[str]:

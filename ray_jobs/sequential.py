@@ -16,10 +16,10 @@ import torch
 from r2end_core import models
 from r2end_core.config import PipelineConfig, SasrecConfig
 from r2end_core.data.splits import Split
-from r2end_core.eval.evaluate import EvalSet, record
+from r2end_core.eval.evaluate import record, stored_sets
 from r2end_core.layout import Layout
 from r2end_core.models import sasrec
-from r2end_core.summaries import TrainSummary
+from r2end_core.summaries import PrepareReport, TrainSummary
 from r2end_core.train import selection
 from ray_jobs import ranking, ray_train
 
@@ -72,7 +72,9 @@ def fit(
         num_workers=sc.num_workers,
         describe=selection.describe(sc.run_name),
     )
-    state, users, items = ray_train.final_state(result), layout.read_users(), layout.read_items()
+    # the driver holds the catalogue and a block of users at a time (the workers held all of them to train)
+    state, items = ray_train.final_state(result), layout.read_items()
+    users = PrepareReport.read(layout.prepare_report, "prepare").users
     module = extras.module(items.num_rows, sc.model)
     module.load_state_dict(state["best"]["weights"]["model"])
     manifest = sasrec.manifest(sc.run_name, sc.model, items.num_rows, cfg.prepare.history, inputs)
@@ -83,11 +85,11 @@ def fit(
     return record(
         layout,
         model,
-        [EvalSet.build(users, items, s, sc.mask_history) for s in splits],
+        stored_sets(layout, items, splits, sc.mask_history),
         ranking.on_ray(cfg.resources),
         **selection.summary_fields(state),
-        train_users=users.num_rows,
-        eval_users=users.num_rows,
+        train_users=users,
+        eval_users=users,
         wall_time_s=round(time.time() - started, 1),
         config=sc.model_dump(mode="json"),
     )

@@ -2,6 +2,7 @@
 
     scored = EvalSet.build(users, items, Split.VALID)       # built once, reused every epoch
     result = evaluate(model, scored)                         # result.metrics["ndcg@10"], result.ranks
+    record(layout, model, stored_sets(layout, items, [Split.VALID, Split.TEST]))  # every user, a block at a time
 
 Each user's history is every item before the split's target (texts as the prepare stage wrote them);
 those earlier items are masked from the ranking unless ``mask_history`` is False (the target never is).
@@ -10,6 +11,7 @@ those earlier items are masked from the ranking unless ``mask_history`` is False
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -95,18 +97,44 @@ def evaluate(
     return Evaluation(sums, ranks)
 
 
+USERS_PER_BLOCK = 50_000  # users a pass over all of them holds at once (their histories, vectors and ranks)
+
+
+def stored_sets(
+    layout: Layout, items: pa.Table, splits: list[Split], mask_history: bool = True, users: int = USERS_PER_BLOCK
+) -> Iterator[EvalSet]:
+    """Every prepared user scored on each of ``splits``, as EvalSets of ``users`` users read from storage one
+    at a time (``record`` adds them up): the process never holds all users."""
+    for split in splits:
+        for block in layout.iter_users(["user_id", "sequence", "timestamps", f"{split}_history_text"], users):
+            yield EvalSet.build(block, items, split, mask_history)
+
+
 def record(
-    layout: Layout, model: Recommender, sets: list[EvalSet], rank: metrics.Ranker | None = None, **fields
+    layout: Layout, model: Recommender, sets: Iterable[EvalSet], rank: metrics.Ranker | None = None, **fields
 ) -> TrainSummary:
     """Score a saved model on ``sets`` (by ``rank``: see ``evaluate``) and write its ``metrics.json``
-    (summaries.TrainSummary, with ``fields``) and ``ranks.parquet`` into its version folder. A split scored
-    later (test, once selection is done) joins what was recorded."""
+    (summaries.TrainSummary, with ``fields``) and ``ranks.parquet`` into its version folder. Sets of one split
+    (blocks of its users, as ``stored_sets`` reads them) add up, and each one's ranks are written as it is
+    scored. A split scored later (test, once selection is done) joins what was recorded."""
     name, version = model.manifest.name, model.manifest.version
     path, ranks_path = (
         layout.model_version(name, version, "metrics.json"),
         layout.model_version(name, version, "ranks.parquet"),
     )
-    results = {s.split: (s, evaluate(model, s, rank=rank)) for s in sets}
+    sums: dict[Split, metrics.MetricSums] = {}
+    with storage.table_writer(ranks_path, schemas.RANKS) as ranks:
+        for scored in sets:
+            result = evaluate(model, scored, rank=rank)
+            split, mask_history = scored.split, scored.mask_history
+            sums[split] = sums[split] + result.sums if split in sums else result.sums
+            ranks.write_table(result.ranks_table(scored))
+        if not sums:
+            raise ValueError(f"record: no users to score {name} on")
+        if storage.exists(ranks_path):  # the splits recorded before and not now
+            scored_now = pa.array([str(s) for s in sums])
+            for kept in storage.iter_tables(ranks_path):
+                ranks.write_table(kept.filter(pc.invert(pc.is_in(kept["split"], scored_now))))
     recorded = storage.read_json(path) if storage.exists(path) else {}
     summary = TrainSummary(
         **{
@@ -115,14 +143,9 @@ def record(
             "model": name,
             "version": version,
             "kind": model.manifest.kind,
-            "mask_history": sets[0].mask_history,
-            **{str(split): r.metrics for split, (_, r) in results.items()},
+            "mask_history": mask_history,
+            **{str(split): s.metrics() for split, s in sums.items()},
         }
     )
     summary.write(path)
-    ranks = [r.ranks_table(s) for s, r in results.values()]
-    if storage.exists(ranks_path):
-        kept = storage.read_table(ranks_path)
-        ranks.insert(0, kept.filter(pc.invert(pc.is_in(kept["split"], pa.array([str(s) for s in results])))))
-    storage.write_table(pa.concat_tables(ranks), ranks_path)
     return summary

@@ -97,6 +97,12 @@ def list_files(folder: str, suffix: str = ".parquet") -> list[str]:
     return [join(folder, name) for name in names]
 
 
+def parquet_files(path: str) -> list[str]:
+    """``path`` if it is a file, else the visible Parquet files of the folder it names, sorted."""
+    fs, inner = filesystem(path)
+    return list_files(path) if fs.get_file_info(inner).type == pafs.FileType.Directory else [path]
+
+
 def delete_file(path: str) -> None:
     fs, inner = filesystem(path)
     fs.delete_file(inner)

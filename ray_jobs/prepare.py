@@ -18,6 +18,8 @@ from r2end_core.layout import Layout
 from r2end_core.summaries import PrepareReport
 from ray_jobs.runtime import log, run_stage
 
+USERS_PER_FILE = 100_000
+
 
 @dataclass
 class OnRayData:
@@ -34,7 +36,7 @@ class OnRayData:
 
     def group(self, key, fn, **kwargs) -> OnRayData:
         # every row of a key lands in one block (as GroupedData.map_groups does it), whole blocks reach ``fn``
-        blocks = self.dataset.repartition(self.partitions, keys=[key], sort=True)
+        blocks = self.dataset.repartition(self.partitions, keys=[key])
         return self._with(blocks.map_batches(fn, batch_size=None, batch_format="pyarrow", fn_kwargs=kwargs))
 
     def sort(self, column) -> OnRayData:
@@ -47,9 +49,10 @@ class OnRayData:
         yield from self.dataset.iter_batches(batch_size=None, batch_format="pyarrow")
 
 
-def on_ray_data(slices: pa.Table) -> OnRayData:
-    """``prepare.Engine`` on Ray Data: one block (and read task) per slice of the file."""
-    return OnRayData(ray.data.from_arrow(prepare.Parts.of(slices).parts), slices.num_rows)
+def on_ray_data(slices: pa.Table, groups: int) -> OnRayData:
+    """``prepare.Engine`` on Ray Data: one block (and read task) per slice of the file, users grouped into
+    ``groups`` blocks."""
+    return OnRayData(ray.data.from_arrow(prepare.Parts.of(slices).parts), groups)
 
 
 def run(cfg: PipelineConfig) -> PrepareReport:
@@ -60,7 +63,12 @@ def run(cfg: PipelineConfig) -> PrepareReport:
     try:
         prepared = prepare.prepare(cfg.prepare, on_ray_data)
         storage.write_table(prepared.items, layout.items)
-        prepared.users.dataset.write_parquet(layout.users, mode="overwrite")
+        # files of USERS_PER_FILE users in the dataset's order, each one row group, whatever blocks the sort
+        # made: the same data writes the same files, so the prepared digest (in training runs' names) holds
+        files = prepared.users.dataset.repartition(target_num_rows_per_block=USERS_PER_FILE, strict=True)
+        files.map_batches(pa.Table.combine_chunks, batch_size=None, batch_format="pyarrow").write_parquet(
+            layout.users, mode="overwrite"
+        )
     finally:
         context.execution_options.preserve_order = in_order
     prepared.report.write(layout.prepare_report)

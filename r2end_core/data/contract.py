@@ -2,7 +2,7 @@
 
 A dataset is a folder with two Parquet files:
 
-``interactions.parquet``
+``interactions.parquet`` (a file, or a folder of Parquet files with one schema, read in name order)
     ``user_id`` and ``item_id`` (string or integer), and for order ``timestamp`` (unix seconds)
     and/or ``seq_pos`` (0-based position in the user's sequence). Optional: ``rating``,
     ``review_text``.
@@ -13,9 +13,9 @@ A dataset is a folder with two Parquet files:
 The interactions are checked in parts, so no process holds them all (``data.prepare`` runs the parts in this
 process or on Ray Data):
 
-    folder = open_dataset(path)                             # schemas and the items, checked here
+    folder, items = open_dataset(path)                      # schemas and the items, checked here
     rows = read_interactions(slices, folder)                # a part of the rows, ids as strings, numbered
-    summaries = interaction_problems(rows, folder)          # nulls, unknown items: counts and first rows
+    summaries = interaction_problems(rows, folder, ids)     # nulls, unknown items: counts and first rows
     users = user_sequences(rows_of_whole_users, folder, cfg)  # ordered sequences + duplicates, short users
     raise_first_problem(concatenated summaries, folder, cfg)  # names file, column, count and first rows
 
@@ -156,13 +156,16 @@ def _to_frame(table: pa.Table) -> pd.DataFrame:
 @dataclass(frozen=True)
 class DatasetFolder:
     """A dataset folder whose interactions' columns and whole items file passed the contract: what every part
-    of the interactions is checked against."""
+    of the interactions is read and checked by."""
 
-    interactions_file: str
-    items_file: str
-    row_groups: tuple[int, ...]  # the rows of each of the interactions file's row groups
+    interactions_file: str  # as errors name it: the file, or a folder of Parquet files
+    files: tuple[str, ...]  # the interactions' Parquet files, in order (rows are numbered across them)
+    row_groups: tuple[tuple[int, ...], ...]  # per file, the rows of each of its row groups
     columns: tuple[str, ...]  # the interactions' columns
-    items: pd.DataFrame  # item_id (as strings) + the metadata fields the file has, in file order
+
+    @property
+    def rows(self) -> int:
+        return sum(map(sum, self.row_groups))
 
     @property
     def has_timestamps(self) -> bool:
@@ -183,17 +186,36 @@ class DatasetFolder:
         return ["user_id", "item_id", *(c for c in ("timestamp", "seq_pos") if c in self.columns)]
 
 
-def open_dataset(dataset_path: str) -> DatasetFolder:
-    """Check a dataset folder's interactions schema (read from the file's footer, not its rows) and its whole
-    items file. Raises DataValidationError naming the file, column and example rows of the first problem."""
+def _interactions_files(inter_file: str) -> tuple[tuple[str, ...], tuple[tuple[int, ...], ...], pa.Schema]:
+    """The interactions' files, their row groups and their one schema (read from the files' footers)."""
+    files = storage.parquet_files(inter_file)
+    if not files:
+        raise DataValidationError(f"{inter_file}: a folder with no Parquet file")
+    footers = []
+    for file in files:
+        with storage.open_input(file) as source:
+            footers.append(pq.ParquetFile(source).metadata)
+    schema = footers[0].schema.to_arrow_schema()
+    listed = lambda s: "[" + ", ".join(f"{f.name} {f.type}" for f in s) + "]"  # noqa: E731
+    for file, footer in zip(files[1:], footers[1:]):
+        if not (other := footer.schema.to_arrow_schema()).equals(schema):
+            raise DataValidationError(
+                f"{file}: columns {listed(other)} differ from those of {files[0]}: {listed(schema)}"
+            )
+    groups = tuple(tuple(f.row_group(g).num_rows for g in range(f.num_row_groups)) for f in footers)
+    return tuple(files), groups, schema
+
+
+def open_dataset(dataset_path: str) -> tuple[DatasetFolder, pd.DataFrame]:
+    """Check a dataset folder's interactions schema (read from the files' footers, not their rows) and its whole
+    items file: the folder, and the items (``item_id`` as strings and the metadata fields the file has, in file
+    order). Raises DataValidationError naming the file, column and example rows of the first problem."""
     inter_file, items_file = (storage.join(dataset_path, name) for name in (INTERACTIONS_FILE, ITEMS_FILE))
     hint = f" (a dataset folder needs {INTERACTIONS_FILE} and {ITEMS_FILE})"
     _missing(inter_file, hint)
-    with storage.open_input(inter_file) as source:
-        metadata = pq.ParquetFile(source).metadata
-    if metadata.num_rows == 0:
+    files, row_groups, schema = _interactions_files(inter_file)
+    if not sum(map(sum, row_groups)):
         raise DataValidationError(f"{inter_file}: the file is empty (0 rows)")
-    schema = metadata.schema.to_arrow_schema()
     items_table = _read_file(items_file, hint)
     _validate_interactions_columns(inter_file, schema)
     _validate_items_columns(items_file, items_table.schema)
@@ -206,40 +228,41 @@ def open_dataset(dataset_path: str) -> DatasetFolder:
         _fail(items_file, "item_id", "duplicate item ids", dup_items, ["item_id"])
     _check_item_ids(items_file, items, ["item_id"])
     keep = [c for c in ("item_id", *METADATA_FIELDS) if c in items]
-    row_groups = tuple(metadata.row_group(g).num_rows for g in range(metadata.num_row_groups))
-    return DatasetFolder(inter_file, items_file, row_groups, tuple(schema.names), items[keep])
+    return DatasetFolder(inter_file, files, row_groups, tuple(schema.names)), items[keep]
 
 
 def interaction_slices(folder: DatasetFolder, rows_per_slice: int) -> pa.Table:
-    """The interactions file cut into slices of whole row groups (``first_group`` to ``end_group``, its rows
-    numbered from ``first_row``), each of at least ``rows_per_slice`` rows but the last (or one row group, if
-    larger): a slice is read without decoding any other.
+    """The interactions cut into slices of whole row groups of one file (``file``, its groups ``first_group``
+    to ``end_group``, their rows numbered from ``first_row``), each of at least ``rows_per_slice`` rows but a
+    file's last (or one row group, if larger): a slice is read without decoding any other.
 
-    >>> folder = DatasetFolder("i", "t", (2, 2, 1), ("user_id",), pd.DataFrame())
+    >>> folder = DatasetFolder("i", ("a", "b"), ((2, 2, 1), (4,)), ("user_id",))
     >>> interaction_slices(folder, 3).to_pydict()
-    {'first_group': [0, 2], 'end_group': [2, 3], 'first_row': [0, 4]}
+    {'file': [0, 0, 1], 'first_group': [0, 2, 0], 'end_group': [2, 3, 1], 'first_row': [0, 4, 5]}
     """
-    slices, first, rows, seen = {"first_group": [], "end_group": [], "first_row": []}, 0, 0, 0
-    for group, size in enumerate(folder.row_groups):
-        rows += size
-        if rows >= rows_per_slice or group == len(folder.row_groups) - 1:
-            for key, value in zip(slices, (first, group + 1, seen)):
-                slices[key].append(value)
-            first, seen, rows = group + 1, seen + rows, 0
+    slices: dict[str, list[int]] = {"file": [], "first_group": [], "end_group": [], "first_row": []}
+    seen = 0
+    for file, groups in enumerate(folder.row_groups):
+        first, rows = 0, 0
+        for group, size in enumerate(groups):
+            rows += size
+            if rows >= rows_per_slice or group == len(groups) - 1:
+                for key, value in zip(slices, (file, first, group + 1, seen)):
+                    slices[key].append(value)
+                first, seen, rows = group + 1, seen + rows, 0
     return pa.table(slices, schema=pa.schema([(key, pa.int64()) for key in slices]))
 
 
 def read_interactions(slices: pa.Table, folder: DatasetFolder) -> pa.Table:
-    """The interactions in ``slices`` (``interaction_slices``' rows), numbered by their ``row`` in the file,
+    """The interactions in ``slices`` (``interaction_slices``' rows), numbered by their ``row`` in the files,
     ids as strings, timestamps as integer seconds; the other columns (ratings, reviews) are not read."""
     columns = [c for c in ("user_id", "item_id", "timestamp", "seq_pos") if c in folder.columns]
     parts = []
-    with storage.open_input(folder.interactions_file) as source:
-        parquet = pq.ParquetFile(source)
-        for first, end, start in zip(*(slices[c].to_pylist() for c in ("first_group", "end_group", "first_row"))):
-            table = parquet.read_row_groups(list(range(first, end)), columns=columns)
-            rows = np.arange(start, start + table.num_rows, dtype=np.int64)
-            parts.append(table.append_column("row", pa.array(rows)))
+    for file, first, end, start in zip(*(slices[c].to_pylist() for c in slices.column_names)):
+        with storage.open_input(folder.files[file]) as source:
+            table = pq.ParquetFile(source).read_row_groups(list(range(first, end)), columns=columns)
+        rows = np.arange(start, start + table.num_rows, dtype=np.int64)
+        parts.append(table.append_column("row", pa.array(rows)))
     rows = pa.concat_tables(parts)
     for column in ("user_id", "item_id"):
         rows = rows.set_column(rows.schema.get_field_index(column), column, rows[column].cast(pa.string()))
@@ -294,13 +317,12 @@ def _summary(check: str, bad: pa.Table, text: Callable[[pa.Table], list[str]]) -
     return {"check": check, "rows": bad.num_rows, "examples": examples}
 
 
-def interaction_problems(rows: pa.Table, folder: DatasetFolder) -> pa.Table:
-    """PROBLEMS of a part of ``read_interactions``' rows: null ids, times or positions, items the items file
-    lacks. Parts' summaries concatenate; ``raise_first_problem`` reads them."""
+def interaction_problems(rows: pa.Table, folder: DatasetFolder, item_ids: pa.Array) -> pa.Table:
+    """PROBLEMS of a part of ``read_interactions``' rows: null ids, times or positions, items not among
+    ``item_ids`` (the items file's). Parts' summaries concatenate; ``raise_first_problem`` reads them."""
     text = functools.partial(_example_text, shown=folder.shown)
     found = [_summary(f"null {c}", rows.filter(pc.is_null(rows[c])), text) for c in folder.shown]
-    known = pa.array(folder.items["item_id"].to_numpy(), pa.string())
-    unknown = pc.and_(pc.invert(pc.is_in(rows["item_id"], known)), pc.is_valid(rows["item_id"]))
+    unknown = pc.and_(pc.invert(pc.is_in(rows["item_id"], item_ids)), pc.is_valid(rows["item_id"]))
     found.append(_summary("unknown item", rows.filter(unknown), text))
     return pa.Table.from_pylist([f for f in found if f], schema=PROBLEMS)
 

@@ -14,6 +14,7 @@ interaction. The first problem found stops it with an error naming the file, col
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -46,8 +47,8 @@ class Frames(Protocol):
         """The parts in order, one at a time, in this process."""
 
 
-#: a small table -> Frames whose parts are its rows (the slices of the file to read)
-Engine = Callable[[pa.Table], Frames]
+#: (a small table, how many parts to group into) -> Frames whose parts are the table's rows (the slices to read)
+Engine = Callable[[pa.Table, int], Frames]
 
 
 @dataclass
@@ -57,7 +58,8 @@ class Parts:
     parts: list[pa.Table]
 
     @classmethod
-    def of(cls, table: pa.Table) -> Parts:
+    def of(cls, table: pa.Table, groups: int = 1) -> Parts:
+        """The engine in this process (``groups`` is moot: a grouping makes one part)."""
         return cls([table.slice(i, 1) for i in range(table.num_rows)])
 
     def map(self, fn, **kwargs) -> Parts:
@@ -128,13 +130,15 @@ def prepare(cfg: PrepareConfig, engine: Engine) -> Prepared:
     with fewer than ``cfg.min_interactions`` items are dropped and counted in ``report.dropped_short_users``,
     or raise, as ``cfg.short_users`` says.
     """
-    folder = contract.open_dataset(cfg.dataset_path)
+    folder, dataset_items = contract.open_dataset(cfg.dataset_path)
     slices = contract.interaction_slices(folder, cfg.interactions_per_part)
-    rows = engine(slices).map(contract.read_interactions, folder=folder).materialize()
-    contract.raise_first_problem(
-        collect(rows.map(contract.interaction_problems, folder=folder), contract.PROBLEMS), folder, cfg
-    )
+    groups = max(slices.num_rows, math.ceil(folder.rows / cfg.interactions_per_part))  # a big row group is split
+    rows = engine(slices, groups).map(contract.read_interactions, folder=folder).materialize()
+    item_ids = pa.array(dataset_items["item_id"].to_numpy(), pa.string())
+    problems = rows.map(contract.interaction_problems, folder=folder, item_ids=item_ids)
+    contract.raise_first_problem(collect(problems, contract.PROBLEMS), folder, cfg)
     users = rows.group("user_id", contract.user_sequences, folder=folder, cfg=cfg).materialize()
+    del rows  # the interactions, once grouped
     contract.raise_first_problem(collect(users.map(contract.user_problems), contract.PROBLEMS), folder, cfg)
     counted = collect(users.map(_short), SHORT)
     total, short = (pc.sum(counted[c]).as_py() for c in ("users", "short"))
@@ -143,6 +147,7 @@ def prepare(cfg: PrepareConfig, engine: Engine) -> Prepared:
             f"{folder.interactions_file}: no user has at least {cfg.min_interactions} interactions"
         )
     kept = users.map(_kept).sort("first_row").materialize()
+    del users
     if cfg.sample_users is not None and cfg.sample_users < total - short:
         kept = kept.map(_only, chosen=_sample(kept, total - short, cfg)).materialize()
     sizes = collect(kept.map(_sizes), SIZES)
@@ -151,18 +156,18 @@ def prepare(cfg: PrepareConfig, engine: Engine) -> Prepared:
         kept.map(items.preceding_items).group("item_id", items.buyer_context, max_items=cfg.buyer_context_max_items),
         items.BUYER_CONTEXT,
     )
-    used = folder.items["item_id"].isin(set(counts["item_id"].to_pylist()))
-    catalogue = folder.items[used].sort_values("item_id").reset_index(drop=True)
+    used = dataset_items["item_id"].isin(set(counts["item_id"].to_pylist()))
+    catalogue = dataset_items[used].sort_values("item_id").reset_index(drop=True)
     texts = items.metadata_texts(catalogue)
     report = PrepareReport(
         interactions=pc.sum(sizes["interactions"]).as_py(),
         users=pc.sum(sizes["users"]).as_py(),
         items=len(catalogue),
         dropped_short_users=short,
-        items_without_interactions=len(folder.items) - len(catalogue) if cfg.sample_users is None else None,
+        items_without_interactions=len(dataset_items) - len(catalogue) if cfg.sample_users is None else None,
         has_timestamps=folder.has_timestamps,
-        metadata_fields=[c for c in items.METADATA_FIELDS if c in folder.items],
-        missing_metadata_fields=[c for c in items.METADATA_FIELDS if c not in folder.items],
+        metadata_fields=[c for c in items.METADATA_FIELDS if c in dataset_items],
+        missing_metadata_fields=[c for c in items.METADATA_FIELDS if c not in dataset_items],
         has_reviews="review_text" in folder.columns,
         sampled=cfg.sample_users is not None,
     )

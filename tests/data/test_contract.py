@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from r2end_core import schemas
@@ -41,6 +42,22 @@ def test_reading_in_slices_of_row_groups_changes_nothing(tmp_path, beauty_dir, b
     report, users, items = prepare(beauty_dir)
     sliced = write_dataset(tmp_path / "d", *beauty_frames, row_group_size=100)
     assert prepare(sliced, interactions_per_part=250) == (report, users, items)
+
+
+def test_interactions_may_be_a_folder_of_parquet_files(tmp_path, beauty_dir, beauty_frames):
+    inter, items = beauty_frames
+    path = write_dataset(tmp_path / "d", inter.iloc[:0], items)
+    (tmp_path / "d/interactions.parquet").unlink()
+    (tmp_path / "d/interactions.parquet").mkdir()
+    for n, start in enumerate(range(0, len(inter), 1000)):  # rows are numbered across the files in name order
+        part = pa.Table.from_pandas(inter.iloc[start : start + 1000], preserve_index=False)
+        pq.write_table(part, tmp_path / f"d/interactions.parquet/part-{n}.parquet")
+    assert prepare(path) == prepare(beauty_dir)
+
+    other = pa.Table.from_pandas(inter.iloc[:10].drop(columns=["seq_pos"]), preserve_index=False)
+    pq.write_table(other, tmp_path / "d/interactions.parquet/part-9.parquet")
+    with pytest.raises(contract.DataValidationError, match=r"part-9.parquet: columns .* differ from those of .*part-0"):
+        prepare(path)
 
 
 def test_texts_are_deterministic_and_dated(beauty_dir):

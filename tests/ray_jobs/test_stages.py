@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from r2end_core import models, schemas, storage
+from r2end_core import models, schemas
 from r2end_core.config import load_config
 from r2end_core.data import prepare as prepare_in_process
 from r2end_core.data.contract import DataValidationError
@@ -68,29 +68,29 @@ def test_prepare_then_sasrec_then_its_index(tmp_path, ray_cluster):
 
 
 def test_prepare_on_ray_data_in_parts_is_prepare_in_one_process(tmp_path, ray_cluster, beauty_frames):
-    """Read in slices of 500 rows, grouped by user into as many blocks, sorted and sampled across them: the
-    tables are the ones one process makes from the whole file, and bad rows are named as there."""
+    """Read in slices of 1,200 rows (3 row groups), users grouped into as many blocks, sorted and sampled across
+    them: the tables are the ones one process makes from the whole file, the same files every run, and bad rows
+    are named as there."""
     inter, items = beauty_frames
-    data = write_dataset(tmp_path / "data", inter, items, row_group_size=250)
+    data = write_dataset(tmp_path / "data", inter, items, row_group_size=400)
     cfg = sample_config(
-        tmp_path, f"prepare.dataset_path={data}", "prepare.interactions_per_part=500", "prepare.sample_users=120"
+        tmp_path, f"prepare.dataset_path={data}", "prepare.interactions_per_part=1000", "prepare.sample_users=120"
     )
     layout = Layout(cfg.storage_path)
-    report = prepare.run(cfg)
+    report, digest = prepare.run(cfg), layout.prepared_digest()
     whole = prepare_in_process.prepare(cfg.prepare, prepare_in_process.Parts.of)
     assert report == whole.report and report.users == 120
-    assert len(storage.list_files(layout.users)) > 1  # the users were written from several blocks
     whole_users = prepare_in_process.collect(whole.users, schemas.USERS).sort_by("user_id")  # as readers see them
     assert layout.read_users().to_pylist() == whole_users.to_pylist()
     assert layout.read_items().to_pylist() == whole.items.to_pylist()
+    prepare.run(cfg)  # the same files again, whatever blocks Ray made (training runs are named by the digest)
+    assert layout.prepared_digest() == digest
 
-    inter = pd.concat(
-        [inter, inter.iloc[[1234]]], ignore_index=True
-    )  # a duplicate of a row in the 3rd slice of the file
+    inter = pd.concat([inter, inter.iloc[[1234]]], ignore_index=True)  # a row of the 2nd slice, again at the end
     bad = sample_config(
         tmp_path,
-        "prepare.interactions_per_part=500",
-        f"prepare.dataset_path={write_dataset(tmp_path / 'bad', inter, items, row_group_size=250)}",
+        "prepare.interactions_per_part=1000",
+        f"prepare.dataset_path={write_dataset(tmp_path / 'bad', inter, items, row_group_size=400)}",
     )
     with pytest.raises(
         DataValidationError,

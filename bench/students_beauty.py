@@ -418,6 +418,7 @@ def record_key(
     dumped = cfg.model_dump(mode="json")
     settings = {section: dumped[section] for section in ("prepare", "resources", *METHODS[method].sections)}
     del settings["prepare"]["dataset_path"]
+    del settings["prepare"]["interactions_per_part"]  # how prepare spreads its work: the digest keys what it made
     if "embed" in settings:
         del settings["embed"]["teacher_outputs"]
     prepared = Layout(cfg.storage_path).prepared_digest()

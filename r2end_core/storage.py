@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -66,7 +65,8 @@ def table_writer(path: str, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
         with fs.open_output_stream(staging) as sink, pq.ParquetWriter(sink, schema, compression="zstd") as writer:
             yield writer
     except BaseException:
-        fs.delete_file(staging)
+        with contextlib.suppress(OSError):  # never opened, or an upload never completed: nothing to delete
+            fs.delete_file(staging)
         raise
     fs.move(staging, inner)
 
@@ -78,11 +78,12 @@ def write_table_atomic(table: pa.Table, path: str) -> None:
 
 
 def iter_tables(path: str, columns: list[str] | None = None, rows: int = 1 << 16) -> Iterator[pa.Table]:
-    """A Parquet file, or a folder of them, as consecutive tables of at most ``rows`` rows, read as they are
-    consumed (only ``columns``): a reader holds one at a time."""
-    fs, inner = filesystem(path)
-    for batch in pads.dataset(inner, filesystem=fs, format="parquet").to_batches(columns=columns, batch_size=rows):
-        yield pa.Table.from_batches([batch])
+    """A Parquet file, or a folder of them (``parquet_files``), as consecutive tables of at most ``rows`` rows
+    (only ``columns``), read as they are consumed, one file at a time: a reader holds about one."""
+    for file in parquet_files(path):
+        with open_input(file) as source:
+            for batch in pq.ParquetFile(source).iter_batches(batch_size=rows, columns=columns):
+                yield pa.Table.from_batches([batch])
 
 
 def list_files(folder: str, suffix: str = ".parquet") -> list[str]:
@@ -98,9 +99,21 @@ def list_files(folder: str, suffix: str = ".parquet") -> list[str]:
 
 
 def parquet_files(path: str) -> list[str]:
-    """``path`` if it is a file, else the visible Parquet files of the folder it names, sorted."""
+    """``path`` if it is a file, else the visible Parquet files of the folder it names, sorted; a folder holding
+    anything else visible (a subfolder, another file) is an error naming it, not data left out."""
     fs, inner = filesystem(path)
-    return list_files(path) if fs.get_file_info(inner).type == pafs.FileType.Directory else [path]
+    if fs.get_file_info(inner).type != pafs.FileType.Directory:
+        return [path]
+    entries = fs.get_file_info(pafs.FileSelector(inner, recursive=False))
+    if others := sorted(
+        e.base_name
+        for e in entries
+        if not e.base_name.startswith((".", "_")) and not (e.is_file and e.base_name.endswith(".parquet"))
+    ):
+        raise ValueError(
+            f"{path}: holds {others}, which are not Parquet files (a folder of data holds *.parquet files only)"
+        )
+    return list_files(path)
 
 
 def delete_file(path: str) -> None:

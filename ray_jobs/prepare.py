@@ -58,8 +58,9 @@ def on_ray_data(slices: pa.Table, groups: int) -> OnRayData:
 def run(cfg: PipelineConfig) -> PrepareReport:
     layout = Layout(cfg.storage_path)
     context = ray.data.DataContext.get_current()
-    in_order = context.execution_options.preserve_order
+    before = context.execution_options.preserve_order, context.target_max_block_size
     context.execution_options.preserve_order = True  # a sample is drawn by position in the users' order
+    context.target_max_block_size = None  # blocks are the slices, groups and files below: none split by bytes
     try:
         prepared = prepare.prepare(cfg.prepare, on_ray_data)
         storage.write_table(prepared.items, layout.items)
@@ -70,7 +71,7 @@ def run(cfg: PipelineConfig) -> PrepareReport:
             layout.users, mode="overwrite"
         )
     finally:
-        context.execution_options.preserve_order = in_order
+        context.execution_options.preserve_order, context.target_max_block_size = before
     prepared.report.write(layout.prepare_report)
     r = prepared.report
     log.info(

@@ -188,7 +188,10 @@ class DatasetFolder:
 
 def _interactions_files(inter_file: str) -> tuple[tuple[str, ...], tuple[tuple[int, ...], ...], pa.Schema]:
     """The interactions' files, their row groups and their one schema (read from the files' footers)."""
-    files = storage.parquet_files(inter_file)
+    try:
+        files = storage.parquet_files(inter_file)
+    except ValueError as error:
+        raise DataValidationError(str(error)) from None
     if not files:
         raise DataValidationError(f"{inter_file}: a folder with no Parquet file")
     footers = []
@@ -263,9 +266,11 @@ def read_interactions(slices: pa.Table, folder: DatasetFolder) -> pa.Table:
             table = pq.ParquetFile(source).read_row_groups(list(range(first, end)), columns=columns)
         rows = np.arange(start, start + table.num_rows, dtype=np.int64)
         parts.append(table.append_column("row", pa.array(rows)))
-    rows = pa.concat_tables(parts)
+    rows = pa.concat_tables(parts, promote_options="permissive")  # files may differ in integer or string widths
     for column in ("user_id", "item_id"):
         rows = rows.set_column(rows.schema.get_field_index(column), column, rows[column].cast(pa.string()))
+    if "seq_pos" in columns:
+        rows = rows.set_column(rows.schema.get_field_index("seq_pos"), "seq_pos", rows["seq_pos"].cast(pa.int64()))
     if "timestamp" in columns:
         stamps = rows["timestamp"]
         if pa.types.is_timestamp(stamps.type):

@@ -135,8 +135,8 @@ def prepare(cfg: PrepareConfig, engine: Engine) -> Prepared:
     groups = max(slices.num_rows, math.ceil(folder.rows / cfg.interactions_per_part))  # a big row group is split
     rows = engine(slices, groups).map(contract.read_interactions, folder=folder).materialize()
     item_ids = pa.array(dataset_items["item_id"].to_numpy(), pa.string())
-    problems = rows.map(contract.interaction_problems, folder=folder, item_ids=item_ids)
-    contract.raise_first_problem(collect(problems, contract.PROBLEMS), folder, cfg)
+    problems = collect(rows.map(contract.interaction_problems, folder=folder, item_ids=item_ids), contract.PROBLEMS)
+    contract.raise_first_problem(problems, folder, cfg)
     users = rows.group("user_id", contract.user_sequences, folder=folder, cfg=cfg).materialize()
     del rows  # the interactions, once grouped
     contract.raise_first_problem(collect(users.map(contract.user_problems), contract.PROBLEMS), folder, cfg)

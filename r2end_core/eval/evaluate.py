@@ -107,7 +107,8 @@ def stored_sets(
     at a time (``record`` adds them up): the process never holds all users."""
     for split in splits:
         for block in layout.iter_users(["user_id", "sequence", "timestamps", f"{split}_history_text"], users):
-            yield EvalSet.build(block, items, split, mask_history)
+            if block.num_rows:
+                yield EvalSet.build(block, items, split, mask_history)
 
 
 def record(
@@ -134,18 +135,20 @@ def record(
         if storage.exists(ranks_path):  # the splits recorded before and not now
             scored_now = pa.array([str(s) for s in sums])
             for kept in storage.iter_tables(ranks_path):
-                ranks.write_table(kept.filter(pc.invert(pc.is_in(kept["split"], scored_now))))
-    recorded = storage.read_json(path) if storage.exists(path) else {}
-    summary = TrainSummary(
-        **{
-            **recorded,
-            **fields,
-            "model": name,
-            "version": version,
-            "kind": model.manifest.kind,
-            "mask_history": mask_history,
-            **{str(split): s.metrics() for split, s in sums.items()},
-        }
-    )
+                if (kept := kept.filter(pc.invert(pc.is_in(kept["split"], scored_now)))).num_rows:
+                    ranks.write_table(kept)
+        # validated before the new ranks replace the old ones
+        recorded = storage.read_json(path) if storage.exists(path) else {}
+        summary = TrainSummary(
+            **{
+                **recorded,
+                **fields,
+                "model": name,
+                "version": version,
+                "kind": model.manifest.kind,
+                "mask_history": mask_history,
+                **{str(split): s.metrics() for split, s in sums.items()},
+            }
+        )
     summary.write(path)
     return summary

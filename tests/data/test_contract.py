@@ -58,6 +58,10 @@ def test_interactions_may_be_a_folder_of_parquet_files(tmp_path, beauty_dir, bea
     pq.write_table(other, tmp_path / "d/interactions.parquet/part-9.parquet")
     with pytest.raises(contract.DataValidationError, match=r"part-9.parquet: columns .* differ from those of .*part-0"):
         prepare(path)
+    (tmp_path / "d/interactions.parquet/part-9.parquet").unlink()
+    (tmp_path / "d/interactions.parquet/year=2014").mkdir()  # a partitioned layout is not read: said, not skipped
+    with pytest.raises(contract.DataValidationError, match=r"interactions.parquet: holds \['year=2014'\]"):
+        prepare(path)
 
 
 def test_texts_are_deterministic_and_dated(beauty_dir):

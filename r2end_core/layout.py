@@ -2,7 +2,7 @@
 ``r2end_core.schemas``; the JSON summaries: ``r2end_core.summaries``.
 
     <storage_path>/
-      prepared/users/*.parquet          schemas.USERS, one row per user (written by Ray Data)
+      prepared/users/*.parquet          schemas.USERS, one row per user (Ray Data; files of 100,000 users)
       prepared/items.parquet            schemas.ITEMS, one row per catalogue item
       prepared/report.json              summaries.PrepareReport
       generated/<kind folder>/          teacher outputs (schemas.USER_OUTPUTS / ITEM_OUTPUTS), one folder per

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from r2end_core import storage
+from r2end_core import schemas, storage
 from r2end_core.config import PrepareConfig
 from r2end_core.data.items import METADATA_FIELDS, _present, item_metadata_text
 
@@ -356,9 +356,7 @@ PROBLEM_ROW = pa.struct([("check", pa.string()), ("row", pa.int64()), ("text", p
 #: the problems of its own rows (duplicates, time against order, too few items when they are an error)
 USER_SEQUENCES = pa.schema(
     [
-        pa.field("user_id", pa.string(), nullable=False),
-        pa.field("sequence", pa.list_(pa.string()), nullable=False),
-        pa.field("timestamps", pa.list_(pa.int64())),  # null when the dataset has none
+        *(schemas.USERS.field(name) for name in ("user_id", "sequence", "timestamps")),
         pa.field("first_row", pa.int64(), nullable=False),
         pa.field("short", pa.bool_(), nullable=False),
         pa.field("problems", pa.list_(PROBLEM_ROW), nullable=False),

@@ -2,7 +2,7 @@
 rankings), in parts of users.
 
     record(layout, model, sets, rank=ranking.on_ray(cfg.resources))
-    dllm2rec.teacher_rankings(teacher, users, items, instances, k, rule, ranking.top_on_ray(cfg.resources))
+    dllm2rec.teacher_rankings(teacher, users, catalogue, instances, k, rule, ranking.top_on_ray(cfg.resources))
 
 Each task ranks a part of the users against the whole catalogue (``metrics.rank_vectors``, so the scores it
 holds at once stay under ``metrics.CHUNK_SCORES``) and returns their ranks and ``MetricSums``; the driver adds

@@ -3,7 +3,8 @@
     ray job submit --working-dir . -- python -m ray_jobs.train_dllm2rec --config configs/beauty-sample.yaml
 
 The teacher (``dllm2rec.teacher``, by default the R2END model) ranks the catalogue for each training
-instance once; the rankings are kept under ``teacher_rankings/`` (a text teacher's history texts are
+instance once, a block of users at a time (full ranking in Ray tasks); the rankings are kept under
+``teacher_rankings/`` (a text teacher's history texts are
 encoded on Ray Data). The student trains like ``train_sasrec`` (its ``sasrec`` settings) with the ranking
 term and the item embeddings of the embed stage (Enc(M + D): metadata plus the teacher's description
 where one was generated). Writes ``models/<dllm2rec.run_name>/<version>/``, a SASRec the Serve app can
@@ -16,6 +17,7 @@ import time
 
 from r2end_core import models, schemas, storage
 from r2end_core.config import PipelineConfig
+from r2end_core.data.items import Catalogue
 from r2end_core.layout import Layout
 from r2end_core.models import dllm2rec, instances, sasrec
 from r2end_core.models.r2end import targets
@@ -23,25 +25,30 @@ from r2end_core.summaries import EmbedReport, TrainSummary
 from ray_jobs import ranking, ray_data, sequential
 from ray_jobs.runtime import log, run_stage
 
+#: Instances whose teacher rankings are made at once: their history vectors and texts are what one block holds.
+INSTANCES_PER_BLOCK = 250_000
+
 
 def rankings(cfg: PipelineConfig, layout: Layout) -> tuple[str, object, float | None]:
-    """The teacher's rankings for the configured instances, made once: (what names them, the table, the
-    seconds making them took, or None when an earlier run made them)."""
-    dc, users, items = cfg.dllm2rec, layout.read_users(), layout.read_items()
+    """The teacher's rankings for the configured instances, made once, block of users after block (the driver
+    never holds every instance's vectors): (what names them, the table, the seconds making them took, or None
+    when an earlier run made them)."""
+    dc, max_len = cfg.dllm2rec, cfg.sasrec.model.max_len
     teacher = ray_data.with_bulk_encoding(models.load(layout, dc.teacher), layout, cfg.embed, cfg.resources)
-    path = layout.teacher_rankings(
-        dc.teacher, teacher.manifest.version, f"{dc.positions}-top{dc.top_k}-len{cfg.sasrec.model.max_len}"
-    )
+    path = layout.teacher_rankings(dc.teacher, teacher.manifest.version, f"{dc.positions}-top{dc.top_k}-len{max_len}")
     seconds = None
     if not storage.exists(path):
-        started = time.time()
-        ranked = instances.training_instances(users, dc.positions, cfg.sasrec.model.max_len)
-        table = dllm2rec.teacher_rankings(
-            teacher, users, items, ranked, dc.top_k, teacher.manifest.history, ranking.top_on_ray(cfg.resources)
-        )
-        storage.write_table(table, path)
+        started, made, catalogue = time.time(), 0, Catalogue(layout.read_items())
+        per_user = max_len if dc.positions == "all" else 1  # the most instances a user has
+        top = ranking.top_on_ray(cfg.resources)
+        with storage.table_writer(path, schemas.TEACHER_RANKINGS) as out:
+            for users in layout.iter_users(["user_id", "sequence", "timestamps"], INSTANCES_PER_BLOCK // per_user):
+                ranked = instances.training_instances(users, dc.positions, max_len)
+                rule = teacher.manifest.history
+                out.write_table(dllm2rec.teacher_rankings(teacher, users, catalogue, ranked, dc.top_k, rule, top))
+                made += len(ranked[0])
         seconds = round(time.time() - started, 1)
-        log.info(f"teacher rankings: {table.num_rows:,} instances in {seconds:.0f} s -> {path}")
+        log.info(f"teacher rankings: {made:,} instances in {seconds:.0f} s -> {path}")
     return f"{dc.teacher}/{teacher.manifest.version}", storage.read_table(path), seconds
 
 

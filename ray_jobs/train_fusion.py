@@ -3,9 +3,11 @@
     ray job submit --working-dir . -- python -m ray_jobs.train_fusion --config configs/beauty-sample.yaml
 
 Loads the trained parts (``fusion.parts``, each trained by its own Ray Train job; a text model's history
-texts are encoded on Ray Data through the shared cache), embeds the validation users once and scores every
-weight combination of ``fusion.weight_grid`` in Ray tasks, a share of the grid each (the best validation
-NDCG@10 wins, above ``fusion.min_long_tail_ratio`` times the first part's long-tail HR@10 if set). Writes
+texts are encoded on Ray Data through the shared cache), reads the validation users a block at a time
+(``evaluate.stored_sets``: the driver never holds them all), embeds each block once and scores every weight
+combination of ``fusion.weight_grid`` on it in Ray tasks, a share of the grid each, adding up the blocks'
+metric sums (the best validation NDCG@10 wins, above ``fusion.min_long_tail_ratio`` times the first part's
+long-tail HR@10 if set). Writes
 ``models/<fusion.run_name>/<version>/`` with the weights validation chose (its ``metrics.json`` lists every
 combination tried), and scores the test split once. The logic: ``r2end_core.models.fusion``.
 """
@@ -20,27 +22,29 @@ import ray
 from r2end_core import models
 from r2end_core.config import PipelineConfig
 from r2end_core.data.splits import Split
-from r2end_core.eval.evaluate import EvalSet, record
+from r2end_core.eval.evaluate import record, stored_sets
 from r2end_core.layout import Layout
 from r2end_core.models import fusion
-from r2end_core.summaries import TrainSummary
+from r2end_core.summaries import PrepareReport, TrainSummary
 from ray_jobs import ranking, ray_data
 from ray_jobs.runtime import log, run_stage
 
 
 def run(cfg: PipelineConfig, score_test: bool = True) -> TrainSummary:
     layout, fc, started = Layout(cfg.storage_path), cfg.fusion, time.time()
-    users, items = layout.read_users(), layout.read_items()
+    items, n_users = layout.read_items(), PrepareReport.read(layout.prepare_report, "prepare").users
     parts = [ray_data.with_bulk_encoding(models.load(layout, p), layout, cfg.embed, cfg.resources) for p in fc.parts]
-    valid = EvalSet.build(users, items, Split.VALID, cfg.sasrec.mask_history)
-    vectors, scored = ray.put([(p.user_vectors(valid.histories), p.item_vectors()) for p in parts]), ray.put(valid)
     candidates = fusion.weight_grid(len(parts), fc.weight_grid)
     cpus = cfg.resources.cpus_per_worker
     tasks = max(1, min(len(candidates), int(ray.cluster_resources().get("CPU", cpus)) // cpus))
     search = ray.remote(num_cpus=cpus)(fusion.weight_search)
-    shares = [share.tolist() for share in np.array_split(np.arange(len(candidates)), tasks)]
-    pending = [search.remote(vectors, scored, [candidates[i] for i in share]) for share in shares]
-    searched = [found for done in ray.get(pending) for found in done]
+    shares = [[candidates[i] for i in share] for share in np.array_split(np.arange(len(candidates)), tasks)]
+    item_vectors = ray.put([p.item_vectors() for p in parts])
+    sums = np.zeros((len(candidates), len(fusion.SEARCH_SUMS)))
+    for valid in stored_sets(layout, items, [Split.VALID], cfg.sasrec.mask_history):  # a block of users at a time
+        user_vectors, scored = ray.put([p.user_vectors(valid.histories) for p in parts]), ray.put(valid)
+        sums += np.concatenate(ray.get([search.remote(user_vectors, item_vectors, scored, s) for s in shares]))
+    searched = fusion.searched(candidates, sums)
     weights = fusion.best_weights(searched, fc.min_long_tail_ratio)
     if missed := fusion.floor_missed(searched, weights, fc.min_long_tail_ratio):
         log.warning(f"fusion: {missed}")
@@ -51,11 +55,11 @@ def run(cfg: PipelineConfig, score_test: bool = True) -> TrainSummary:
     return record(
         layout,
         model,
-        [EvalSet.build(users, items, s, cfg.sasrec.mask_history) for s in splits],
+        stored_sets(layout, items, splits, cfg.sasrec.mask_history),
         ranking.on_ray(cfg.resources),
         history=searched,
-        train_users=users.num_rows,
-        eval_users=users.num_rows,
+        train_users=n_users,
+        eval_users=n_users,
         wall_time_s=round(time.time() - started, 1),
         config=fc.model_dump(mode="json"),
     )

@@ -2,9 +2,9 @@
 recommender's rankings and from r2end's item embeddings, with no LLM at training or serving time.
 
     instances = training_instances(users, "last", max_len)        # which predictions (models.instances)
-    table = teacher_rankings(teacher, users, items, instances, k)  # schemas.TEACHER_RANKINGS
+    table = teacher_rankings(teacher, users, Catalogue(items), instances, k)  # schemas.TEACHER_RANKINGS
     extras = sasrec.Extras(item_embeddings, cfg.embedding_weight,
-                           RankingDistillation(table, users, items.num_rows, cfg))
+                           RankingDistillation(table, users, cfg))
     sasrec.train(users, items, sasrec_cfg, history, device, extras=extras)
 
 - **Ranking distillation.** Each teacher top-K item of a training instance is an extra target of that
@@ -28,7 +28,6 @@ import torch
 from r2end_core import schemas
 from r2end_core.config import Dllm2recConfig, HistoryRule
 from r2end_core.data.items import Catalogue
-from r2end_core.data.splits import index_sequences
 from r2end_core.eval import metrics
 from r2end_core.models.base import Recommender
 from r2end_core.models.instances import InstanceIndex, instance_histories
@@ -38,23 +37,24 @@ from r2end_core.models.sasrec import AuxiliaryLoss, Batch, StepOutputs
 def teacher_rankings(
     teacher: Recommender,
     users: pa.Table,
-    items: pa.Table,
+    catalogue: Catalogue,
     instances: tuple[np.ndarray, np.ndarray],
     k: int,
     rule: HistoryRule,
     top: metrics.TopK = metrics.top_items,
 ) -> pa.Table:
-    """The teacher's top-``k`` items (history items excluded) for each instance, as schemas.TEACHER_RANKINGS.
+    """The teacher's top-``k`` items (history items excluded) for each instance of ``users`` (all of them, or a
+    block: the rows of a block's rankings do not depend on the other users), as schemas.TEACHER_RANKINGS.
 
-    ``teacher``: any model of the recommender interface over the prepared items; ``rule``: the history rule
-    its texts are written with (its manifest's); ``top``: what finds each instance's best items (in this
-    process, or ``ray_jobs.ranking.top_on_ray``).
+    ``teacher``: any model of the recommender interface over the prepared items (``catalogue``, built once
+    for every block); ``rule``: the history rule its texts are written with (its manifest's); ``top``: what
+    finds each instance's best items (in this process, or ``ray_jobs.ranking.top_on_ray``).
     """
-    if teacher.item_ids != items.column("item_id").to_pylist():
+    if teacher.item_ids != catalogue.ids:
         raise ValueError(f"teacher {teacher.manifest.name} was trained on another catalogue: train it again")
     rows, positions = instances
-    sequences = index_sequences(users, items)
-    histories = instance_histories(users, Catalogue(items), rows, positions, rule)
+    sequences = [np.array([catalogue.row[i] for i in s], dtype=np.int64) for s in users.column("sequence").to_pylist()]
+    histories = instance_histories(users, catalogue, rows, positions, rule)
     user_vectors = teacher.user_vectors(histories)  # one call: a text teacher encodes in bulk
     item_vectors = teacher.item_vectors()
     targets = np.array([int(sequences[r][p]) for r, p in zip(rows.tolist(), positions.tolist())], dtype=np.int64)

@@ -12,8 +12,10 @@ least that multiple of the first part's alone.
 
     parts = [models.load(layout, "sasrec"), models.load(layout, "r2end")]
     valid = EvalSet.build(users, items, Split.VALID)
-    vectors = [(p.user_vectors(valid.histories), p.item_vectors()) for p in parts]
-    best = best_weights(weight_search(vectors, valid, weight_grid(len(parts), grid)))   # e.g. [1.0, 10.0]
+    candidates = weight_grid(len(parts), grid)
+    sums = weight_search([p.user_vectors(valid.histories) for p in parts], [p.item_vectors() for p in parts],
+                         valid, candidates)   # a block of users at a time: sums add up
+    best = best_weights(searched(candidates, sums))   # e.g. [1.0, 10.0]
     fused = FusionRecommender(parts, best, manifest("fusion", parts, best))
 
 Served, the user vector is ``[w_1 u_1, ..., w_K u_K]`` and the item vector ``[v_1, ..., v_K]``: a faiss
@@ -111,19 +113,25 @@ def weight_grid(n_parts: int, grid: Sequence[float]) -> list[tuple[float, ...]]:
     return [(1.0, *map(float, c)) for c in combos.reshape(-1, n_parts - 1)]
 
 
+#: What ``weight_search`` sums over users for each weight combination (``searched`` makes the metrics).
+SEARCH_SUMS = ("users", "hits@10", "ndcg@10", "tail_users", "tail_hits@10")
+
+
 def weight_search(
-    vectors: Sequence[tuple[np.ndarray, np.ndarray]],
+    user_vectors: Sequence[np.ndarray],
+    item_vectors: Sequence[np.ndarray],
     scored: EvalSet,
     candidates: Sequence[Sequence[float]],
     chunk_size: int = 1024,
-) -> list[dict]:
-    """``[{"weights", "hr@10", "ndcg@10", "tail_hr@10"}]``, one per candidate: the fused model's full-ranking
-    metrics on ``scored`` (the validation users; ``tail_hr@10`` over those whose target is a long-tail item).
-    ``vectors``: each part's (user vectors of ``scored``'s users, item vectors). Each part's scores are
+) -> np.ndarray:
+    """[len(candidates), len(SEARCH_SUMS)]: for each candidate, the fused model's full ranking of ``scored``'s
+    users (a block of the validation users) summed: users, hits@10, NDCG@10, long-tail users and their hits@10.
+    The sums of blocks of users add up to those of all of them, so the validation users can be searched a block
+    at a time. Each part's scores (``user_vectors[k]`` of ``scored``'s users against ``item_vectors[k]``) are
     computed once per chunk of users (the parts' scores together at most ``metrics.CHUNK_SCORES``) and summed
     under every candidate."""
-    users = [torch.from_numpy(u) for u, _ in vectors]
-    items = [torch.from_numpy(i) for _, i in vectors]
+    users = [torch.from_numpy(u) for u in user_vectors]
+    items = [torch.from_numpy(i) for i in item_vectors]
     n_users = len(scored.targets)
     chunk_size = max(1, min(chunk_size, metrics.CHUNK_SCORES // (len(items) * len(scored.item_ids))))  # all parts
     ranks = np.empty((len(candidates), n_users), dtype=np.int64)
@@ -141,14 +149,31 @@ def weight_search(
                     metrics.mask_excluded(fused, targets, scored.exclude[start : start + len(rows)])
                 ranks[c, rows] = metrics.target_ranks(fused, targets).numpy()
     in_tail = scored.tail[scored.targets]
+    return np.array(
+        [
+            [n_users, (r < 10).sum(), metrics.ndcg_gains(r, 10).sum(), in_tail.sum(), (r[in_tail] < 10).sum()]
+            for r in ranks
+        ],
+        dtype=np.float64,
+    ).reshape(len(candidates), len(SEARCH_SUMS))
+
+
+def searched(candidates: Sequence[Sequence[float]], sums: np.ndarray) -> list[dict]:
+    """``[{"weights", "hr@10", "ndcg@10", "tail_hr@10"}]``, one per candidate, from ``weight_search``'s sums
+    (over every block of the validation users); ``tail_hr@10`` over the users whose target is a long-tail item.
+
+    >>> found = searched([(1.0, 0.0), (1.0, 2.0)], np.array([[4, 1, 0.5, 2, 0], [4, 2, 1.0, 2, 1]]))
+    >>> [(f["weights"], f["hr@10"], f["ndcg@10"], f["tail_hr@10"]) for f in found]
+    [([1.0, 0.0], 0.25, 0.125, 0.0), ([1.0, 2.0], 0.5, 0.25, 0.5)]
+    """
     return [
         {
             "weights": [float(w) for w in weights],
-            "hr@10": float((r < 10).mean()),
-            "ndcg@10": float(metrics.ndcg_gains(r, 10).mean()),
-            "tail_hr@10": float((r[in_tail] < 10).mean()) if in_tail.any() else 0.0,
+            "hr@10": float(hits / users),
+            "ndcg@10": float(ndcg / users),
+            "tail_hr@10": float(tail_hits / tail_users) if tail_users else 0.0,
         }
-        for weights, r in zip(candidates, ranks)
+        for weights, (users, hits, ndcg, tail_users, tail_hits) in zip(candidates, sums)
     ]
 
 

@@ -31,7 +31,7 @@ def test_the_teachers_rankings_are_its_best_unseen_items(prepared_tables):
     teacher = untrained_teacher(items)
     ranked = instances.training_instances(users, "all", SMALL.max_len)
     chunked = functools.partial(metrics.top_items, chunk_size=97)  # chunks that do not divide the instances
-    table = dllm2rec.teacher_rankings(teacher, users, items, ranked, 5, HistoryRule(), chunked)
+    table = dllm2rec.teacher_rankings(teacher, users, Catalogue(items), ranked, 5, HistoryRule(), chunked)
     assert table.schema == dllm2rec.schemas.TEACHER_RANKINGS and table.num_rows == len(ranked[0])
     sequences = index_sequences(users, items)
     item_vectors = teacher.item_vectors()
@@ -45,6 +45,19 @@ def test_the_teachers_rankings_are_its_best_unseen_items(prepared_tables):
         assert table["items"][n].as_py() == np.argsort(-scores, kind="stable")[:5].tolist()
         target = item_vectors[sequences[row][position]]
         assert np.isclose(table["target_distance"][n].as_py(), ((user - target) ** 2).sum(), rtol=1e-4)
+    # made a block of users at a time (as train_dllm2rec makes them): the same rows, in the same order (the
+    # floats up to the order of a batched sum)
+    blocks = [users.slice(0, 7), users.slice(7, 50), users.slice(57)]
+    by_block = [
+        dllm2rec.teacher_rankings(
+            teacher, b, Catalogue(items), instances.training_instances(b, "all", SMALL.max_len), 5, HistoryRule()
+        )
+        for b in blocks
+    ]
+    joined = pa.concat_tables(by_block)
+    for exact in ("user_id", "position", "items"):
+        assert joined[exact].equals(table[exact])
+    assert np.allclose(joined["target_distance"].to_numpy(), table["target_distance"].to_numpy(), rtol=1e-5)
 
 
 def test_importance_weights_follow_rank_confidence_and_agreement(prepared_tables):
@@ -74,7 +87,8 @@ def test_the_ranking_term_is_the_weighted_soft_label_cross_entropy(prepared_tabl
     ``-sum_k w_k log p(item_k)``, and the sum is divided by the batch's predicted positions."""
     users, items = prepared_tables
     rows, at = instances.training_instances(users, positions, SMALL.max_len)
-    rankings = dllm2rec.teacher_rankings(untrained_teacher(items), users, items, (rows, at), 5, HistoryRule())
+    teacher = untrained_teacher(items)
+    rankings = dllm2rec.teacher_rankings(teacher, users, Catalogue(items), (rows, at), 5, HistoryRule())
     cfg = Dllm2recConfig(ranking_weight=0.7)
     loss = dllm2rec.RankingDistillation(rankings, users, cfg)
     tokens = [training_part(s) + 1 for s in index_sequences(users, items)]
@@ -115,7 +129,7 @@ def test_a_student_learns_what_the_teacher_ranks(prepared_tables):
     users, items = prepared_tables
     teacher = untrained_teacher(items)  # ranks by chance: nothing the data alone would teach
     rows, positions = instances.training_instances(users, "last", SMALL.max_len)
-    rankings = dllm2rec.teacher_rankings(teacher, users, items, (rows, positions), 10, HistoryRule())
+    rankings = dllm2rec.teacher_rankings(teacher, users, Catalogue(items), (rows, positions), 10, HistoryRule())
     cfg = SasrecConfig(model=SMALL, batch_size=64, learning_rate=5e-3, max_epochs=8, eval_every=8, seed=3)
     tokens = [training_part(s) + 1 for s in index_sequences(users, items)]
     teacher_items = torch.tensor(rankings["items"].to_pylist())

@@ -23,12 +23,17 @@ def sasrec_model(items, name: str, seed: int) -> sasrec.SasrecRecommender:
     return sasrec.SasrecRecommender(sasrec.SASRec(items.num_rows, SMALL).eval(), items["item_id"].to_pylist(), manifest)
 
 
+def search(parts, scored: EvalSet, candidates, chunk_size: int = 1024) -> np.ndarray:
+    vectors = [p.user_vectors(scored.histories) for p in parts], [p.item_vectors() for p in parts]
+    return fusion.weight_search(*vectors, scored, candidates, chunk_size)
+
+
 def test_the_weight_search_scores_each_combination_as_the_fused_model_ranks(prepared_tables):
     users, items = prepared_tables
     parts = [sasrec_model(items, "a", seed=1), sasrec_model(items, "b", seed=2)]
     valid = EvalSet.build(users, items, Split.VALID)
-    vectors = [(p.user_vectors(valid.histories), p.item_vectors()) for p in parts]
-    searched = fusion.weight_search(vectors, valid, fusion.weight_grid(2, [0, 0.5, 3]), chunk_size=7)
+    candidates = fusion.weight_grid(2, [0, 0.5, 3])
+    searched = fusion.searched(candidates, search(parts, valid, candidates, chunk_size=7))
     assert [s["weights"] for s in searched] == [[1.0, 0.0], [1.0, 0.5], [1.0, 3.0]]
     for found in searched:
         fused = fusion.FusionRecommender(parts, found["weights"], fusion.manifest("f", parts, found["weights"]))
@@ -40,12 +45,25 @@ def test_the_weight_search_scores_each_combination_as_the_fused_model_ranks(prep
     assert len({s["ndcg@10"] for s in searched}) > 1  # the weights change the ranking
 
 
+def test_the_weight_search_adds_up_over_blocks_of_users(prepared_tables):
+    """The validation users searched a block at a time (as train_fusion reads them) sum to all at once."""
+    users, items = prepared_tables
+    parts = [sasrec_model(items, "a", seed=1), sasrec_model(items, "b", seed=2)]
+    candidates = fusion.weight_grid(2, [0, 0.5, 3])
+    whole = search(parts, EvalSet.build(users, items, Split.VALID), candidates)
+    cut = users.num_rows // 3
+    blocks = [EvalSet.build(users.slice(s, n), items, Split.VALID) for s, n in ((0, cut), (cut, users.num_rows))]
+    summed = sum(search(parts, block, candidates) for block in blocks)
+    assert summed[:, 0].tolist() == [users.num_rows] * len(candidates)
+    assert np.allclose(summed, whole, rtol=1e-12, atol=1e-9)
+
+
 def test_a_long_tail_floor_picks_the_best_ndcg_among_the_weights_above_it(prepared_tables):
     users, items = prepared_tables
     parts = [sasrec_model(items, "a", seed=1), sasrec_model(items, "b", seed=2)]
     valid = EvalSet.build(users, items, Split.VALID)
-    vectors = [(p.user_vectors(valid.histories), p.item_vectors()) for p in parts]
-    searched = fusion.weight_search(vectors, valid, fusion.weight_grid(2, [0, 0.5, 1, 3, 10]))
+    candidates = fusion.weight_grid(2, [0, 0.5, 1, 3, 10])
+    searched = fusion.searched(candidates, search(parts, valid, candidates))
     first_alone = searched[0]["tail_hr@10"]
     assert first_alone > 0 and len({s["tail_hr@10"] for s in searched}) > 1
     # a floor between the first part's and the most any combination reaches

@@ -40,13 +40,16 @@ def rankings(cfg: PipelineConfig, layout: Layout) -> tuple[str, object, float | 
     if not storage.exists(path):
         started, made, catalogue = time.time(), 0, Catalogue(layout.read_items())
         per_user = max_len if dc.positions == "all" else 1  # the most instances a user has
-        top = ranking.top_on_ray(cfg.resources)
+        block = max(1, INSTANCES_PER_BLOCK // per_user)
+        top, rule = ranking.top_on_ray(cfg.resources), teacher.manifest.history
         with storage.table_writer(path, schemas.TEACHER_RANKINGS) as out:
-            for users in layout.iter_users(["user_id", "sequence", "timestamps"], INSTANCES_PER_BLOCK // per_user):
+            for users in layout.iter_users(["user_id", "sequence", "timestamps"], block):
                 ranked = instances.training_instances(users, dc.positions, max_len)
-                rule = teacher.manifest.history
-                out.write_table(dllm2rec.teacher_rankings(teacher, users, catalogue, ranked, dc.top_k, rule, top))
-                made += len(ranked[0])
+                if len(ranked[0]):  # a block of users whose training part is one item has none
+                    out.write_table(dllm2rec.teacher_rankings(teacher, users, catalogue, ranked, dc.top_k, rule, top))
+                    made += len(ranked[0])
+            if not made:  # nothing is written: a later run would read an empty table
+                raise ValueError(f"dllm2rec: no training instance to rank in {layout.users} ({dc.positions} positions)")
         seconds = round(time.time() - started, 1)
         log.info(f"teacher rankings: {made:,} instances in {seconds:.0f} s -> {path}")
     return f"{dc.teacher}/{teacher.manifest.version}", storage.read_table(path), seconds

@@ -2,7 +2,7 @@
 recommender's rankings and from r2end's item embeddings, with no LLM at training or serving time.
 
     instances = training_instances(users, "last", max_len)        # which predictions (models.instances)
-    table = teacher_rankings(teacher, users, Catalogue(items), instances, k)  # schemas.TEACHER_RANKINGS
+    table = teacher_rankings(teacher, users, Catalogue(items), instances, k, rule)  # schemas.TEACHER_RANKINGS
     extras = sasrec.Extras(item_embeddings, cfg.embedding_weight,
                            RankingDistillation(table, users, cfg))
     sasrec.train(users, items, sasrec_cfg, history, device, extras=extras)

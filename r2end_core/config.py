@@ -618,11 +618,17 @@ class IndexConfig(StrictModel):
         0.95,
         gt=0,
         le=1,
-        description="hnsw: double efSearch from ef_search (to at most max_ef_search) until recall@recall_k on the "
-        "queries reaches this. None: search with ef_search as it is.",
+        description="Approximate kinds: double the search width (hnsw: efSearch from ef_search to at most "
+        "max_ef_search; ivf: nprobe from nprobe to at most nlist) until recall@recall_k on the queries reaches "
+        "this. None: search with the width as set.",
     )
     max_ef_search: int = Field(4096, ge=1, description="hnsw: the largest efSearch recall_target may raise it to.")
-    nlist: int = Field(64, ge=1, description="ivf: number of clusters.")
+    nlist: int = Field(
+        64,
+        ge=1,
+        description="ivf: number of clusters (at most a 39th of the items: faiss's fewest training points per "
+        "cluster; it trains on at most 256 per cluster, so training costs the same past 256 x nlist items).",
+    )
     nprobe: int = Field(8, ge=1, description="ivf: clusters searched per query.")
     hnsw_m: int = Field(32, ge=2, description="hnsw: neighbours per node.")
     ef_search: int = Field(64, ge=1, description="hnsw: candidates kept while searching.")

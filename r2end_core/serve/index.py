@@ -129,19 +129,31 @@ def recall(index: faiss.Index, exact: faiss.Index, queries: np.ndarray, k: int) 
     return float(np.mean([len(set(a) & set(e)) / k for a, e in zip(approx_rows, exact_rows)]))
 
 
+#: The setting ``reach_recall`` widens, per approximate kind: how many candidates (HNSW) or clusters (IVF) a
+#: query visits.
+SEARCH_WIDTH = {IndexKind.HNSW: "ef_search", IndexKind.IVF: "nprobe"}
+
+
 def reach_recall(
     index: faiss.Index, exact: faiss.Index, queries: np.ndarray, cfg: IndexConfig
 ) -> tuple[int | None, float]:
-    """(efSearch, recall@recall_k): an HNSW ``index``'s efSearch doubled from ``cfg.ef_search`` until its
-    recall against ``exact`` on ``queries`` reaches ``cfg.recall_target`` or efSearch reaches
-    ``cfg.max_ef_search``; the index keeps the efSearch found. Other kinds: (None, their recall)."""
+    """(search width, recall@recall_k): an approximate ``index``'s search width (HNSW: efSearch, from
+    ``cfg.ef_search`` to at most ``cfg.max_ef_search``; IVF: nprobe, from ``cfg.nprobe`` to at most its nlist,
+    where it searches every cluster) doubled until its recall against ``exact`` on ``queries`` reaches
+    ``cfg.recall_target``; the index keeps the width found. Exact search, or no target: (None, its recall)."""
     found = recall(index, exact, queries, cfg.recall_k)
-    if not isinstance(index, faiss.IndexHNSW) or cfg.recall_target is None:
+    if isinstance(index, faiss.IndexHNSW):
+        params, name, most = index.hnsw, "efSearch", cfg.max_ef_search
+    elif isinstance(index, faiss.IndexIVF):
+        params, name, most = index, "nprobe", index.nlist
+    else:
         return None, found
-    while found < cfg.recall_target and index.hnsw.efSearch < cfg.max_ef_search:
-        index.hnsw.efSearch = min(2 * index.hnsw.efSearch, cfg.max_ef_search)
+    if cfg.recall_target is None:
+        return None, found
+    while found < cfg.recall_target and getattr(params, name) < most:
+        setattr(params, name, min(2 * getattr(params, name), most))
         found = recall(index, exact, queries, cfg.recall_k)
-    return index.hnsw.efSearch, found
+    return getattr(params, name), found
 
 
 def save(layout: Layout, index: faiss.Index, items: pa.Table, manifest: IndexSummary) -> None:
@@ -186,9 +198,9 @@ def build_version(
     quality = {"exact": True}
     if ic.kind != IndexKind.FLAT:
         exact = build(vectors, ic.model_copy(update={"kind": IndexKind.FLAT}))
-        ef_search, found = reach_recall(index, exact, model.user_vectors(queries), ic)
-        if ef_search is not None:
-            ic = ic.model_copy(update={"ef_search": ef_search})
+        width, found = reach_recall(index, exact, model.user_vectors(queries), ic)
+        if width is not None:
+            ic = ic.model_copy(update={SEARCH_WIDTH[ic.kind]: width})
         quality = {"exact": False, f"recall@{ic.recall_k}": found, "queries": len(queries)}
     settings = ic.model_dump(mode="json", include={"kind", *INDEX_SETTINGS[ic.kind]})
     catalogue = items.select(["item_id", "title", "metadata_text"])

@@ -65,6 +65,19 @@ def test_hnsw_raises_ef_search_until_it_reaches_the_recall_asked():
     assert index.reach_recall(capped, exact, queries, cfg.model_copy(update={"max_ef_search": 4}))[0] == 4
 
 
+def test_ivf_raises_nprobe_until_it_reaches_the_recall_asked():
+    items, queries = unit_rows(5000), unit_rows(200, seed=3)
+    exact = index.build(items, IndexConfig(kind="flat"))
+    cfg = IndexConfig(kind="ivf", nlist=64, nprobe=1, recall_target=0.97)
+    clusters = index.build(items, cfg)
+    first = index.recall(clusters, exact, queries, 10)
+    nprobe, found = index.reach_recall(clusters, exact, queries, cfg)
+    assert first < 0.97 <= found and 1 < nprobe <= 64 and clusters.nprobe == nprobe
+    assert index.recall(clusters, exact, queries, 10) == found  # the index keeps what it found
+    unreachable = cfg.model_copy(update={"recall_target": 1.0})
+    assert index.reach_recall(index.build(items, cfg), exact, queries, unreachable) == (64, 1.0)  # all clusters
+
+
 def test_auto_is_exact_up_to_its_threshold_and_a_graph_past_it():
     items = unit_rows(300)
     assert isinstance(index.build(items, IndexConfig(exact_max_items=300)), index.faiss.IndexFlatIP)

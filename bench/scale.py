@@ -17,7 +17,8 @@ sizes: a stage linear in what it reads has 1; ranking every user against every i
 x items (its nature), the rest against what they read (interactions, texts, users, items). SASRec runs the
 sampled softmax (what ``sasrec.softmax=auto`` picks at these sizes; ``sasrec_full_softmax`` shows why), with
 Adam moving every item row at every step (``sasrec``, the default) and with sparse item updates
-(``sasrec_sparse_items``, ``sasrec.item_updates=sparse``, what the million-user config sets).
+(``sasrec_sparse_items``, ``sasrec.item_updates=sparse``: linear, but Beauty's validation prefers dense updates,
+see ``sampled_softmax``).
 
 The index point at 1M items clones the item vectors of a trained model (``--vectors``, e.g. the students
 benchmark's SASRec) with Gaussian noise (clones of an item sit near it), searched by that model's user vectors:
@@ -610,7 +611,7 @@ def sampled_softmax() -> dict | None:
     records (each selected its epoch on validation; test scored once): per seed, each sampled variant
     (``SAMPLED_VARIANTS``) recorded, its relative NDCG@10 lost on validation and test and the paired test
     difference on the same users. The recipe is the variant with the best mean validation NDCG@10 over the
-    seeds, among those run on every seed (what ``configs/users-1m-gpu.yaml`` should train); ``rel_ndcg_loss``
+    seeds, among those run on every seed (what ``configs/users-1m-gpu.yaml`` trains); ``rel_ndcg_loss``
     is its mean relative test loss over the seeds."""
     import pyarrow.parquet as pq
 

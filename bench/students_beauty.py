@@ -208,8 +208,8 @@ METHODS = {
     ),
     "sasrec_sampled_4096_sparse": Method(
         sasrec(softmax=SoftmaxKind.SAMPLED, sampled_negatives=4096, item_updates="sparse"),
-        "SASRec as configs/users-1m-gpu.yaml trains it: 4,096 sampled negatives, lazy Adam on the item rows a "
-        "step reads (what keeps a step's cost flat in the catalogue)",
+        "SASRec with 4,096 sampled negatives and lazy Adam on the item rows a step reads (what keeps a step's "
+        "cost flat in the catalogue; bench.scale weighs it against dense updates on validation)",
         SASREC,
         uses_llm=False,
     ),

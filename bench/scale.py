@@ -359,8 +359,9 @@ def measure_dllm2rec_rankings(work: Path, size: float, args) -> dict:
 
 
 def _index_point(item_vectors: np.ndarray, queries: np.ndarray, index_cfg) -> dict:
-    """Build the index ``index_cfg`` picks for these items (tuning HNSW's efSearch to its recall target on half
-    the queries), then recall@10 against exact search and the p50 of one query on the other half."""
+    """Build the index ``index_cfg`` picks for these items (tuning an approximate kind's search width, HNSW's
+    efSearch or IVF's nprobe, to its recall target on half the queries), then recall@10 against exact search
+    and the p50 of one query on the other half."""
     import faiss
 
     from r2end_core.serve import index
@@ -380,7 +381,7 @@ def _index_point(item_vectors: np.ndarray, queries: np.ndarray, index_cfg) -> di
     return {
         "seconds": seconds,
         "kind": str(chosen.kind),
-        index.SEARCH_WIDTH[chosen.kind]: width,
+        **({index.SEARCH_WIDTH[chosen.kind]: width} if chosen.kind in index.SEARCH_WIDTH else {}),
         **({"nlist": built.nlist} if chosen.kind == "ivf" else {}),
         "recall_at_10": index.recall(built, exact, held, 10),
         "p50_ms": 1000 * float(np.median(latencies)),
@@ -435,8 +436,8 @@ def measure_index(work: Path, size: float, args) -> dict:
 
 
 def measure_index_ivf(work: Path, size: float, args) -> dict:
-    """The same on an IVF index of ``IVF_NLIST`` clusters, its nprobe tuned to the recall target: the build
-    (k-means on a capped sample, each item assigned to its nearest cluster) grows linearly with the items."""
+    """The same on an IVF index of ``IVF_NLIST`` clusters (fewer on a catalogue under 39 x that), its nprobe
+    tuned to the recall target: k-means on at most 256 points a cluster, each item assigned to its nearest."""
     return _index_at_size(work, size, args, trained=True, kind="ivf")
 
 

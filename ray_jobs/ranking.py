@@ -26,8 +26,8 @@ from r2end_core.eval import metrics
 TASK_SCORES = 1 << 27  # scores one task computes (in chunks): ~0.5 GB of floats, seconds of work on a core
 
 
-def _task(compute, threads: int, *args):
-    """``compute(*args)`` in a Ray task of ``threads`` CPUs."""
+def in_task(compute, threads: int, *args):
+    """``compute(*args)`` in a Ray task of ``threads`` CPUs (``ray.remote(num_cpus=threads)(in_task)``)."""
     torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS to the task's CPUs; torch keeps its own count
     warnings.filterwarnings("ignore", "The given NumPy array is not writable")  # the object store's are read-only
     return compute(*args)
@@ -41,7 +41,7 @@ def _in_parts(
     size, items_ref = part_size(len(items), task_scores=task_scores), ray.put(items)
     shared = [ray.put(value) for value in shared]
     gpus = 1 if gpu and resources.use_gpu else 0  # a GPU only for a compute that uses it
-    task = ray.remote(num_cpus=resources.cpus_per_worker, num_gpus=gpus)(_task)
+    task = ray.remote(num_cpus=resources.cpus_per_worker, num_gpus=gpus)(in_task)
     cut = lambda values, start: None if values is None else values[start : start + size]  # noqa: E731
     pending = [
         task.remote(

@@ -37,13 +37,14 @@ def weight_search_on_ray(
     """``fusion.weight_search``'s sums over ``blocks`` of users (each part's user vectors of the block, the
     block's EvalSet), each block's candidates shared among Ray tasks of ``cpus`` CPUs."""
     tasks = max(1, min(len(candidates), int(ray.cluster_resources().get("CPU", cpus)) // cpus))
-    search = ray.remote(num_cpus=cpus)(fusion.weight_search)
+    search = ray.remote(num_cpus=cpus)(ranking.in_task)
     shares = [[candidates[i] for i in share] for share in np.array_split(np.arange(len(candidates)), tasks)]
     items = ray.put(item_vectors)
     sums = np.zeros((len(candidates), len(fusion.SEARCH_SUMS)))
     for user_vectors, scored in blocks:
         users, scored = ray.put(user_vectors), ray.put(scored)
-        sums += np.concatenate(ray.get([search.remote(users, items, scored, share) for share in shares]))
+        pending = [search.remote(fusion.weight_search, cpus, users, items, scored, share) for share in shares]
+        sums += np.concatenate(ray.get(pending))
     return sums
 
 

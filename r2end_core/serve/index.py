@@ -201,6 +201,8 @@ def build_version(
         width, found = reach_recall(index, exact, model.user_vectors(queries), ic)
         if width is not None:
             ic = ic.model_copy(update={SEARCH_WIDTH[ic.kind]: width})
+        if ic.kind == IndexKind.IVF:  # what the index holds: nlist capped by the items, nprobe by nlist
+            ic = ic.model_copy(update={"nlist": index.nlist, "nprobe": index.nprobe})
         quality = {"exact": False, f"recall@{ic.recall_k}": found, "queries": len(queries)}
     settings = ic.model_dump(mode="json", include={"kind", *INDEX_SETTINGS[ic.kind]})
     catalogue = items.select(["item_id", "title", "metadata_text"])

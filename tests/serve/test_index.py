@@ -7,9 +7,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from r2end_core.config import IndexConfig
+from r2end_core.config import HistoryRule, IndexConfig, SasrecArgs
 from r2end_core.data.contract import DataValidationError, read_new_items
+from r2end_core.data.histories import Histories
 from r2end_core.layout import Layout
+from r2end_core.models import sasrec
 from r2end_core.serve import index
 from r2end_core.summaries import IndexSummary
 
@@ -76,6 +78,20 @@ def test_ivf_raises_nprobe_until_it_reaches_the_recall_asked():
     assert index.recall(clusters, exact, queries, 10) == found  # the index keeps what it found
     unreachable = cfg.model_copy(update={"recall_target": 1.0})
     assert index.reach_recall(index.build(items, cfg), exact, queries, unreachable) == (64, 1.0)  # all clusters
+
+
+def test_an_ivf_version_records_the_settings_its_index_holds(tmp_path, prepared_tables):
+    """nlist capped by the catalogue, nprobe raised to the recall target: the manifest says what is served."""
+    users, items = prepared_tables
+    args = SasrecArgs(hidden_size=16, num_heads=1, inner_size=16, max_len=20)
+    manifest = sasrec.manifest("m", args, items.num_rows, HistoryRule(), {})
+    model = sasrec.SasrecRecommender(sasrec.SASRec(items.num_rows, args).eval(), items["item_id"].to_pylist(), manifest)
+    cfg = IndexConfig(kind="ivf", nlist=100_000, nprobe=1, recall_target=0.9)
+    layout = Layout(str(tmp_path))
+    version = index.build_version(layout, model, items, cfg, Histories.of_split(users.slice(0, 200), "valid"))
+    built, _, saved = index.load(layout, version.version)
+    assert saved.settings == {"kind": "ivf", "nlist": built.nlist, "nprobe": built.nprobe}
+    assert built.nlist == items.num_rows // 39 and built.nprobe > 1 and saved.quality["recall@10"] >= 0.9
 
 
 def test_auto_is_exact_up_to_its_threshold_and_a_graph_past_it():

@@ -7,6 +7,7 @@ is written there; the served replica runs on the worker node and answers over HT
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -181,8 +182,15 @@ def finish(process: subprocess.Popen, timeout: float = 900) -> str:
     return out
 
 
-def train_workers() -> list[psutil.Process]:
-    return [p for p in psutil.process_iter(["cmdline"]) if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
+def train_workers(env: dict) -> list[psutil.Process]:
+    """This cluster's Ray Train workers: they hold its token (another Ray on the machine trains its own)."""
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        if "RayTrainWorker" in " ".join(p.info["cmdline"] or []):
+            with contextlib.suppress(psutil.Error):
+                if p.environ().get("RAY_AUTH_TOKEN") == env["RAY_AUTH_TOKEN"]:
+                    found.append(p)
+    return found
 
 
 def test_the_stages_run_on_two_nodes_from_object_storage(tmp_path, cluster, slice_folders):
@@ -224,7 +232,7 @@ def test_the_stages_run_on_two_nodes_from_object_storage(tmp_path, cluster, slic
     run = wait_until(lambda: storage_folders(layout.ray_train) or training.poll() is not None, "run folder", 300)
     registered = storage.join(layout.ray_train, run[0], "checkpoint_manager_snapshot.json")  # Ray Train's record
     wait_until(lambda: storage.exists(registered) or training.poll() is not None, "first checkpoint", 300)
-    workers = train_workers()
+    workers = train_workers(env)
     assert training.poll() is None and len(workers) == 1, "the run ended before its first checkpoint was killed"
     workers[0].send_signal(signal.SIGKILL)
     out = finish(training)

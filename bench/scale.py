@@ -251,36 +251,52 @@ def _vectors(n: int, dim: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
 
 
-def measure_evaluation(work: Path, size: float, args) -> dict:
-    """Full ranking of the test split (every user against every item) in Ray tasks (``ray_jobs.ranking``), on
-    the first ``--rows`` users read as ``evaluate.stored_sets`` reads a block, extrapolated to all; the same
-    users x items pass as DLLM2Rec's teacher rankings and each candidate of the fusion's weight search."""
-    from r2end_core.config import Resources
-    from r2end_core.data.splits import Split
-    from r2end_core.eval.evaluate import stored_sets
+def _prepared_counts(cfg) -> tuple:
+    """(layout, the items table, the number of users) of a prepared size."""
     from r2end_core.layout import Layout
     from r2end_core.summaries import PrepareReport
-    from ray_jobs import ranking
+
+    layout = Layout(cfg.storage_path)
+    return layout, layout.read_items(), PrepareReport.read(layout.prepare_report, "prepare").users
+
+
+def _users_x_items(cfg, items, users: int, warm_up, timed, done: int, total: int, what: str) -> dict:
+    """A users x items pass in Ray tasks on a local cluster: ``warm_up()``, then ``timed()`` (``done`` of
+    ``total`` ``what``, extrapolated to all of them)."""
     from ray_jobs.runtime import start_local
 
-    cfg = _config(work, size)
-    layout = Layout(cfg.storage_path)
-    items, users = layout.read_items(), PrepareReport.read(layout.prepare_report, "prepare").users
-    scored = next(stored_sets(layout, items, [Split.TEST], users=args.rows))
-    n = len(scored.targets)
     start_local(num_cpus=cfg.ray.num_cpus, include_dashboard=False)
-    rank = ranking.on_ray(Resources(cpus_per_worker=1))
-    user_vectors, item_vectors = _vectors(n, 64, 0), _vectors(items.num_rows, 64, 1)
-    rank(user_vectors[:8], item_vectors, scored.targets[:8], scored.exclude[:8], scored.tail)  # warm-up
+    warm_up()
     started = time.perf_counter()
-    rank(user_vectors, item_vectors, scored.targets, scored.exclude, scored.tail)
+    timed()
     seconds = time.perf_counter() - started
     return {
-        "seconds": seconds * users / n,
-        "extrapolated": f"{users:,} users from {n:,}",
+        "seconds": seconds * total / done,
+        "extrapolated": f"{total:,} {what} from {done:,}",
         "size": users * items.num_rows,
         "unit": "users x items",
     }
+
+
+def measure_evaluation(work: Path, size: float, args) -> dict:
+    """Full ranking of the test split (every user against every item) in Ray tasks (``ray_jobs.ranking``), on
+    the first ``--rows`` users read as ``evaluate.stored_sets`` reads a block, extrapolated to all."""
+    from r2end_core.config import Resources
+    from r2end_core.data.splits import Split
+    from r2end_core.eval.evaluate import stored_sets
+    from ray_jobs import ranking
+
+    cfg = _config(work, size)
+    layout, items, users = _prepared_counts(cfg)
+    scored = next(stored_sets(layout, items, [Split.TEST], users=args.rows))
+    n = len(scored.targets)
+    user_vectors, item_vectors = _vectors(n, 64, 0), _vectors(items.num_rows, 64, 1)
+    rank = (
+        lambda rows: ranking.on_ray(Resources(cpus_per_worker=1))(  # noqa: E731
+            user_vectors[:rows], item_vectors, scored.targets[:rows], scored.exclude[:rows], scored.tail
+        )
+    )
+    return _users_x_items(cfg, items, users, lambda: rank(8), lambda: rank(n), n, users, "users")
 
 
 def measure_fusion(work: Path, size: float, args) -> dict:
@@ -290,32 +306,24 @@ def measure_fusion(work: Path, size: float, args) -> dict:
     its values, and embedding users is ``embed``'s)."""
     from r2end_core.data.splits import Split
     from r2end_core.eval.evaluate import stored_sets
-    from r2end_core.layout import Layout
     from r2end_core.models import fusion
-    from r2end_core.summaries import PrepareReport
-    from ray_jobs.runtime import start_local
     from ray_jobs.train_fusion import weight_search_on_ray
 
     cfg = _config(work, size)
-    layout = Layout(cfg.storage_path)
-    items, users = layout.read_items(), PrepareReport.read(layout.prepare_report, "prepare").users
+    layout, items, users = _prepared_counts(cfg)
     scored = next(stored_sets(layout, items, [Split.VALID], users=args.rows))
     n, dims = len(scored.targets), (cfg.sasrec.model.hidden_size,) * 2 + (cfg.project.model.dim,)
     user_vectors = [_vectors(n, d, seed) for seed, d in enumerate(dims)]
     item_vectors = [_vectors(items.num_rows, d, 10 + seed) for seed, d in enumerate(dims)]
     candidates = fusion.weight_grid(len(dims), cfg.fusion.weight_grid)
-    start_local(num_cpus=cfg.ray.num_cpus, include_dashboard=False)
-    warm = next(stored_sets(layout, items, [Split.VALID], users=8))
-    weight_search_on_ray([([u[:8] for u in user_vectors], warm)], item_vectors, candidates[:2], 1)  # warm-up
-    started = time.perf_counter()
-    weight_search_on_ray([(user_vectors, scored)], item_vectors, candidates, 1)
-    seconds = time.perf_counter() - started
-    return {
-        "seconds": seconds * users / n,
-        "extrapolated": f"{users:,} users from {n:,}, {len(candidates)} weight combinations",
-        "size": users * items.num_rows,
-        "unit": "users x items",
-    }
+
+    def warm_up() -> None:
+        warm = next(stored_sets(layout, items, [Split.VALID], users=8))
+        weight_search_on_ray([([u[:8] for u in user_vectors], warm)], item_vectors, candidates[:2], 1)
+
+    timed = lambda: weight_search_on_ray([(user_vectors, scored)], item_vectors, candidates, 1)  # noqa: E731
+    what = f"users ({len(candidates)} weight combinations)"
+    return _users_x_items(cfg, items, users, warm_up, timed, n, users, what)
 
 
 def measure_dllm2rec_rankings(work: Path, size: float, args) -> dict:
@@ -325,16 +333,12 @@ def measure_dllm2rec_rankings(work: Path, size: float, args) -> dict:
     benchmark ranks them); random vectors shaped as R2END's (encoding the histories is ``embed``'s cost)."""
     from r2end_core.config import Resources
     from r2end_core.data.items import Catalogue
-    from r2end_core.layout import Layout
     from r2end_core.models import instances
-    from r2end_core.summaries import PrepareReport
     from ray_jobs import ranking
-    from ray_jobs.runtime import start_local
 
     cfg = _config(work, size, "dllm2rec.positions=all")
     dc, max_len = cfg.dllm2rec, cfg.sasrec.model.max_len
-    layout = Layout(cfg.storage_path)
-    items, users = layout.read_items(), PrepareReport.read(layout.prepare_report, "prepare").users
+    layout, items, users = _prepared_counts(cfg)
     row = Catalogue(items).row
     blocks = layout.iter_users(["sequence"], 1 << 16)
     total = sum(len(instances.training_instances(b, dc.positions, max_len)[0]) for b in blocks)
@@ -344,18 +348,12 @@ def measure_dllm2rec_rankings(work: Path, size: float, args) -> dict:
     exclude = [np.array([row[i] for i in sequences[r][:p]]) for r, p in zip(rows.tolist(), positions.tolist())]
     n, dim = len(rows), cfg.project.model.dim
     user_vectors, item_vectors = _vectors(n, dim, 0), _vectors(items.num_rows, dim, 1)
-    start_local(num_cpus=cfg.ray.num_cpus, include_dashboard=False)
-    top = ranking.top_on_ray(Resources(cpus_per_worker=1))
-    top(user_vectors[:8], item_vectors, dc.top_k, exclude[:8])  # warm-up
-    started = time.perf_counter()
-    top(user_vectors, item_vectors, dc.top_k, exclude)
-    seconds = time.perf_counter() - started
-    return {
-        "seconds": seconds * total / n,
-        "extrapolated": f"{total:,} instances from {n:,}",
-        "size": users * items.num_rows,
-        "unit": "users x items",
-    }
+    top = (
+        lambda k: ranking.top_on_ray(Resources(cpus_per_worker=1))(  # noqa: E731
+            user_vectors[:k], item_vectors, dc.top_k, exclude[:k]
+        )
+    )
+    return _users_x_items(cfg, items, users, lambda: top(8), lambda: top(n), n, total, "instances")
 
 
 def _index_point(item_vectors: np.ndarray, queries: np.ndarray, index_cfg) -> dict:

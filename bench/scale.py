@@ -260,9 +260,9 @@ def _prepared_counts(cfg) -> tuple:
     return layout, layout.read_items(), PrepareReport.read(layout.prepare_report, "prepare").users
 
 
-def _users_x_items(cfg, items, users: int, warm_up, timed, done: int, total: int, what: str) -> dict:
+def _users_x_items(cfg, items, users: int, warm_up, timed, done: int, total: int, what: str, detail: str = "") -> dict:
     """A users x items pass in Ray tasks on a local cluster: ``warm_up()``, then ``timed()`` (``done`` of
-    ``total`` ``what``, extrapolated to all of them)."""
+    ``total`` ``what``, extrapolated to all of them; ``detail``: what else the pass did)."""
     from ray_jobs.runtime import start_local
 
     start_local(num_cpus=cfg.ray.num_cpus, include_dashboard=False)
@@ -272,7 +272,7 @@ def _users_x_items(cfg, items, users: int, warm_up, timed, done: int, total: int
     seconds = time.perf_counter() - started
     return {
         "seconds": seconds * total / done,
-        "extrapolated": f"{total:,} {what} from {done:,}",
+        "extrapolated": f"{total:,} {what} from {done:,}{detail}",
         "size": users * items.num_rows,
         "unit": "users x items",
     }
@@ -291,11 +291,12 @@ def measure_evaluation(work: Path, size: float, args) -> dict:
     scored = next(stored_sets(layout, items, [Split.TEST], users=args.rows))
     n = len(scored.targets)
     user_vectors, item_vectors = _vectors(n, 64, 0), _vectors(items.num_rows, 64, 1)
-    rank = (
-        lambda rows: ranking.on_ray(Resources(cpus_per_worker=1))(  # noqa: E731
+
+    def rank(rows: int) -> None:
+        ranking.on_ray(Resources(cpus_per_worker=1))(
             user_vectors[:rows], item_vectors, scored.targets[:rows], scored.exclude[:rows], scored.tail
         )
-    )
+
     return _users_x_items(cfg, items, users, lambda: rank(8), lambda: rank(n), n, users, "users")
 
 
@@ -319,11 +320,11 @@ def measure_fusion(work: Path, size: float, args) -> dict:
 
     def warm_up() -> None:
         warm = next(stored_sets(layout, items, [Split.VALID], users=8))
-        weight_search_on_ray([([u[:8] for u in user_vectors], warm)], item_vectors, candidates[:2], 1)
+        weight_search_on_ray([([u[:8] for u in user_vectors], warm)], item_vectors, candidates, 1)  # every task
 
     timed = lambda: weight_search_on_ray([(user_vectors, scored)], item_vectors, candidates, 1)  # noqa: E731
-    what = f"users ({len(candidates)} weight combinations)"
-    return _users_x_items(cfg, items, users, warm_up, timed, n, users, what)
+    detail = f", {len(candidates)} weight combinations"
+    return _users_x_items(cfg, items, users, warm_up, timed, n, users, "users", detail)
 
 
 def measure_dllm2rec_rankings(work: Path, size: float, args) -> dict:
@@ -348,12 +349,12 @@ def measure_dllm2rec_rankings(work: Path, size: float, args) -> dict:
     exclude = [np.array([row[i] for i in sequences[r][:p]]) for r, p in zip(rows.tolist(), positions.tolist())]
     n, dim = len(rows), cfg.project.model.dim
     user_vectors, item_vectors = _vectors(n, dim, 0), _vectors(items.num_rows, dim, 1)
-    top = (
-        lambda k: ranking.top_on_ray(Resources(cpus_per_worker=1))(  # noqa: E731
-            user_vectors[:k], item_vectors, dc.top_k, exclude[:k]
-        )
-    )
-    return _users_x_items(cfg, items, users, lambda: top(8), lambda: top(n), n, total, "instances")
+
+    def top(k: int) -> None:
+        ranking.top_on_ray(Resources(cpus_per_worker=1))(user_vectors[:k], item_vectors, dc.top_k, exclude[:k])
+
+    # warmed up by the whole pass: it starts as many Ray tasks as the timed one (one per part of the instances)
+    return _users_x_items(cfg, items, users, lambda: top(n), lambda: top(n), n, total, "instances")
 
 
 def _index_point(item_vectors: np.ndarray, queries: np.ndarray, index_cfg) -> dict:

@@ -142,6 +142,32 @@ def sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+class DamagedVersionError(RuntimeError):
+    """A saved version (a model's, an index's) whose files are not those its manifest names."""
+
+
+def damaged_file(folder: str, files: dict[str, str]) -> tuple[str, str] | None:
+    """(name, its sha256 or "missing") of the first file under ``folder`` whose sha256 is not ``files[name]``;
+    None when every one matches."""
+    for name, expected in files.items():
+        path = join(folder, name)
+        found = sha256(path) if exists(path) else "missing"
+        if found != expected:
+            return name, found
+    return None
+
+
+def check_files(folder: str, files: dict[str, str], what: str, remedy: str) -> None:
+    """Every file ``name`` under ``folder`` has the sha256 ``files[name]``, or ``DamagedVersionError`` naming
+    ``what`` (e.g. "model sasrec version abc"), the file and ``remedy``."""
+    if damaged := damaged_file(folder, files):
+        name, found = damaged
+        raise DamagedVersionError(
+            f"{what}: {name} has sha256 {found[:16]}, its manifest says {files[name][:16]}: the version is "
+            f"damaged; {remedy}"
+        )
+
+
 def digest(value: Any, length: int = 10) -> str:
     """A short, stable name for a JSON-able value (settings, inputs): the same value gives the same digest.
 

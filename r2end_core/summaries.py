@@ -197,3 +197,6 @@ class IndexSummary(Summary):
     quality: dict[str, Any]
     base_version: str | None
     added_items: int
+    # file name -> sha256, recorded as the version is written and checked as it is loaded (manifests written
+    # before it existed have none and are not checked)
+    files: dict[str, str] = {}

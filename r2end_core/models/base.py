@@ -98,9 +98,9 @@ def stored_path(path: str | None, manifest: ModelManifest) -> str | None:
 def save(layout: Layout, manifest: ModelManifest, write_files: Callable[[str], None]) -> ModelManifest:
     """Write a model's files (``write_files(local folder)``) and manifest as a new version; returns the
     manifest with its version and its files' sha256. The same content gives the same version, which is then left
-    as it is (with the metrics recorded for it). The manifest is written last, in one step: a version without
-    one (a writer killed mid-copy) is not a version, and the next save of that content writes it whole again;
-    ``latest.json`` moves after it."""
+    as it is (with the metrics recorded for it) unless its files no longer match its manifest. The manifest is
+    written last, in one step: a version without one (a writer killed mid-copy) is not a version, and the next
+    save of that content writes it whole again, as it does a damaged one; ``latest.json`` moves after it."""
     with tempfile.TemporaryDirectory() as folder:
         write_files(folder)
         files = {
@@ -112,28 +112,23 @@ def save(layout: Layout, manifest: ModelManifest, write_files: Callable[[str], N
         version = storage.digest({**manifest.model_dump(mode="json", exclude={"version", "files"}), "files": files})
         manifest = manifest.model_copy(update={"version": version, "files": files})
         saved = layout.model_version(manifest.name, version, MANIFEST_FILE)
-        if not storage.exists(saved):  # else: saved already, metrics and all
-            storage.upload_folder(folder, layout.model_version(manifest.name, version))  # replaces a half copy
+        folder_saved = layout.model_version(manifest.name, version)
+        if not storage.exists(saved) or storage.damaged_file(folder_saved, files):  # else: saved, metrics and all
+            storage.upload_folder(folder, folder_saved)  # replaces a half or damaged copy, its manifest first
             storage.write_json(manifest.model_dump(mode="json"), saved)
     storage.write_json({"version": version}, layout.model_latest(manifest.name))
     return manifest
 
 
-class DamagedVersionError(RuntimeError):
-    """A saved version whose files are not those its manifest names."""
-
-
 def verify(layout: Layout, manifest: ModelManifest) -> None:
-    """Every file of a version has the sha256 its manifest recorded (versions saved before manifests recorded
-    their files are not checked)."""
-    for name, expected in manifest.files.items():
-        path = layout.model_version(manifest.name, manifest.version, name)
-        found = storage.sha256(path) if storage.exists(path) else "missing"
-        if found != expected:
-            raise DamagedVersionError(
-                f"model {manifest.name} version {manifest.version}: {name} has sha256 {found[:16]}, its manifest "
-                f"says {expected[:16]}: the version is damaged; save it again (train, or re-run the stage)"
-            )
+    """Every file of a version has the sha256 its manifest recorded, or ``storage.DamagedVersionError``
+    (versions saved before manifests recorded their files are not checked)."""
+    storage.check_files(
+        layout.model_version(manifest.name, manifest.version),
+        manifest.files,
+        f"model {manifest.name} version {manifest.version}",
+        "save it again (train, or re-run the stage): that writes it whole",
+    )
 
 
 def resolve_version(layout: Layout, name: str, version: str = "latest") -> str:

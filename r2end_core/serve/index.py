@@ -4,7 +4,8 @@ came from, saved as a version that serving loads whole.
     <storage_path>/index/<version>/index.faiss     faiss index over the model's item vectors
     <storage_path>/index/<version>/items.parquet   schemas.INDEX_ITEMS, in the index's row order
     <storage_path>/index/<version>/manifest.json   summaries.IndexSummary: the model (name and version),
-                                                   index kind and settings, recall (or exact)
+                                                   index kind and settings, recall (or exact), the
+                                                   files' sha256 (checked on load); written last
     <storage_path>/index/latest.json               {"version": the version built last}
     <storage_path>/index/aliases/<alias>.json      what is served: moved by promote and rollback only (aliases)
 
@@ -28,6 +29,8 @@ from r2end_core.models.base import Recommender
 from r2end_core.serve import aliases
 from r2end_core.summaries import IndexSummary
 
+INDEX_FILE, ITEMS_FILE, MANIFEST_FILE = "index.faiss", "items.parquet", "manifest.json"
+
 
 def resolve_version(layout: Layout, version: str) -> str:
     """``"latest"`` -> the version built last; an alias (``aliases``, e.g. ``"live"``) -> the version it names;
@@ -47,7 +50,7 @@ def resolve_version(layout: Layout, version: str) -> str:
                 "path first"
             )
         version = storage.read_json(layout.index_latest)["version"]
-    if not storage.exists(layout.index(version, "manifest.json")):
+    if not storage.exists(layout.index(version, MANIFEST_FILE)):
         raise FileNotFoundError(f"index version '{version}' not found under {layout.path('index')}")
     return version
 
@@ -156,33 +159,57 @@ def reach_recall(
     return getattr(params, name), found
 
 
-def save(layout: Layout, index: faiss.Index, items: pa.Table, manifest: IndexSummary) -> None:
-    """Write one version; its manifest, then ``latest.json``, last, so a reader never sees half a version. What is
-    served does not change (``aliases``)."""
+def save(layout: Layout, index: faiss.Index, items: pa.Table, manifest: IndexSummary) -> IndexSummary:
+    """Write one version and return its manifest, with its files' sha256; then move ``latest.json``. A version
+    is immutable: one saved whole already (the same inputs) is left as it is, so a version being served never
+    changes under its replicas. The manifest is written last, so a reader never sees half a version; a damaged
+    version loses its manifest before it is written again. What is served does not change (``aliases``)."""
     if items.num_rows != index.ntotal:
         raise ValueError(f"{items.num_rows} items for an index of {index.ntotal} vectors")
-    with storage.open_output(layout.index(manifest.version, "index.faiss")) as out:
-        out.write(faiss.serialize_index(index).tobytes())
-    storage.write_table(items.cast(schemas.INDEX_ITEMS), layout.index(manifest.version, "items.parquet"))
-    manifest.write(layout.index(manifest.version, "manifest.json"))
+    saved = layout.index(manifest.version, MANIFEST_FILE)
+    existing = IndexSummary.read(saved, "index") if storage.exists(saved) else None
+    if existing and not storage.damaged_file(layout.index(manifest.version), existing.files):
+        manifest = existing
+    else:
+        if existing:
+            storage.delete_file(saved)
+        with storage.open_output(layout.index(manifest.version, INDEX_FILE)) as out:
+            out.write(faiss.serialize_index(index).tobytes())
+        storage.write_table(items.cast(schemas.INDEX_ITEMS), layout.index(manifest.version, ITEMS_FILE))
+        files = {name: storage.sha256(layout.index(manifest.version, name)) for name in (INDEX_FILE, ITEMS_FILE)}
+        manifest = manifest.model_copy(update={"files": files})
+        manifest.write(saved)
     storage.write_json({"version": manifest.version}, layout.index_latest)
+    return manifest
+
+
+def verify(layout: Layout, manifest: IndexSummary) -> None:
+    """Every file of a version has the sha256 its manifest recorded, or ``storage.DamagedVersionError``."""
+    storage.check_files(
+        layout.index(manifest.version),
+        manifest.files,
+        f"index version {manifest.version}",
+        "build it again (ray_jobs.index with the settings in its manifest): that writes it whole",
+    )
 
 
 def load(layout: Layout, version: str) -> tuple[faiss.Index, pa.Table, IndexSummary]:
-    """(index, items, manifest) of one version (``"latest"`` allowed)."""
-    version = resolve_version(layout, version)
-    with storage.open_input(layout.index(version, "index.faiss")) as f:
+    """(index, items, manifest) of one version (``"latest"`` or an alias allowed), its files checked against
+    their sha256."""
+    manifest = load_manifest(layout, version)
+    verify(layout, manifest)
+    with storage.open_input(layout.index(manifest.version, INDEX_FILE)) as f:
         index = faiss.deserialize_index(np.frombuffer(f.read(), dtype=np.uint8))
-    return index, load_items(layout, version), load_manifest(layout, version)
+    return index, load_items(layout, manifest.version), manifest
 
 
 def load_items(layout: Layout, version: str) -> pa.Table:
     """A version's items (schemas.INDEX_ITEMS, in row order), without its index."""
-    return storage.read_table(layout.index(resolve_version(layout, version), "items.parquet"))
+    return storage.read_table(layout.index(resolve_version(layout, version), ITEMS_FILE))
 
 
 def load_manifest(layout: Layout, version: str) -> IndexSummary:
-    return IndexSummary.read(layout.index(resolve_version(layout, version), "manifest.json"), "index")
+    return IndexSummary.read(layout.index(resolve_version(layout, version), MANIFEST_FILE), "index")
 
 
 def build_version(
@@ -217,8 +244,7 @@ def build_version(
         base_version=None,
         added_items=0,
     )
-    save(layout, index, catalogue, manifest)
-    return manifest
+    return save(layout, index, catalogue, manifest)
 
 
 def add_items(layout: Layout, model: Recommender, base_version: str, new_items_path: str) -> IndexSummary:
@@ -239,5 +265,4 @@ def add_items(layout: Layout, model: Recommender, base_version: str, new_items_p
             "added_items": manifest.added_items + new_items.num_rows,
         }
     )
-    save(layout, index, catalogue, manifest)
-    return manifest
+    return save(layout, index, catalogue, manifest)

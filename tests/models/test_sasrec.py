@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from r2end_core import models
+from r2end_core import models, storage
 from r2end_core.config import HistoryRule, SasrecArgs, SasrecConfig, SoftmaxKind
 from r2end_core.data.histories import Histories
 from r2end_core.data.items import UnknownItemsError
@@ -192,7 +192,7 @@ def test_the_saved_model_loads_and_scores_the_same(tmp_path, prepared_tables):
         loaded.new_item_vectors(["Rose lip balm"])
 
 
-def test_a_half_written_version_is_saved_again_and_a_damaged_one_refused(tmp_path, prepared_tables):
+def test_a_half_written_or_damaged_version_is_refused_and_saved_again(tmp_path, prepared_tables):
     _, items = prepared_tables
     torch.manual_seed(0)
     model = recommender(sasrec.SASRec(items.num_rows, SMALL), items)
@@ -208,10 +208,14 @@ def test_a_half_written_version_is_saved_again_and_a_damaged_one_refused(tmp_pat
         models.load(layout, saved.name, saved.version)
     assert models.save(layout, model.manifest, model.write_files) == saved
     models.load(layout, saved.name, saved.version)
-    # a file changed under a saved version: loading it says so
-    weights.write_bytes(weights.read_bytes()[:-1] + b"x")
-    with pytest.raises(models.base.DamagedVersionError, match=f"{weights.name} has sha256 .* the version is damaged"):
+    # a file changed under a saved version: loading it says so, and saving it again repairs it
+    whole = weights.read_bytes()
+    weights.write_bytes(whole[:-1] + b"x")
+    with pytest.raises(storage.DamagedVersionError, match=f"{weights.name} has sha256 .* the version is damaged"):
         models.load(layout, saved.name)
+    assert models.save(layout, model.manifest, model.write_files) == saved
+    assert weights.read_bytes() == whole
+    models.load(layout, saved.name)
 
 
 def test_the_training_loop_selects_on_validation_and_resumes_where_it_stopped(prepared_tables):

@@ -7,6 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from r2end_core import storage
 from r2end_core.config import HistoryRule, IndexConfig, SasrecArgs
 from r2end_core.data.contract import DataValidationError, read_new_items
 from r2end_core.data.histories import Histories
@@ -21,24 +22,16 @@ def unit_rows(n: int, dim: int = 32, seed: int = 0) -> np.ndarray:
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
-def test_every_kind_finds_the_nearest_item_and_survives_a_save(tmp_path, kind):
-    items = unit_rows(2000)
-    built = index.build(items, IndexConfig(kind=kind, nlist=16, nprobe=16))
-    queries = items[:50] + 0.01 * unit_rows(50, seed=1)  # each query sits next to one item
-    rows, scores = index.search(built, queries, 5)
-    assert (rows[:, 0] == np.arange(50)).mean() >= 0.95 and np.all(np.diff(scores, axis=1) <= 1e-6)
-    catalogue = pa.table(
-        {
-            "item_id": [f"I{i}" for i in range(2000)],
-            "title": [None] * 2000,
-            "metadata_text": [f"item {i}" for i in range(2000)],
-        }
+def catalogue(n: int) -> pa.Table:
+    return pa.table(
+        {"item_id": [f"I{i}" for i in range(n)], "title": [None] * n, "metadata_text": [f"item {i}" for i in range(n)]}
     )
-    layout = Layout(str(tmp_path))
-    manifest = IndexSummary(
-        version=f"{kind}-v1",
-        items=2000,
+
+
+def summary(version: str, n: int, kind: str = "flat") -> IndexSummary:
+    return IndexSummary(
+        version=version,
+        items=n,
         model="m",
         model_version="v",
         similarity="cosine",
@@ -47,11 +40,40 @@ def test_every_kind_finds_the_nearest_item_and_survives_a_save(tmp_path, kind):
         base_version=None,
         added_items=0,
     )
-    index.save(layout, built, catalogue, manifest)
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_every_kind_finds_the_nearest_item_and_survives_a_save(tmp_path, kind):
+    items = unit_rows(2000)
+    built = index.build(items, IndexConfig(kind=kind, nlist=16, nprobe=16))
+    queries = items[:50] + 0.01 * unit_rows(50, seed=1)  # each query sits next to one item
+    rows, scores = index.search(built, queries, 5)
+    assert (rows[:, 0] == np.arange(50)).mean() >= 0.95 and np.all(np.diff(scores, axis=1) <= 1e-6)
+    layout = Layout(str(tmp_path))
+    index.save(layout, built, catalogue(2000), summary(f"{kind}-v1", 2000, kind))
     loaded, items_back, manifest = index.load(layout, "latest")
     assert manifest.version == f"{kind}-v1" and items_back.num_rows == loaded.ntotal == 2000
     # Search settings (nprobe, efSearch) travel with the saved index: same answers after loading.
     assert np.array_equal(index.search(loaded, queries, 5)[0], rows)
+
+
+def test_a_version_is_written_once_checked_as_it_loads_and_written_again_when_damaged(tmp_path):
+    layout, items = Layout(str(tmp_path)), unit_rows(300)
+    saved = index.save(layout, index.build(items, IndexConfig(kind="flat")), catalogue(300), summary("flat-v1", 300))
+    assert set(saved.files) == {index.INDEX_FILE, index.ITEMS_FILE}
+    stored = tmp_path / "index" / "flat-v1" / index.INDEX_FILE
+    whole = stored.read_bytes()
+    # the same version name again, other bytes (a rebuild need not be byte-identical): the saved one stands
+    other = index.build(unit_rows(300, seed=5), IndexConfig(kind="flat"))
+    assert index.save(layout, other, catalogue(300), summary("flat-v1", 300)) == saved
+    assert stored.read_bytes() == whole
+    # a file changed under a saved version: loading it says so; saving it again writes it whole
+    stored.write_bytes(whole[:-8])
+    with pytest.raises(storage.DamagedVersionError, match="index version flat-v1: index.faiss has sha256 .* damaged"):
+        index.load(layout, "flat-v1")
+    index.save(layout, index.build(items, IndexConfig(kind="flat")), catalogue(300), summary("flat-v1", 300))
+    loaded, _, manifest = index.load(layout, "latest")
+    assert stored.read_bytes() == whole and manifest == saved and loaded.ntotal == 300
 
 
 def test_hnsw_raises_ef_search_until_it_reaches_the_recall_asked():

@@ -97,9 +97,10 @@ def flood(url: str, body: dict, n: int) -> dict:
     }
 
 
-def rollout(url: str, body: dict, move: Callable[[argparse.Namespace], None], to_version: str) -> dict:
-    """A client sends ``body`` one request after another while ``move`` promotes ``to_version`` (and
-    redeploys), then rolls back: errors, the versions that answered in turn, and each one's first answer."""
+def rollout(url: str, body: dict, build: Callable[[], str], move: Callable[[argparse.Namespace], None]) -> dict:
+    """A client sends ``body`` one request after another while ``build`` makes a new index version (which
+    changes nothing served), ``move`` promotes it (and redeploys), then rolls back: the version built (``to``),
+    errors, the versions that answered in turn, and each one's first answer."""
     answers, first_items, stop = [], {}, threading.Event()
 
     def load():
@@ -117,6 +118,7 @@ def rollout(url: str, body: dict, move: Callable[[argparse.Namespace], None], to
     sender = threading.Thread(target=load)
     sender.start()
     try:
+        to_version = build()
         move(argparse.Namespace(version=to_version, rollback=False, alias="live"))
         move(argparse.Namespace(version=None, rollback=True, alias="live"))
     finally:
@@ -124,6 +126,7 @@ def rollout(url: str, body: dict, move: Callable[[argparse.Namespace], None], to
         sender.join()
     seen = [v for i, (_, v) in enumerate(answers) if i == 0 or answers[i - 1][1] != v]
     return {
+        "to": to_version,
         "requests": len(answers),
         "errors": sum(status != 200 for status, _ in answers),
         "versions_seen": seen,

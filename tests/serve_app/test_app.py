@@ -19,6 +19,7 @@ import requests
 from bench import api_fuzz, endpoint_trials
 from r2end_core.layout import Layout
 from r2end_core.serve import aliases
+from r2end_core.serve.index import load_manifest
 from ray_jobs import index, promote, train_sasrec
 from ray_jobs import serve as deploy
 from serve_app.app import Recommender
@@ -211,17 +212,19 @@ def test_a_new_version_is_promoted_and_rolled_back_without_dropping_requests(ser
     row = items.filter(pc.equal(items["item_id"], twin)).drop_columns(["item_id"])
     new_items = tmp_path / "new_items.parquet"
     pq.write_table(row.add_column(0, "item_id", pa.array(["R2END-NEW-1"])), new_items)
-    added = index.run(cfg.with_section("index", new_items=str(new_items), base_version="live"))
-    assert added.items == built.items + 1 and added.base_version == built.version
-    assert requests.post(f"{url}/recommend", json=body, timeout=30).json()["index_version"] == built.version
 
-    # Light load while the new version is promoted and rolled out, then rolled back: every request answered,
-    # each by the version that answered it.
+    # Light load while the new version is built (which serves nothing new), promoted and rolled out, then rolled
+    # back: every request answered, each by the version that answered it.
+    def build() -> str:
+        return index.run(cfg.with_section("index", new_items=str(new_items), base_version="live")).version
+
     def move(how: argparse.Namespace) -> None:
         promote.main(cfg, how)
         deploy.start(cfg)  # the live version, as Serve deploys by default
 
-    found = endpoint_trials.rollout(url, body, move, added.version)
+    found = endpoint_trials.rollout(url, body, build, move)
+    added = load_manifest(Layout(cfg.storage_path), found["to"])
+    assert added.items == built.items + 1 and added.base_version == built.version
     assert found["requests"] and found["errors"] == 0, found
     assert found["versions_seen"] == [built.version, added.version, built.version], found["versions_seen"]
     assert "R2END-NEW-1" in found["first_items"][added.version]

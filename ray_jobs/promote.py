@@ -5,8 +5,9 @@
     python -m ray_jobs.promote --config configs/beauty-sample.yaml                            # the record
 
 Moves the alias ``--alias`` (``live``, which Serve deploys by default) under the index's lease and records who
-and when (``index/aliases/<alias>.json``). ``python -m ray_jobs.serve`` (or ``serve deploy``) then rolls the
-running app out to it: Serve starts the new replicas before it stops the old ones.
+and when (``index/aliases/<alias>.json``). ``python -m ray_jobs.serve`` then rolls the running app out to it:
+Serve starts the new replicas before it stops the old ones. (``serve deploy`` of an unchanged config file does
+not: Serve rebuilds an app only when its arguments change.)
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ def run(
         else:
             record = aliases.read(layout, alias)
             if record is None:
-                raise FileNotFoundError(f"no index version promoted to '{alias}' under {layout.path('index')}")
+                raise FileNotFoundError(
+                    f"no index version promoted to '{alias}' under {layout.path('index')}: build one (ray_jobs.index) "
+                    "and promote it (--version VERSION, or latest)"
+                )
     last = record.moves[-1]
     log.info(
         f"index alias {alias} -> {record.version} ({last.action} by {last.by} at {last.at}; {len(record.moves)} moves)"

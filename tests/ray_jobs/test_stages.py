@@ -17,8 +17,10 @@ from r2end_core.data import prepare as prepare_in_process
 from r2end_core.data.contract import DataValidationError
 from r2end_core.data.histories import Histories
 from r2end_core.layout import Layout
-from ray_jobs import index, prepare, train_sasrec
+from r2end_core.serve import aliases
+from ray_jobs import index, prepare, promote, train_sasrec
 from tests.conftest import BEAUTY, write_dataset
+from tests.serve.test_aliases import built
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -121,7 +123,8 @@ STAGES_BEFORE = {  # a stage (or benchmark) run on an empty storage path: the st
     "ray_jobs.embed": "prepare",
     "ray_jobs.distill": "embed",
     "ray_jobs.project": "distill",
-    "ray_jobs.index": "train_sasrec",
+    "ray_jobs.index": "project",  # the default model is R2END's
+    "ray_jobs.promote": "index",
     "ray_jobs.train_dllm2rec": "prepare",
     "ray_jobs.train_fusion": "prepare",
     "ray_jobs.train_profile": "prepare",
@@ -142,3 +145,16 @@ def test_a_stage_on_an_empty_storage_path_says_which_stage_to_run_first(tmp_path
     )
     with pytest.raises(FileNotFoundError, match=rf"ray_jobs\.{STAGES_BEFORE[stage]}\b"):
         run(cfg)
+
+
+def test_the_index_and_promote_stages_write_only_under_the_lease(tmp_path):
+    """Another writer holding the index's lease keeps both stages out before they change anything."""
+    cfg = sample_config(tmp_path)
+    layout = Layout(cfg.storage_path)
+    version = built(layout, "flat-0001")
+    with aliases.lease(layout, "another-writer"):
+        for stage in (lambda: index.run(cfg), lambda: promote.run(cfg, version)):
+            with pytest.raises(aliases.LeaseHeld, match="another-writer is writing the index"):
+                stage()
+    assert aliases.read(layout) is None
+    assert promote.run(cfg, version).version == version  # the lease released, the promotion goes through

@@ -1,11 +1,11 @@
 """Serving on this CPU: trained models over HTTP against their in-process floors, the CPU text encoder,
 a fuzz of the API, an independent load client, and the LLM the models replace.
 
-    python -m bench.serving_cpu [--config configs/bench/serving-cpu.yaml] [--models r2end-seed23,dllm2rec-seed23]
+    python -m bench.serving_cpu [--config configs/bench/serving-cpu.yaml] [--models r2end-seed23,...]
 
-For each model (by default the students benchmark's R2END and DLLM2Rec with seed 23: a text model and a
-SASRec-family student), one run, one machine, the same real queries (Beauty users' test-time histories as
-item ids with timestamps), in phases:
+For each model (by default the students benchmark's R2END, DLLM2Rec and best student with seed 23: a text
+model, a SASRec-family student and a fusion of both kinds with SASRec), one run, one machine, the same real
+queries (Beauty users' test-time histories as item ids with timestamps), in phases:
 
 1. ``in_process``: the replica's own code (``ServedModel``) in this process: one query at a time (the
    latency floor) and batches of 32 (the throughput ceiling is the faster of the two);
@@ -14,7 +14,8 @@ item ids with timestamps), in phases:
    validation users, paired;
 3. ``http``: the Serve app (one replica, dynamic batching) at concurrency 1, 8 and 32 from an aiohttp load
    generator on loopback; ``hey`` (Debian's package, an independent client) at 1 and 32 on the same
-   endpoint; ``fuzz``: schemathesis cases from the OpenAPI schema; ``http_unbatched``: concurrency 32 with
+   endpoint; ``fuzz``: schemathesis cases from the OpenAPI schema (``FUZZ_CASES`` for the first model,
+   ``FUZZ_CASES_OTHERS`` for each other: they share the app's validation); ``http_unbatched``: concurrency 32 with
    ``max_batch_size=1``; ``autoscaling_60s``: the default config (1 to 2 replicas) for 60 s at 32: errors;
    ``replica_killed``: two replicas at concurrency 8, one killed 5 s in;
 4. ``llm_in_the_loop`` (once): the teacher (vLLM, SmolLM2-135M) asked, per request, for the next item from
@@ -66,7 +67,7 @@ from ray_jobs.runtime import run_stage
 
 QUERIES, PHASE_S, PHASE_MAX_REQUESTS, LLM_REQUESTS = 1000, 20.0, 5000, 8
 ERRORS_PHASE_S, KILL_PHASE_S, HEY_S = 60.0, 30.0, 15
-FUZZ_CASES, FUZZ_S = 10_000, 1800.0
+FUZZ_CASES, FUZZ_CASES_OTHERS, FUZZ_S = 10_000, 1_000, 1800.0
 SLOW_CLIENTS, SLOW_REQUESTS = 16, 200  # clients trickling their bodies; normal requests alone and beside them
 # validation users the encoders are ranked on (8,000: a relative NDCG@10 loss within about ±0.6%, one s.e.; 2,000
 # put 2.7% on int8 where 4,000 then put 0.95%); the batch size; the encoder phase's rounds (side_by_side)
@@ -74,7 +75,7 @@ ENCODER_USERS, BATCH, ROUNDS = 8000, 32, 10
 RECENT_ITEMS = 50  # what a client sends: its recent purchases (a text model keeps <= 8 within 60 days)
 THREADS = 2  # torch (and ONNX Runtime) threads, in process and in the (single) replica alike
 DEPLOYMENT = "Recommender"
-MODELS = "r2end-seed23,dllm2rec-seed23"
+MODELS = "r2end-seed23,dllm2rec-seed23,fusion_dllm2rec_tail-seed23"
 GOALS = {
     "p50_ratio_http_vs_inprocess": "<= 1.3",
     "throughput_ratio_c32_vs_inprocess": ">= 0.9",
@@ -424,7 +425,7 @@ def rollout(cfg: PipelineConfig, url: str, body: dict, version: str) -> dict:
     return endpoint_trials.rollout(url, body, build, move) | {"from": version}
 
 
-def bench_model(cfg: PipelineConfig, name: str, bodies: list[dict]) -> tuple[dict, ServedModel]:
+def bench_model(cfg: PipelineConfig, name: str, bodies: list[dict], fuzz_cases: int) -> tuple[dict, ServedModel]:
     """Every phase but the LLM's for one model; returns (its result, the model as served in process)."""
     cfg = cfg.with_section("index", model=name)
     built = index_stage.run(cfg)
@@ -439,7 +440,7 @@ def bench_model(cfg: PipelineConfig, name: str, bodies: list[dict]) -> tuple[dic
     phases["hey"] = {f"c{c}": with_machine_cpu(lambda c=c: hey(url, bodies[0], c)) for c in (1, 32)}
     items = Layout(cfg.storage_path).read_items()
     texts = items.column("title").drop_null().to_pylist() if served.manifest.reads == "text" else None
-    phases["fuzz"] = api_fuzz.fuzz(url, FUZZ_CASES, FUZZ_S, item_ids=items.column("item_id").to_pylist(), texts=texts)
+    phases["fuzz"] = api_fuzz.fuzz(url, fuzz_cases, FUZZ_S, item_ids=items.column("item_id").to_pylist(), texts=texts)
     phases["slow_clients"] = endpoint_trials.slow_clients(url, bodies[0], SLOW_CLIENTS, SLOW_REQUESTS)
     deploy.start(cfg, index_version=built.version, min_replicas=1, max_replicas=1, max_batch_size=1)
     phases["http_unbatched"] = {"c32": with_batch_sizes(url, lambda: with_machine_cpu(lambda: load(url, bodies, 32)))}
@@ -509,12 +510,14 @@ def benchmark(cfg: PipelineConfig, args) -> None:
     if missing := [n for n in names if not storage.exists(layout.model_latest(n))]:
         raise SystemExit(
             f"models {missing} are not under {layout.path('models')}: train them first, e.g. "
-            "python -m bench.students_beauty --methods sasrec,r2end,dllm2rec --seeds 22"
+            "python -m bench.students_beauty --records-only --methods fusion_dllm2rec_tail --seeds 23 (the models it "
+            "learns from too)"
         )
     bodies = user_queries(cfg, QUERIES)
     by_model, served = {}, None
     for name in names:
-        by_model[name], served = bench_model(cfg, name, bodies)
+        fuzz_cases = FUZZ_CASES if name == names[0] else FUZZ_CASES_OTHERS
+        by_model[name], served = bench_model(cfg, name, bodies, fuzz_cases)
     llm = llm_in_the_loop(cfg, bodies, served)
     for result in by_model.values():
         result["llm_in_loop_latency_ratio"] = round(llm["p50_ms"] / result["phases"]["http"]["c1"]["p50_ms"], 1)

@@ -151,15 +151,20 @@ def submit(jobs: str, config: Path, env: dict, stage_name: str) -> str:
     return submitted.stdout
 
 
-def alive_nodes(address: str, env: dict) -> list[dict]:
-    """The cluster's alive nodes, asked by a driver of their own (this process may be in another cluster); none
-    when the driver cannot join."""
+def nodes_driver(address: str, env: dict) -> subprocess.CompletedProcess | None:
+    """A driver of its own (this process may be in another cluster) that joins and prints ``ray.nodes()``; None
+    when it does not finish in time."""
     code = f"import json, ray; ray.init(address={address!r}, logging_level='ERROR'); print(json.dumps(ray.nodes()))"
     try:
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     except subprocess.TimeoutExpired:
-        return []
-    if out.returncode:
+        return None
+
+
+def alive_nodes(address: str, env: dict) -> list[dict]:
+    """The cluster's alive nodes; none when a driver cannot join (yet)."""
+    out = nodes_driver(address, env)
+    if out is None or out.returncode:
         return []
     return [n for n in json.loads(out.stdout.strip().splitlines()[-1]) if n["Alive"]]
 
@@ -225,7 +230,8 @@ def test_the_stages_run_on_two_nodes_from_object_storage(tmp_path, cluster, slic
     job_list = [ray_cli, "job", "list", f"--address={jobs}"]
     listed = [subprocess.run(job_list, env=e, capture_output=True, text=True, timeout=120) for e in (env, intruder)]
     assert listed[0].returncode == 0 and listed[1].returncode != 0, listed[1].stdout[-2000:]
-    assert alive_nodes(address, intruder) == []
+    refused = nodes_driver(address, intruder)  # refused for its token, not for anything else
+    assert refused and refused.returncode and "InvalidAuthToken" in refused.stderr, refused and refused.stderr[-2000:]
 
     # SASRec: SIGKILL its Ray Train worker once the first epoch is checkpointed; the run goes on from there.
     training = stage("train_sasrec", config, env)

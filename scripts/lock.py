@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import tomllib
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -78,8 +79,13 @@ def public_urls(lock: str, index: str = "https://pypi.org/simple") -> str:
         request = urllib.request.Request(
             f"{index}/{package['name']}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
         )
-        with urllib.request.urlopen(request, timeout=60) as answer:
-            published = {(f["filename"], f["hashes"].get("sha256")): f["url"] for f in json.load(answer)["files"]}
+        try:
+            with urllib.request.urlopen(request, timeout=60) as answer:
+                published = {(f["filename"], f["hashes"].get("sha256")): f["url"] for f in json.load(answer)["files"]}
+        except urllib.error.HTTPError as err:
+            if err.code != 404:  # 404: a project the index does not have
+                raise
+            continue
         for wheel in local:
             if url := published.get((wheel["name"], wheel["hashes"]["sha256"])):
                 lock = lock.replace(f'url = "{wheel["url"]}"', f'url = "{url}"')
@@ -96,7 +102,7 @@ def main() -> None:
             lock = public_urls(without(lock, LEFT_OUT[name]))
             (LOCKS / f"pylock.{name}.toml").write_text(lock.rstrip("\n") + "\n" + footer)
         for model, packages in MODEL_PACKAGES.items():
-            lock = pip_lock(["--no-deps", *packages], Path(folder) / f"pylock.{model}.toml")
+            lock = public_urls(pip_lock(["--no-deps", *packages], Path(folder) / f"pylock.{model}.toml"))
             (LOCKS / f"pylock.{model}.toml").write_text(lock.rstrip("\n") + "\n" + footer)
     print(f"wrote {sorted(p.name for p in LOCKS.glob('pylock.*.toml'))}")
 

@@ -100,7 +100,8 @@ def save(layout: Layout, manifest: ModelManifest, write_files: Callable[[str], N
     manifest with its version and its files' sha256. The same content gives the same version, which is then left
     as it is (with the metrics recorded for it) unless its files no longer match its manifest. The manifest is
     written last, in one step: a version without one (a writer killed mid-copy) is not a version, and the next
-    save of that content writes it whole again, as it does a damaged one; ``latest.json`` moves after it."""
+    save of that content writes its files again, as it does a damaged one's (after removing its manifest; the
+    metrics recorded beside them stay); ``latest.json`` moves after it."""
     with tempfile.TemporaryDirectory() as folder:
         write_files(folder)
         files = {
@@ -114,7 +115,9 @@ def save(layout: Layout, manifest: ModelManifest, write_files: Callable[[str], N
         saved = layout.model_version(manifest.name, version, MANIFEST_FILE)
         folder_saved = layout.model_version(manifest.name, version)
         if not storage.exists(saved) or storage.damaged_file(folder_saved, files):  # else: saved, metrics and all
-            storage.upload_folder(folder, folder_saved)  # replaces a half or damaged copy, its manifest first
+            if storage.exists(saved):  # damaged: not a version while its files are written again
+                storage.delete_file(saved)
+            storage.upload_folder(folder, folder_saved, replace=False)  # the same names: a half copy is overwritten
             storage.write_json(manifest.model_dump(mode="json"), saved)
     storage.write_json({"version": version}, layout.model_latest(manifest.name))
     return manifest

@@ -183,23 +183,26 @@ def save(layout: Layout, index: faiss.Index, items: pa.Table, manifest: IndexSum
     return manifest
 
 
-def verify(layout: Layout, manifest: IndexSummary) -> None:
-    """Every file of a version has the sha256 its manifest recorded, or ``storage.DamagedVersionError``."""
+def verify(layout: Layout, manifest: IndexSummary, read: dict[str, bytes] | None = None) -> None:
+    """Every file of a version has the sha256 its manifest recorded, or ``storage.DamagedVersionError``
+    (``read``: files already read, checked as read)."""
     storage.check_files(
         layout.index(manifest.version),
         manifest.files,
         f"index version {manifest.version}",
         "build it again (ray_jobs.index with the settings in its manifest): that writes it whole",
+        read,
     )
 
 
 def load(layout: Layout, version: str) -> tuple[faiss.Index, pa.Table, IndexSummary]:
     """(index, items, manifest) of one version (``"latest"`` or an alias allowed), its files checked against
-    their sha256."""
+    their sha256; the index file is read once, and what was checked is what is loaded."""
     manifest = load_manifest(layout, version)
-    verify(layout, manifest)
     with storage.open_input(layout.index(manifest.version, INDEX_FILE)) as f:
-        index = faiss.deserialize_index(np.frombuffer(f.read(), dtype=np.uint8))
+        serialized = f.read()
+    verify(layout, manifest, {INDEX_FILE: serialized})
+    index = faiss.deserialize_index(np.frombuffer(serialized, dtype=np.uint8))
     return index, load_items(layout, manifest.version), manifest
 
 

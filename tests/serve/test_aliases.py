@@ -3,31 +3,19 @@
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
 from r2end_core.config import IndexConfig
 from r2end_core.layout import Layout
 from r2end_core.serve import aliases, index
-from r2end_core.summaries import IndexSummary
+from tests.serve.test_index import catalogue, summary
 
 
 def built(layout: Layout, name: str) -> str:
     """A real (tiny) index version named ``name``."""
-    vectors = np.eye(3, dtype=np.float32)
-    items = pa.table({"item_id": ["a", "b", "c"], "title": ["A", "B", "C"], "metadata_text": ["a", "b", "c"]})
-    manifest = IndexSummary(
-        version=name,
-        items=3,
-        model="m",
-        model_version="v",
-        similarity="dot",
-        settings={"kind": "flat"},
-        quality={"exact": True},
-        base_version=None,
-        added_items=0,
+    index.save(
+        layout, index.build(np.eye(3, dtype=np.float32), IndexConfig(kind="flat")), catalogue(3), summary(name, 3)
     )
-    index.save(layout, index.build(vectors, IndexConfig(kind="flat")), items, manifest)
     return name
 
 

@@ -452,6 +452,13 @@ class DistillConfig(StrictModel):
         description="Stop after this many epochs without a lower held-out loss, and keep the epoch with the "
         "lowest (needs holdout_fraction > 0). None: train every epoch and keep the last.",
     )
+    min_improvement: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="With patience: the relative fall of the held-out loss below the best before that counts as "
+        "lower for stopping (0: any fall). The epoch with the lowest loss is kept either way.",
+    )
     batch_size: int = Field(16, ge=1, description="Global batch (split across workers).")
     length_buckets: bool = Field(
         False,

@@ -189,8 +189,8 @@ def test_new_embeddings_start_new_training_runs(embedded):
         for digest in "ab"
     }
     assert names["a"][0] != names["b"][0] and names["a"][1] != names["b"][1]
-    # Raising epochs continues a run rather than starting another.
-    more = cfg.with_section("distill", epochs=3).with_section("project", epochs=20)
+    # Raising epochs (or lowering the held-out loss's floor) continues a run rather than starting another.
+    more = cfg.with_section("distill", epochs=3, min_improvement=0.01).with_section("project", epochs=20)
     assert (
         distillation.run_name(more.distill, "a", cfg.storage_path),
         projection.run_name(more.project, {"embeddings": "a"}, cfg.storage_path),

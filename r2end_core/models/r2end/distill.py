@@ -181,7 +181,7 @@ def train_student(
         engine.save_checkpoint(folder, tag=CHECKPOINT_TAG, client_state=state)
         torch.save(random_state.capture(), os.path.join(folder, rng_file))  # the dropout masks go on as they would
 
-    while state["step"] < total and not stopped(state["held_out_losses"], cfg.patience):
+    while state["step"] < total and not stopped(state["held_out_losses"], cfg.patience, cfg.min_improvement):
         epoch, index = divmod(state["step"], per_epoch)
         batch = batch_rows(len(texts), cfg.batch_size, epoch, cfg.seed, world, lengths)[index]
         rows = sharding.share(batch, rank, world)
@@ -196,7 +196,7 @@ def train_student(
             state["held_out_losses"].append(round(held_out_loss(engine, model, held_out, device), 6))
             if np.argmin(state["held_out_losses"]) == len(state["held_out_losses"]) - 1:  # a new best epoch
                 save_student(model, ec, model_path, rank)
-        last = state["step"] == total or stopped(state["held_out_losses"], cfg.patience)
+        last = state["step"] == total or stopped(state["held_out_losses"], cfg.patience, cfg.min_improvement)
         if state["step"] % cfg.checkpoint_every == 0 or last:
             state["train_seconds"] = round(time.time() - started, 1)
             yield report(state, total, validated, last), save
@@ -216,16 +216,19 @@ def report(state: dict, total: int, validated: bool, last: bool) -> dict:
     return shown
 
 
-def stopped(held_out_losses: list[float], patience: int | None) -> bool:
-    """Whether the last ``patience`` epochs all failed to lower the held-out loss.
+def stopped(held_out_losses: list[float], patience: int | None, min_improvement: float = 0.0) -> bool:
+    """Whether the last ``patience`` epochs all failed to lower the held-out loss by ``min_improvement``
+    (relative) below the best before them.
 
     >>> stopped([0.5, 0.4, 0.41], 1), stopped([0.5, 0.4, 0.41], 2), stopped([0.5, 0.4], None)
     (True, False, False)
+    >>> stopped([0.5, 0.4, 0.3999], 1), stopped([0.5, 0.4, 0.3999], 1, 0.001), stopped([0.5, 0.4, 0.39], 1, 0.001)
+    (False, True, False)
     """
     return bool(
         patience
         and len(held_out_losses) > patience
-        and min(held_out_losses[-patience:]) >= min(held_out_losses[:-patience])
+        and min(held_out_losses[-patience:]) >= min(held_out_losses[:-patience]) * (1 - min_improvement)
     )
 
 
@@ -316,10 +319,10 @@ def examples(users: pa.Table, targets: pa.Table, cfg: DistillConfig) -> tuple[pa
 
 def run_name(cfg: DistillConfig, embeddings_digest: str, storage_path: str) -> str:
     """The Ray Train run of a student: the same settings and embeddings give the same name, so a re-run
-    resumes its run. ``epochs`` is left out, so raising it continues a finished run, and so is
-    ``checkpoint_every``, which does not change the weights."""
+    resumes its run. ``epochs`` and ``min_improvement`` are left out, so raising the one or lowering the other
+    continues a finished run, and so is ``checkpoint_every``, which does not change the weights."""
     settings = {
-        "distill": cfg.model_dump(mode="json", exclude={"epochs", "checkpoint_every"}),
+        "distill": cfg.model_dump(mode="json", exclude={"epochs", "min_improvement", "checkpoint_every"}),
         "embeddings": embeddings_digest,
         "storage_path": storage_path,
         "holdout": "by-user-id",  # runs that split by row order held out other users: never resume them

@@ -478,6 +478,8 @@ class DistillConfig(StrictModel):
             raise ValueError(f"batch_size ({self.batch_size}) does not split over num_workers ({self.num_workers})")
         if self.patience and not self.holdout_fraction:
             raise ValueError("patience needs held-out users to validate on: holdout_fraction is 0")
+        if self.min_improvement and not self.patience:
+            raise ValueError(f"min_improvement={self.min_improvement} is a stopping rule: it needs patience")
         return self
 
 

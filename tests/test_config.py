@@ -62,6 +62,7 @@ def test_a_loop_of_extends_is_named(tmp_path):
         (["sasrec.model.num_heads=3"], "not divisible by num_heads"),  # a model that cannot be built
         (["sasrec.num_workers=4", "sasrec.batch_size=2"], "a worker gets no users"),
         (["distill.num_workers=3"], "does not split over num_workers"),
+        (["distill.min_improvement=0.01"], "it needs patience"),  # a stopping floor with no stopping rule
         (["project.model.user_encoder=students"], "user_encoder"),  # not a known kind
         (["generate.block_size=40"], "block_size"),  # not a KV-cache block vLLM can use
         (["sasrec.max_epochs"], "section.field=value"),  # malformed override

@@ -180,7 +180,7 @@ def test_two_workers_zero3_bf16_save_a_plain_student(zero3_student):
 
 
 def test_new_embeddings_start_new_training_runs(embedded):
-    cfg = embedded[0]
+    cfg = embedded[0].with_section("distill", patience=1)
     names = {
         digest: (
             distillation.run_name(cfg.distill, digest, cfg.storage_path),

@@ -34,8 +34,10 @@ SERVE_ENV = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
-    # HAProxy cuts a client silent this long, or this slow to send its request line and headers (Serve's default
-    # is an hour), and a replica that has not answered in twice serve.request_timeout_s's default
+    # HAProxy cuts a client silent this long (Serve's default is an hour), and a replica that has not answered in
+    # twice serve.request_timeout_s's default. Ray sets no `timeout http-request`, so a client trickling its
+    # headers a byte at a time keeps its connection; HAProxy forwards nothing before the headers end, so it holds
+    # one of HAProxy's connections (RAY_SERVE_HAPROXY_MAXCONN), never a replica.
     "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": "30",
     "RAY_SERVE_HAPROXY_TIMEOUT_SERVER_S": "60",
 }

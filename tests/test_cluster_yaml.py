@@ -41,6 +41,17 @@ def test_every_node_starts_ray_with_the_serving_environment():
         assert start.startswith(f"export {exported};")
 
 
+def test_the_documented_local_serve_run_sets_the_same_environment():
+    """A local ``serve run`` as README and serve_config.yaml write it gets the HAProxy timeouts too (without them,
+    Serve's defaults: a client may hold a connection for an hour)."""
+    from ray_jobs.runtime import SERVE_ENV
+
+    root = Path(__file__).resolve().parents[1]
+    for doc in (root / "README.md", root / "serve_app" / "serve_config.yaml"):
+        (line,) = [line for line in doc.read_text().replace("\\\n", " ").splitlines() if " serve run " in line]
+        assert all(f"{k}={shlex.quote(v)}" in line for k, v in SERVE_ENV.items()), doc.name
+
+
 def test_validation_catches_a_misspelt_key():
     broken = copy.deepcopy(CLUSTER)
     broken["available_node_types"]["gpu_worker"]["max_worker"] = 8

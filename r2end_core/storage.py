@@ -142,6 +142,14 @@ def sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+def folder_sha256(folder: str) -> dict[str, str]:
+    """The sha256 of every file under ``folder`` (local or a URI), by its path relative to ``folder``, sorted."""
+    fs, inner = filesystem(folder)
+    infos = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
+    names = sorted(os.path.relpath(i.path, inner) for i in infos if i.is_file)
+    return {name: sha256(join(folder, name)) for name in names}
+
+
 class DamagedVersionError(RuntimeError):
     """A saved version (a model's, an index's) whose files are not those its manifest names."""
 

@@ -17,7 +17,6 @@ Versions are named by their content; ``models/<name>/latest.json`` points to the
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Callable
 from typing import Any, Literal, Protocol
@@ -104,12 +103,7 @@ def save(layout: Layout, manifest: ModelManifest, write_files: Callable[[str], N
     metrics recorded beside them stay); ``latest.json`` moves after it."""
     with tempfile.TemporaryDirectory() as folder:
         write_files(folder)
-        files = {
-            os.path.relpath(os.path.join(root, name), folder): storage.sha256(os.path.join(root, name))
-            for root, _, names in os.walk(folder)
-            for name in names
-        }
-        files = dict(sorted(files.items()))
+        files = storage.folder_sha256(folder)
         version = storage.digest({**manifest.model_dump(mode="json", exclude={"version", "files"}), "files": files})
         manifest = manifest.model_copy(update={"version": version, "files": files})
         saved = layout.model_version(manifest.name, version, MANIFEST_FILE)

@@ -3,12 +3,14 @@ the projection, masking, saving and loading, new items."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pyarrow as pa
 import pytest
 import torch
 
-from r2end_core import models, schemas
+from r2end_core import models, schemas, storage
 from r2end_core.config import HistoryRule, R2endArgs
 from r2end_core.data.histories import Histories
 from r2end_core.data.items import UnknownItemsError
@@ -17,6 +19,7 @@ from r2end_core.eval.evaluate import EvalSet, evaluate
 from r2end_core.layout import Layout
 from r2end_core.models.r2end import recommender
 from r2end_core.models.r2end.projection import Projection
+from r2end_core.text import encoders
 from tests.conftest import catalogue_slice
 
 MINILM = "bundled:all-minilm-l6-v2"
@@ -91,3 +94,27 @@ def test_saved_with_a_projection_loads_and_embeds_new_items(tmp_path, prepared_t
     # A new item with an item's metadata text lands where that item is.
     twin = items.column("metadata_text")[5].as_py()
     assert np.allclose(loaded.new_item_vectors([twin])[0], loaded.item_vectors()[5], atol=1e-5)
+
+
+def test_a_student_replaced_since_training_began_is_not_saved(tmp_path, prepared_tables, minilm_encode):
+    """A version holds a copy of the distilled student it was trained with: when the student's folder changed
+    meanwhile (the next distillation under the same run name), nothing is saved; as trained with, it is copied."""
+    users, items = small_catalogue(*prepared_tables)
+    layout = Layout(str(tmp_path))
+    student = layout.student("s", "model")
+    encoders.load_encoder(MINILM).save(student)
+    model = r2end(items, minilm_encode, R2endArgs(user_encoder="encoder", use_projection=False), layout=layout)
+    manifest, encoder_from = recommender.packed(
+        model.manifest.model_copy(update={"text_encoder": "students/s/model"}), layout
+    )
+    trained_with = storage.folder_sha256(encoder_from)
+    with open(os.path.join(student, "modules.json"), "a") as changed:
+        changed.write(" ")
+    with pytest.raises(storage.DamagedVersionError, match="modules.json is not the file this model was trained with"):
+        models.save(layout, manifest, lambda folder: model.write_files(folder, encoder_from, trained_with))
+    assert not os.path.exists(layout.model_latest(manifest.name))
+    trained_with = storage.folder_sha256(encoder_from)
+    saved = models.save(layout, manifest, lambda folder: model.write_files(folder, encoder_from, trained_with))
+    assert {
+        name.removeprefix("encoder/"): digest for name, digest in saved.files.items() if name.startswith("encoder/")
+    } == trained_with

@@ -142,11 +142,24 @@ class R2endRecommender:
         """Enc(M_i) through f: a new item has no teacher description, as the catalogue's items without one."""
         return self.project(encoders.encode(self.encoder("item_encoder"), metadata_texts))
 
-    def write_files(self, folder: str, encoder_from: str | None = None) -> None:
+    def write_files(
+        self, folder: str, encoder_from: str | None = None, encoder_files: dict[str, str] | None = None
+    ) -> None:
         """The version folder's files (``models.base.save``): the item embeddings, f if any, and the text
-        encoder copied from ``encoder_from`` (``packed``), so the version holds everything it serves."""
+        encoder copied from ``encoder_from`` (``packed``), so the version holds everything it serves.
+        ``encoder_files``: the sha256 of that encoder's files as the model was trained with it
+        (``storage.folder_sha256``); a copy with other files (the next distillation under its run name replaced
+        them meanwhile, or is writing them) is refused, and nothing is saved."""
         if encoder_from:
-            storage.copy_folder_to_local(encoder_from, os.path.join(folder, ENCODER_DIR))
+            encoder = os.path.join(folder, ENCODER_DIR)
+            storage.copy_folder_to_local(encoder_from, encoder)
+            if encoder_files is not None and (copied := storage.folder_sha256(encoder)) != encoder_files:
+                changed = sorted(set(copied.items()) ^ set(encoder_files.items()))[0][0]
+                raise storage.DamagedVersionError(
+                    f"{encoder_from}: {changed} is not the file this model was trained with (the encoder changed "
+                    "since training began: a distillation under the same run name?); nothing was saved: run "
+                    "project again"
+                )
         items = pa.table(
             {"item_id": self.item_ids, "embedding": schemas.vector_column(self.item_embeddings)},
             schema=schemas.MODEL_ITEM_EMBEDDINGS,

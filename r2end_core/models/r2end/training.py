@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from r2end_core import models
+from r2end_core import models, storage
 from r2end_core.config import PipelineConfig, ProjectConfig
 from r2end_core.data.histories import Histories
 from r2end_core.data.splits import Split
@@ -35,6 +35,7 @@ class ProjectionRun:
     evals: list[EvalSet]  # the scored users on validation and test
     train_users: np.ndarray  # positions (in the users table) of the users whose training target trains f
     users_table: pa.Table  # the prepared users
+    encoder_files: dict[str, str] | None  # the distilled student's files' sha256 as training began (or None)
 
     @classmethod
     def prepare(
@@ -63,7 +64,8 @@ class ProjectionRun:
         evals = [
             EvalSet.build(users.take(eval_pos), items, split, pc.mask_history) for split in (Split.VALID, Split.TEST)
         ]
-        return cls(pc, scorer, evals, train_pos, users)
+        student = recommender.packed(manifest, layout)[1]  # hashed before any user is encoded with it
+        return cls(pc, scorer, evals, train_pos, users, storage.folder_sha256(student) if student else None)
 
     @property
     def run_name(self) -> str:
@@ -90,7 +92,9 @@ class ProjectionRun:
             fields = selection.summary_fields(state)
         manifest, encoder_from = recommender.packed(self.scorer.manifest, layout)
         model = recommender.R2endRecommender(manifest, self.scorer.items_table, f, self.scorer.embed_users, layout)
-        model.manifest = models.save(layout, manifest, lambda folder: model.write_files(folder, encoder_from))
+        model.manifest = models.save(
+            layout, manifest, lambda folder: model.write_files(folder, encoder_from, self.encoder_files)
+        )
         return record(
             layout,
             model,

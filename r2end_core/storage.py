@@ -202,6 +202,31 @@ def write_json(obj: Any, path: str) -> None:
     fs.move(staging, inner)
 
 
+def create_json(obj: Any, path: str) -> bool:
+    """Write ``obj`` at ``path`` only if nothing is there; whether this call wrote it. On a local filesystem the
+    complete file is hard-linked into place, which fails if the name exists: of writers racing, exactly one
+    wins. pyarrow's object stores have no exclusive create: there the file is written unless it exists and read
+    back, so of writers in the same instant each but the last sees another's and loses, the last wins, and two
+    that each read back their own before the other wrote both win."""
+    if is_uri(path):
+        if exists(path):
+            return False
+        write_json(obj, path)
+        return read_json(path) == obj
+    path = absolute(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    staging = f"{path}.{uuid.uuid4().hex}.tmp"
+    with open(staging, "w") as out:
+        json.dump(obj, out, indent=2, sort_keys=True)
+    try:
+        os.link(staging, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.remove(staging)
+
+
 def read_json(path: str) -> Any:
     fs, inner = filesystem(path)
     with fs.open_input_stream(inner) as src:

@@ -8,9 +8,10 @@ and a lease that keeps two writers off one storage path's index at once.
         aliases.promote(layout, "flat-449988b201")      # "live" now names it; Serve deploys "live" by default
         aliases.rollback(layout)                         # back to the version promoted before it
 
-Building an index writes a new version and moves nothing that is served. The lease is a file, written and read
-back (pyarrow's filesystems have no exclusive create): it keeps out a writer that comes while it is held, not
-one that writes in the same instant.
+Building an index writes a new version and moves nothing that is served. The lease is a file created only where
+none is (``storage.create_json``): on a local filesystem, of writers that come at once exactly one gets it; on
+object storage, which has no exclusive create, it keeps out a writer that comes while it is held, not one that
+writes in the same instant. A lease expires after ``seconds`` (its writer died) and is then taken over.
 """
 
 from __future__ import annotations
@@ -104,8 +105,9 @@ def lease(layout: Layout, holder: str | None = None, seconds: float = LEASE_S):
                 f"{held.holder} is writing the index under {layout.root} (its lease has {left:.0f} s left; "
                 f"delete {path} if that writer is gone)"
             )
-    mine.write(path)
-    if Lease.model_validate(storage.read_json(path)).token != mine.token:
+        with contextlib.suppress(FileNotFoundError):  # expired: another writer may be setting it aside too
+            storage.delete_file(path)
+    if not storage.create_json(mine.model_dump(mode="json"), path):
         raise LeaseHeld(f"another writer took the index's lease under {layout.root} at the same time")
     try:
         yield mine

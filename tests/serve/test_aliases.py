@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
+import threading
+import time
+
 import numpy as np
 import pytest
 
@@ -60,3 +65,22 @@ def test_a_second_writer_is_kept_out_while_the_lease_is_held(tmp_path):
     with aliases.lease(layout, "crashed", seconds=-1):  # an expired lease (its writer died) is taken over
         with aliases.lease(layout, "next"):
             pass
+
+
+def test_of_writers_racing_for_a_free_lease_exactly_one_gets_it(tmp_path):
+    """Eight writers at once, ten times over, on a local storage path: the lease file is created exclusively."""
+    layout, start = Layout(str(tmp_path)), threading.Barrier(8)
+
+    def try_lease(writer: int) -> bool:
+        start.wait()
+        try:
+            with aliases.lease(layout, f"writer-{writer}"):
+                time.sleep(0.2)  # held while the others try
+            return True
+        except aliases.LeaseHeld:
+            return False
+
+    for _ in range(10):
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            assert sum(pool.map(try_lease, range(8))) == 1
+        assert not os.path.exists(layout.index_lease)  # released

@@ -173,7 +173,10 @@ def check_files(
     folder: str, files: dict[str, str], what: str, remedy: str, read: dict[str, bytes] | None = None
 ) -> None:
     """Every file ``name`` under ``folder`` has the sha256 ``files[name]`` (``read``: as ``damaged_file``), or
-    ``DamagedVersionError`` naming ``what`` (e.g. "model sasrec version abc"), the file and ``remedy``."""
+    ``DamagedVersionError`` naming ``what`` (e.g. "model sasrec version abc"), the file and ``remedy``. A manifest
+    that records no files (written before versions recorded them) cannot be checked: refused the same way."""
+    if not files:
+        raise DamagedVersionError(f"{what}: its manifest records no files' sha256 to check them by; {remedy}")
     if damaged := damaged_file(folder, files, read):
         name, found = damaged
         raise DamagedVersionError(

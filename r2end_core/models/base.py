@@ -118,8 +118,8 @@ def save(layout: Layout, manifest: ModelManifest, write_files: Callable[[str], N
 
 
 def verify(layout: Layout, manifest: ModelManifest) -> None:
-    """Every file of a version has the sha256 its manifest recorded, or ``storage.DamagedVersionError``
-    (versions saved before manifests recorded their files are not checked)."""
+    """Every file of a version has the sha256 its manifest recorded, or ``storage.DamagedVersionError`` (also
+    for a version saved before manifests recorded their files)."""
     storage.check_files(
         layout.model_version(manifest.name, manifest.version),
         manifest.files,

@@ -216,6 +216,10 @@ def test_a_half_written_or_damaged_version_is_refused_and_saved_again(tmp_path, 
     assert models.save(layout, model.manifest, model.write_files) == saved
     assert weights.read_bytes() == whole
     models.load(layout, saved.name)
+    # a manifest that records no files (written before versions recorded them) cannot be checked: refused
+    storage.write_json(saved.model_copy(update={"files": {}}).model_dump(mode="json"), str(folder / "manifest.json"))
+    with pytest.raises(storage.DamagedVersionError, match="records no files' sha256"):
+        models.load(layout, saved.name)
 
 
 def test_the_training_loop_selects_on_validation_and_resumes_where_it_stopped(prepared_tables):

@@ -156,8 +156,11 @@ class DamagedVersionError(RuntimeError):
 
 def damaged_file(folder: str, files: dict[str, str], read: dict[str, bytes] | None = None) -> tuple[str, str] | None:
     """(name, its sha256 or "missing") of the first file under ``folder`` whose sha256 is not ``files[name]``;
-    None when every one matches. ``read``: the contents of files already read (hashed as they are, so what is
-    checked is what the caller uses)."""
+    None when every one matches; ("manifest.json", "none") when ``files`` is empty (nothing to check it by: a
+    manifest written before versions recorded their files). ``read``: the contents of files already read (hashed
+    as they are, so what is checked is what the caller uses)."""
+    if not files:
+        return "manifest.json", "none"
     for name, expected in files.items():
         path = join(folder, name)
         if read and name in read:
@@ -206,28 +209,31 @@ def write_json(obj: Any, path: str) -> None:
 
 
 def create_json(obj: Any, path: str) -> bool:
-    """Write ``obj`` at ``path`` only if nothing is there; whether this call wrote it. On a local filesystem the
-    complete file is hard-linked into place, which fails if the name exists: of writers racing, exactly one
-    wins. pyarrow's object stores have no exclusive create: there the file is written unless it exists and read
-    back, so of writers in the same instant each but the last sees another's and loses, the last wins, and two
-    that each read back their own before the other wrote both win."""
-    if is_uri(path):
+    """Write ``obj`` at ``path`` only if nothing is there; whether this call wrote it. On a local filesystem
+    (``file://`` too) the complete file is hard-linked into place, which fails if the name exists: of writers
+    racing, exactly one wins (a filesystem without hard links, e.g. some FUSE mounts, raises). pyarrow's object
+    stores have no exclusive create: there the file is written unless it exists and read back, so of writers in
+    the same instant each but the last sees another's and loses, the last wins, and two that each read back
+    their own before the other wrote both win."""
+    fs, inner = filesystem(path)
+    if not isinstance(fs, pafs.LocalFileSystem):
         if exists(path):
             return False
         write_json(obj, path)
         return read_json(path) == obj
-    path = absolute(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    staging = f"{path}.{uuid.uuid4().hex}.tmp"
-    with open(staging, "w") as out:
-        json.dump(obj, out, indent=2, sort_keys=True)
+    folder, name = os.path.split(inner)
+    os.makedirs(folder, exist_ok=True)
+    staging = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
     try:
-        os.link(staging, path)
+        with open(staging, "w") as out:
+            json.dump(obj, out, indent=2, sort_keys=True)
+        os.link(staging, inner)
         return True
     except FileExistsError:
         return False
     finally:
-        os.remove(staging)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(staging)
 
 
 def read_json(path: str) -> Any:

@@ -197,6 +197,6 @@ class IndexSummary(Summary):
     quality: dict[str, Any]
     base_version: str | None
     added_items: int
-    # file name -> sha256, recorded as the version is written and checked as it is loaded (manifests written
-    # before it existed have none and are not checked)
+    # file name -> sha256, recorded as the version is written and checked as it is loaded (a manifest written
+    # before it existed has none: refused on load, written again by the next build)
     files: dict[str, str] = {}

@@ -11,7 +11,8 @@ and a lease that keeps two writers off one storage path's index at once.
 Building an index writes a new version and moves nothing that is served. The lease is a file created only where
 none is (``storage.create_json``): on a local filesystem, of writers that come at once exactly one gets it; on
 object storage, which has no exclusive create, it keeps out a writer that comes while it is held, not one that
-writes in the same instant. A lease expires after ``seconds`` (its writer died) and is then taken over.
+writes in the same instant. A lease expires after ``seconds`` (its writer died) and is then taken over, by one
+of the writers that find it (``take_over``).
 """
 
 from __future__ import annotations
@@ -91,27 +92,47 @@ def rollback(layout: Layout, alias: str = LIVE, by: str | None = None) -> AliasR
     return _moved(layout, alias, "rollback", stack[-2], by)
 
 
+def read_lease(path: str) -> Lease | None:
+    """The lease at ``path``; None if there is none (or its holder released it as it was read)."""
+    try:
+        return Lease.model_validate(storage.read_json(path))
+    except FileNotFoundError:
+        return None
+
+
+def take_over(path: str, expired: Lease, layout: Layout) -> None:
+    """Remove an expired lease so that a new one can be created. Writers finding the same expired lease race
+    for a marker named by its token (created only where none is): the one that gets it removes the lease if it
+    is still that one, so a writer arriving late never removes the lease the winner took since."""
+    marker = f"{path}.{expired.token}.takeover"
+    if not storage.create_json({}, marker):
+        raise LeaseHeld(f"another writer is taking over the expired index lease under {layout.root}")
+    try:
+        if (current := read_lease(path)) and current.token == expired.token:
+            storage.delete_file(path)
+    finally:
+        storage.delete_file(marker)
+
+
 @contextlib.contextmanager
 def lease(layout: Layout, holder: str | None = None, seconds: float = LEASE_S):
     """Hold the index's lease for a write (a build, a promotion): ``LeaseHeld`` if another writer holds an
     unexpired one. Released on exit."""
     path, mine = layout.index_lease, Lease(holder=holder or f"{who()}:{os.getpid()}", token=uuid.uuid4().hex,
                                           expires_at=time.time() + seconds)  # fmt: skip
-    if storage.exists(path):
-        held = Lease.model_validate(storage.read_json(path))
+    if held := read_lease(path):
         if held.expires_at > time.time():
             left = held.expires_at - time.time()
             raise LeaseHeld(
                 f"{held.holder} is writing the index under {layout.root} (its lease has {left:.0f} s left; "
                 f"delete {path} if that writer is gone)"
             )
-        with contextlib.suppress(FileNotFoundError):  # expired: another writer may be setting it aside too
-            storage.delete_file(path)
+        take_over(path, held, layout)
     if not storage.create_json(mine.model_dump(mode="json"), path):
         raise LeaseHeld(f"another writer took the index's lease under {layout.root} at the same time")
     try:
         yield mine
     finally:
         with contextlib.suppress(FileNotFoundError):
-            if Lease.model_validate(storage.read_json(path)).token == mine.token:
+            if (current := read_lease(path)) and current.token == mine.token:
                 storage.delete_file(path)

@@ -112,7 +112,7 @@ def test_a_student_replaced_since_training_began_is_not_saved(tmp_path, prepared
         changed.write(" ")
     with pytest.raises(storage.DamagedVersionError, match="modules.json is not the file this model was trained with"):
         models.save(layout, manifest, lambda folder: model.write_files(folder, encoder_from, trained_with))
-    assert not os.path.exists(layout.model_latest(manifest.name))
+    assert not os.path.exists(layout.model_latest(manifest.name)) and not os.path.exists(layout.path("models"))
     trained_with = storage.folder_sha256(encoder_from)
     saved = models.save(layout, manifest, lambda folder: model.write_files(folder, encoder_from, trained_with))
     assert {

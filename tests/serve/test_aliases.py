@@ -6,6 +6,7 @@ import concurrent.futures
 import os
 import threading
 import time
+import uuid
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from r2end_core.config import IndexConfig
 from r2end_core.layout import Layout
 from r2end_core.serve import aliases, index
+from r2end_core.summaries import Lease
 from tests.serve.test_index import catalogue, summary
 
 
@@ -67,20 +69,26 @@ def test_a_second_writer_is_kept_out_while_the_lease_is_held(tmp_path):
             pass
 
 
-def test_of_writers_racing_for_a_free_lease_exactly_one_gets_it(tmp_path):
-    """Eight writers at once, ten times over, on a local storage path: the lease file is created exclusively."""
-    layout, start = Layout(str(tmp_path)), threading.Barrier(8)
+@pytest.mark.parametrize("expired_lease", [False, True])
+def test_of_writers_racing_for_the_lease_exactly_one_gets_it(tmp_path, expired_lease):
+    """Eight writers at once, ten times over, on a local storage path, where no lease is or where an expired one
+    is (its writer died): the lease file is created exclusively, and only one writer removes the expired one."""
+    layout = Layout(str(tmp_path))
+    start, done = threading.Barrier(8), threading.Barrier(8, timeout=30)
 
     def try_lease(writer: int) -> bool:
         start.wait()
         try:
             with aliases.lease(layout, f"writer-{writer}"):
-                time.sleep(0.2)  # held while the others try
+                done.wait()  # held until every other writer has tried
             return True
         except aliases.LeaseHeld:
+            done.wait()
             return False
 
     for _ in range(10):
+        if expired_lease:  # left by a writer that died
+            Lease(holder="died", token=uuid.uuid4().hex, expires_at=time.time() - 1).write(layout.index_lease)
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             assert sum(pool.map(try_lease, range(8))) == 1
-        assert not os.path.exists(layout.index_lease)  # released
+        assert os.listdir(os.path.dirname(layout.index_lease)) == []  # released, no marker or staging file left

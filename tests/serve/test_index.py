@@ -74,6 +74,13 @@ def test_a_version_is_written_once_checked_as_it_loads_and_written_again_when_da
     index.save(layout, index.build(items, IndexConfig(kind="flat")), catalogue(300), summary("flat-v1", 300))
     loaded, _, manifest = index.load(layout, "latest")
     assert stored.read_bytes() == whole and manifest == saved and loaded.ntotal == 300
+    # a manifest that records no files (written before versions recorded them): refused, and the next build
+    # writes the version whole
+    saved.model_copy(update={"files": {}}).write(str(tmp_path / "index" / "flat-v1" / "manifest.json"))
+    with pytest.raises(storage.DamagedVersionError, match="records no files' sha256"):
+        index.load(layout, "flat-v1")
+    index.save(layout, index.build(items, IndexConfig(kind="flat")), catalogue(300), summary("flat-v1", 300))
+    assert index.load(layout, "flat-v1")[2] == saved
 
 
 def test_hnsw_raises_ef_search_until_it_reaches_the_recall_asked():

@@ -35,7 +35,9 @@ class ProjectionRun:
     evals: list[EvalSet]  # the scored users on validation and test
     train_users: np.ndarray  # positions (in the users table) of the users whose training target trains f
     users_table: pa.Table  # the prepared users
-    encoder_files: dict[str, str] | None  # the distilled student's files' sha256 as training began (or None)
+    # sha256 of the files of the text encoder that the version copies (the distilled student: ``packed``) as
+    # training began; None where it copies none (a bundled encoder, the item mean)
+    encoder_files: dict[str, str] | None
 
     @classmethod
     def prepare(
@@ -64,8 +66,8 @@ class ProjectionRun:
         evals = [
             EvalSet.build(users.take(eval_pos), items, split, pc.mask_history) for split in (Split.VALID, Split.TEST)
         ]
-        student = recommender.packed(manifest, layout)[1]  # hashed before any user is encoded with it
-        return cls(pc, scorer, evals, train_pos, users, storage.folder_sha256(student) if student else None)
+        copied = recommender.packed(manifest, layout)[1]  # hashed before any user is encoded with it
+        return cls(pc, scorer, evals, train_pos, users, storage.folder_sha256(copied) if copied else None)
 
     @property
     def run_name(self) -> str:

@@ -178,14 +178,14 @@ def check_files(
     """Every file ``name`` under ``folder`` has the sha256 ``files[name]`` (``read``: as ``damaged_file``), or
     ``DamagedVersionError`` naming ``what`` (e.g. "model sasrec version abc"), the file and ``remedy``. A manifest
     that records no files (written before versions recorded them) cannot be checked: refused the same way."""
-    if not files:
-        raise DamagedVersionError(f"{what}: its manifest records no files' sha256 to check them by; {remedy}")
     if damaged := damaged_file(folder, files, read):
         name, found = damaged
-        raise DamagedVersionError(
-            f"{what}: {name} has sha256 {found[:16]}, its manifest says {files[name][:16]}: the version is "
-            f"damaged; {remedy}"
+        problem = (
+            f"{name} has sha256 {found[:16]}, its manifest says {files[name][:16]}"
+            if files
+            else "its manifest records no files' sha256 to check them by"
         )
+        raise DamagedVersionError(f"{what}: {problem}: the version is damaged; {remedy}")
 
 
 def digest(value: Any, length: int = 10) -> str:

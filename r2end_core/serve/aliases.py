@@ -11,8 +11,9 @@ and a lease that keeps two writers off one storage path's index at once.
 Building an index writes a new version and moves nothing that is served. The lease is a file created only where
 none is (``storage.create_json``): on a local filesystem, of writers that come at once exactly one gets it; on
 object storage, which has no exclusive create, it keeps out a writer that comes while it is held, not one that
-writes in the same instant. A lease expires after ``seconds`` (its writer died) and is then taken over, by one
-of the writers that find it (``take_over``).
+writes in the same instant. Its holder renews it every third of ``seconds`` while it writes, so a write may
+take as long as it needs; a lease expires only when its writer stopped renewing it (died, or stalled for two
+thirds of ``seconds``), and is then taken over, by one of the writers that find it (``take_over``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import getpass
 import os
 import re
 import socket
+import threading
 import time
 import uuid
 
@@ -36,7 +38,7 @@ LEASE_S = 900.0
 
 
 class LeaseHeld(RuntimeError):
-    """Another writer holds the index's lease."""
+    """Another writer holds the index's lease, or took it over from this one while it wrote."""
 
 
 def who() -> str:
@@ -117,7 +119,10 @@ def take_over(path: str, expired: Lease, layout: Layout) -> None:
 @contextlib.contextmanager
 def lease(layout: Layout, holder: str | None = None, seconds: float = LEASE_S):
     """Hold the index's lease for a write (a build, a promotion): ``LeaseHeld`` if another writer holds an
-    unexpired one. Released on exit."""
+    unexpired one, or, on exit, if another took it over while this one wrote (this writer had stalled past
+    its expiry). Renewed while held; released on exit."""
+    if seconds <= 0:
+        raise ValueError(f"a lease of {seconds} seconds: it must last a while to be renewed")
     path, mine = layout.index_lease, Lease(holder=holder or f"{who()}:{os.getpid()}", token=uuid.uuid4().hex,
                                           expires_at=time.time() + seconds)  # fmt: skip
     if held := read_lease(path):
@@ -130,9 +135,27 @@ def lease(layout: Layout, holder: str | None = None, seconds: float = LEASE_S):
         take_over(path, held, layout)
     if not storage.create_json(mine.model_dump(mode="json"), path):
         raise LeaseHeld(f"another writer took the index's lease under {layout.root} at the same time")
+    released, kept = threading.Event(), [True]
+
+    def renew() -> None:
+        while not released.wait(seconds / 3):
+            if not ((current := read_lease(path)) and current.token == mine.token):
+                kept[0] = False
+                return
+            mine.expires_at = time.time() + seconds
+            mine.write(path)
+
+    renewing = threading.Thread(target=renew, name="index-lease", daemon=True)
+    renewing.start()
     try:
         yield mine
     finally:
+        released.set()
+        renewing.join()
         with contextlib.suppress(FileNotFoundError):
             if (current := read_lease(path)) and current.token == mine.token:
                 storage.delete_file(path)
+            else:
+                kept[0] = False
+    if not kept[0]:
+        raise LeaseHeld(f"the index's lease under {layout.root} was taken over while {mine.holder} wrote")

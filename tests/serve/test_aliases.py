@@ -64,8 +64,35 @@ def test_a_second_writer_is_kept_out_while_the_lease_is_held(tmp_path):
                 pass
     with aliases.lease(layout, "second"):  # released: the next writer gets it
         pass
-    with aliases.lease(layout, "crashed", seconds=-1):  # an expired lease (its writer died) is taken over
-        with aliases.lease(layout, "next"):
+    # an expired lease (its writer died) is taken over
+    Lease(holder="died", token=uuid.uuid4().hex, expires_at=time.time() - 1).write(layout.index_lease)
+    with aliases.lease(layout, "next"):
+        pass
+
+
+def test_a_write_longer_than_the_lease_keeps_it(tmp_path):
+    """The holder renews its lease while it writes: after three lease periods it is still held, and still its."""
+    layout = Layout(str(tmp_path))
+    with aliases.lease(layout, "slow", seconds=0.3) as mine:
+        time.sleep(1.0)
+        with pytest.raises(aliases.LeaseHeld, match="slow is writing the index"):
+            with aliases.lease(layout, "second"):
+                pass
+        assert Lease.model_validate_json(open(layout.index_lease).read()).token == mine.token
+    assert not os.path.exists(layout.index_lease)
+
+
+def test_a_writer_whose_lease_was_taken_over_is_told_so(tmp_path):
+    """A writer that stalled past its lease's expiry and lost it to another fails as it exits, and leaves the
+    other's lease in place."""
+    layout = Layout(str(tmp_path))
+    other = Lease(holder="other", token=uuid.uuid4().hex, expires_at=time.time() + 60)
+    with pytest.raises(aliases.LeaseHeld, match="taken over while stalled wrote"):
+        with aliases.lease(layout, "stalled"):
+            other.write(layout.index_lease)  # what take_over and create_json leave once the lease had expired
+    assert Lease.model_validate_json(open(layout.index_lease).read()) == other
+    with pytest.raises(ValueError, match="seconds"):
+        with aliases.lease(layout, "never", seconds=0):
             pass
 
 

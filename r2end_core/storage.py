@@ -98,6 +98,23 @@ def list_files(folder: str, suffix: str = ".parquet") -> list[str]:
     return [join(folder, name) for name in names]
 
 
+def subfolders(folder: str) -> list[str]:
+    """Visible folders directly under ``folder`` (full paths or URIs), sorted; [] if it does not exist."""
+    fs, inner = filesystem(folder)
+    if fs.get_file_info(inner).type == pafs.FileType.NotFound:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(inner, recursive=False))
+    return [join(folder, i.base_name) for i in sorted(infos, key=lambda i: i.base_name) if
+            i.type == pafs.FileType.Directory and not i.base_name.startswith(".")]  # fmt: skip
+
+
+def modified(path: str) -> float | None:
+    """When the file at ``path`` was last written (UTC seconds); None where its filesystem does not say."""
+    fs, inner = filesystem(path)
+    mtime = fs.get_file_info(inner).mtime
+    return mtime.timestamp() if mtime else None
+
+
 def parquet_files(path: str) -> list[str]:
     """``path`` if it is a file, else the visible Parquet files of the folder it names, sorted; a folder holding
     anything else visible (a subfolder, another file) is an error naming it, not data left out."""
@@ -242,14 +259,15 @@ def read_json(path: str) -> Any:
         return json.loads(src.read().decode())
 
 
-def upload_folder(local_folder: str, path: str, replace: bool = True) -> None:
-    """Copy a local folder (e.g. a saved model) to ``path``, replacing what was there (``replace=False``: adding
-    to it; files of the same name are overwritten)."""
+def copy_folder(source: str, path: str, replace: bool = True) -> None:
+    """Copy the folder ``source`` (e.g. a saved model; local or a URI) to ``path``, replacing what was there
+    (``replace=False``: adding to it; files of the same name are overwritten)."""
+    src_fs, src_inner = filesystem(source)
     fs, inner = filesystem(path)
     if replace and fs.get_file_info(inner).type != pafs.FileType.NotFound:
         fs.delete_dir(inner)
     fs.create_dir(inner, recursive=True)
-    pafs.copy_files(local_folder, inner, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    pafs.copy_files(src_inner, inner, source_filesystem=src_fs, destination_filesystem=fs)
 
 
 def copy_folder_to_local(path: str, local_target: str) -> None:

@@ -132,6 +132,8 @@ class DistillSummary(Summary):
     users_with_teacher_text: int | None = None  # of users_distilled: the rest learnt Enc(target metadata) alone
     held_out_losses: list[float] = []  # per epoch, where validation chose the epoch (distill.patience)
     best_epoch: int | None = None  # the epoch kept (1-based), where validation chose it
+    # the student whose model this one copied: it learnt the same examples with the same settings
+    copied_from: str | None = None
 
     @property
     def weights_id(self) -> str:

@@ -20,7 +20,7 @@ from r2end_core.models.r2end import distill
 from r2end_core.summaries import DistillSummary, EmbedReport
 from ray_jobs import ray_train
 from ray_jobs.ray_data import encode_texts
-from ray_jobs.runtime import run_stage
+from ray_jobs.runtime import log, run_stage
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -47,6 +47,8 @@ def run(cfg: PipelineConfig) -> DistillSummary:
         )
     storage.write_table(examples, layout.student(dc.run_name, "examples.parquet"))
     storage.write_table(held, layout.student(dc.run_name, "held_out.parquet"))
+    if earlier := distill.distilled_before(layout, dc, ec):
+        return copied(layout, *earlier, dc, started)
     name, model = distill.run_name(dc, embedded.inputs_digest, layout.root), layout.student(dc.run_name, "model")
     config = {
         "distill": dc.model_dump(),
@@ -99,6 +101,20 @@ def run(cfg: PipelineConfig) -> DistillSummary:
     )
     summary.write(layout.student(dc.run_name, "metrics.json"))
     return summary
+
+
+def copied(layout: Layout, earlier: str, summary: DistillSummary, dc: DistillConfig, started: float) -> DistillSummary:
+    """``earlier``'s student, which learnt the same examples with the same settings, as ``dc.run_name``'s: its
+    model and distances copied, its summary (its weights' id included, so caches of its vectors hold)."""
+    log.info(f"distill: {earlier} learnt the same examples with the same settings; its student is copied")
+    storage.copy_folder(layout.student(earlier, "model"), layout.student(dc.run_name, "model"))
+    if storage.exists(distances := layout.student(earlier, "distances.parquet")):
+        storage.write_table(storage.read_table(distances), layout.student(dc.run_name, "distances.parquet"))
+    mine = summary.model_copy(
+        update={"config": dc.model_dump(mode="json"), "copied_from": earlier, "wall_time_s": time.time() - started}
+    )
+    mine.write(layout.student(dc.run_name, "metrics.json"))
+    return mine
 
 
 if __name__ == "__main__":

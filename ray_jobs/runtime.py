@@ -142,7 +142,7 @@ def logged(layout: Layout, name: str):
         yield path
     finally:
         if not local:
-            storage.upload_folder(os.path.dirname(path), layout.logs(), replace=False)  # beside other stages' logs
+            storage.copy_folder(os.path.dirname(path), layout.logs(), replace=False)  # beside other stages' logs
         for logger in [root, *logging.root.manager.loggerDict.values()]:  # quiet_console gave it to some
             if isinstance(logger, logging.Logger):
                 logger.removeHandler(file)
@@ -153,7 +153,7 @@ def copy_ray_logs(layout: Layout) -> None:
     """The local cluster's logs (workers, vLLM, Ray Train, Serve) into ``logs/ray/``."""
     if os.path.isdir(RAY_LOGS):
         if storage.is_uri(layout.root):
-            storage.upload_folder(RAY_LOGS, layout.logs("ray"), replace=False)
+            storage.copy_folder(RAY_LOGS, layout.logs("ray"), replace=False)
         else:
             shutil.copytree(RAY_LOGS, layout.logs("ray"), dirs_exist_ok=True, ignore_dangling_symlinks=True)
 

@@ -111,7 +111,7 @@ def save(layout: Layout, manifest: ModelManifest, write_files: Callable[[str], N
         if not storage.exists(saved) or storage.damaged_file(folder_saved, files):  # else: saved, metrics and all
             if storage.exists(saved):  # damaged: not a version while its files are written again
                 storage.delete_file(saved)
-            storage.upload_folder(folder, folder_saved, replace=False)  # the same names: a half copy is overwritten
+            storage.copy_folder(folder, folder_saved, replace=False)  # the same names: a half copy is overwritten
             storage.write_json(manifest.model_dump(mode="json"), saved)
     storage.write_json({"version": version}, layout.model_latest(manifest.name))
     return manifest

@@ -170,7 +170,7 @@ def alive_nodes(address: str, env: dict) -> list[dict]:
 
 
 def upload(local: str, uri: str) -> str:
-    storage.upload_folder(local, uri)
+    storage.copy_folder(local, uri)
     return uri
 
 

@@ -114,11 +114,22 @@ def test_embed_distill_resume_project(tmp_path, ray_cluster, embedded):
     student = DistillSummary.read(layout.student("student", "metrics.json"), "distill")
     assert student.users_distilled == USERS - 10 and student.steps == 15
     assert student.resumed_from_step >= 3 and len(student.losses) == 15 and student.train_seconds > 0
+    # A student that learnt the same examples with the same settings is copied, not trained again: with the
+    # killed run's summary aside, the uninterrupted run trains for real.
+    aside = tmp_path / "student-metrics.json"
+    shutil.move(layout.student("student", "metrics.json"), aside)
     whole = distill.run(cfg.with_section("distill", run_name="student-whole"))
-    assert whole.resumed_from_step == 0 and whole.losses == student.losses
+    shutil.move(aside, layout.student("student", "metrics.json"))
+    assert whole.resumed_from_step == 0 and whole.losses == student.losses and whole.copied_from is None
     kept, uninterrupted = (encoders.load_encoder(layout.student(n, "model")) for n in ("student", "student-whole"))
     for (name, weight), other in zip(kept.state_dict().items(), uninterrupted.state_dict().values(), strict=True):
         assert torch.equal(weight, other), name
+    copied = distill.run(cfg.with_section("distill", run_name="student-copy", checkpoint_every=5))
+    assert copied.copied_from == "student" and copied.weights_id == student.weights_id
+    assert copied.config["run_name"] == "student-copy" and copied.losses == student.losses
+    assert storage.folder_sha256(layout.student("student-copy", "model")) == storage.folder_sha256(
+        layout.student("student", "model")
+    )
     held = student.distances_held_out
     assert held["l2_after"].mean < held["l2_before"].mean and held["cos_after"].mean > held["cos_before"].mean
     # The saved student is a plain sentence-transformers folder.

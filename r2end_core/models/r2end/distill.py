@@ -19,12 +19,14 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pydantic
 import torch
 
 from r2end_core import schemas, storage
 from r2end_core.config import DistillConfig, DistillTarget, DistillUsers, EmbedConfig
+from r2end_core.layout import Layout
 from r2end_core.schemas import to_matrix
-from r2end_core.summaries import Distances
+from r2end_core.summaries import Distances, DistillSummary
 from r2end_core.text import encoders
 from r2end_core.train import random_state, sharding
 
@@ -259,7 +261,7 @@ def save_student(model, ec: EmbedConfig, model_path: str, rank: int) -> None:
         student.load_state_dict(weights)
         with tempfile.TemporaryDirectory() as folder:
             student.save(folder)
-            storage.upload_folder(folder, model_path)
+            storage.copy_folder(folder, model_path)
 
 
 def distillation_loss(student: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -328,6 +330,46 @@ def run_name(cfg: DistillConfig, embeddings_digest: str, storage_path: str) -> s
         "holdout": "by-user-id",  # runs that split by row order held out other users: never resume them
     }
     return f"distill-{cfg.run_name}-{storage.digest(settings)}"
+
+
+#: what a student learns from, written into its folder as its run starts
+EXAMPLE_FILES = ("examples.parquet", "held_out.parquet")
+
+
+def distilled_before(layout: Layout, cfg: DistillConfig, ec: EmbedConfig) -> tuple[str, DistillSummary] | None:
+    """(its run name, its summary) for another student under the storage path that learnt exactly what
+    ``cfg.run_name`` is about to, from its folder's ``EXAMPLE_FILES`` written already: the same settings (all
+    but the run name and ``checkpoint_every``) and encoder, from the same examples and held-out users (the
+    files' sha256). Its model is what this run would train again, e.g. where a teacher-data sample changes only
+    what distillation does not read (the items' descriptions). Files written after a student's summary belong
+    to a later run of it, not finished: they do not count. None if there is none."""
+    mine = [storage.sha256(layout.student(cfg.run_name, name)) for name in EXAMPLE_FILES]
+    settings = cfg.model_dump(mode="json", exclude={"run_name", "checkpoint_every"})
+    for folder in storage.subfolders(layout.path("students")):
+        other = folder.rstrip("/").rsplit("/", 1)[-1]
+        summary_path = layout.student(other, "metrics.json")
+        if other == cfg.run_name or not storage.exists(summary_path):
+            continue
+        try:
+            summary = DistillSummary.model_validate(storage.read_json(summary_path))
+        except pydantic.ValidationError:  # a summary of an older layout: not comparable
+            continue
+        learnt = {k: v for k, v in summary.config.items() if k not in ("run_name", "checkpoint_every")}
+        if (summary.encoder, summary.max_seq_length, learnt) != (ec.encoder, ec.max_seq_length, settings):
+            continue
+        files = [layout.student(other, name) for name in EXAMPLE_FILES]
+        if all(written_before(f, summary_path) and storage.sha256(f) == h for f, h in zip(files, mine)):
+            return other, summary
+    return None
+
+
+def written_before(path: str, later: str) -> bool:
+    """Whether the file ``path`` exists and was last written no later than ``later`` (False where the
+    filesystem does not say)."""
+    if not storage.exists(path):
+        return False
+    first, then = storage.modified(path), storage.modified(later)
+    return first is not None and then is not None and first <= then
 
 
 def distance_table(

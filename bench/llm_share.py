@@ -261,12 +261,16 @@ def plot(out: dict) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    axes_of = {"users_with_reasoning": "items_with_description", "items_with_description": "users_with_reasoning"}
     for ax, key, title in (
         (axes[0], "users_with_reasoning", "users with oracle reasoning"),
         (axes[1], "items_with_description", "items described"),
     ):
-        for student in dict.fromkeys(p["student"] for p in out["curve"]):
-            points = sorted((p for p in out["curve"] if p["student"] == student), key=lambda p: p.get(key, 0))
+        # one axis at a time: the points that read all of the other kind of teacher text
+        held = max(p.get(axes_of[key], 0) for p in out["curve"])
+        on_axis = [p for p in out["curve"] if p.get(axes_of[key], 0) == held]
+        for student in dict.fromkeys(p["student"] for p in on_axis):
+            points = sorted((p for p in on_axis if p["student"] == student), key=lambda p: p.get(key, 0))
             ax.errorbar(
                 [p.get(key, 0) for p in points],
                 [p["diff"] for p in points],

@@ -133,10 +133,16 @@ def test_the_controls_run_through_the_benchmark(embedded, tmp_path, monkeypatch)
     )
     monkeypatch.setattr(results, "FOLDER", tmp_path)
     monkeypatch.setattr(bench, "RUNS", tmp_path / "students_beauty_runs")
+    # a point of the teacher-data curve first: five items described (as items-6 samples 6% of them)
+    monkeypatch.setitem(bench.LEVELS, "items-6", {"sample_items": 5})
+    bench.benchmark(cfg, argparse.Namespace(methods=None, seeds="23", level="items-6", records_only=False))
     bench.benchmark(cfg, argparse.Namespace(methods="fusion_dllm2rec", seeds="23", level="all", records_only=False))
 
-    trained = {p.stem for p in bench.RUNS.glob("*.json")}
-    assert trained == {bench.model_name(m, 23) for m in bench.closure(bench.controls(["fusion_dllm2rec"]))}
+    # the level's run trained R2END and its fusion at that level, and their no-LLM controls (level-free)
+    curve_point = {bench.model_name(m, 23, "items-6") for m in bench.closure(bench.controls(["r2end", "fusion"]))}
+    assert {"r2end-seed23-items-6", "fusion-seed23-items-6", "fusion_twin-seed23"} <= curve_point
+    controlled = {bench.model_name(m, 23) for m in bench.closure(bench.controls(["fusion_dllm2rec"]))}
+    assert {p.stem for p in bench.RUNS.glob("*.json")} == curve_point | controlled
     layout = Layout(cfg.storage_path)
     student, twin = (
         DistillSummary.read(layout.student(bench.student_name(f"{m}-seed23"), "metrics.json"), "distill")
@@ -163,3 +169,13 @@ def test_the_controls_run_through_the_benchmark(embedded, tmp_path, monkeypatch)
     assert costs["fusion_dllm2rec"]["parts"] == costs["id_ensemble_3"]["parts"] == 3
     assert costs["id_ensemble_3"]["generation_hours"] == 0 and costs["fusion_dllm2rec"]["training_hours"] > 0
     assert "| fusion_dllm2rec | `fusion_dllm2rec_twin` |" in (tmp_path / "llm_share.md").read_text()
+    # the curve: distillation reads no item description, so the items-6 point's student and R2END's at full
+    # teacher data are one: the one trained second (here R2END's) was copied from the first
+    point = DistillSummary.read(layout.student(bench.student_name("r2end-seed23-items-6"), "metrics.json"), "distill")
+    assert student.copied_from == bench.student_name("r2end-seed23-items-6") and point.copied_from is None
+    assert student.weights_id == point.weights_id
+    curve = {(p["level"], p["student"]): p for p in shares["curve"]}
+    # fusion's points need its twin (fusion_twin), which this run of fusion_dllm2rec's controls did not train
+    assert set(curve) == {("items-6", "r2end"), ("all", "r2end")}
+    assert curve["items-6", "r2end"]["items_with_description"] == 5 < curve["all", "r2end"]["items_with_description"]
+    assert (tmp_path / "llm_share_curve.png").stat().st_size > 0

@@ -2,7 +2,7 @@
 Beauty, in one resumable run.
 
     python -m bench.students_beauty [--config configs/bench/students-beauty.yaml] [--methods sasrec,fusion]
-        [--seeds 23,22,24] [--level all|users-18|users-50|items-6]
+        [--seeds 23,22,24] [--level all|users-18|users-50|items-6] [--records-only] [--plan]
 
 Trains, through the real stages on one Ray cluster, each method in ``METHODS`` with the first seed:
 SASRec (the baseline recipe), R2END (embed, distill, project), DLLM2Rec and its two ablations, profile
@@ -22,7 +22,8 @@ outputs for an LLM-informed method and the records of the models it learns from)
 digest holds. The records are committed, so the benchmark goes on across sessions and machines that keep no
 artifacts: a session trains what is not yet recorded (and a model a student learns from again, where that
 student still has to train and the model is not in the storage path); a run killed mid-way resumes from its
-Ray Train checkpoint. Writes bench/results/students_beauty.json (``methods.<name>.test.{hr@10,...}``,
+Ray Train checkpoint. ``--plan`` lists, without training, which records ``--records-only`` finds holding and
+which it would train. Writes bench/results/students_beauty.json (``methods.<name>.test.{hr@10,...}``,
 ``paired_vs_sasrec.<name>.test.ndcg@10.{diff,se,z}``, ``tail_paired_vs_sasrec``, ``seeds``,
 ``paired_vs_sasrec_over_seeds``), .md, the per-user ranks (``students_beauty_ranks.parquet``), two plots,
 and the LLM's share against the controls (``bench.llm_share``: llm_share.json, .md, its curve).
@@ -48,6 +49,7 @@ from r2end_core.data.splits import Split
 from r2end_core.eval import metrics
 from r2end_core.eval.evaluate import EvalSet
 from r2end_core.layout import Layout
+from r2end_core.models.r2end import targets
 from r2end_core.summaries import TrainSummary
 from ray_jobs import distill, embed, project, train_dllm2rec, train_fusion, train_profile, train_sasrec
 from ray_jobs.runtime import log, run_stage
@@ -437,6 +439,41 @@ def record_key(
     return settings, storage.digest(made_by)
 
 
+def keyed(
+    cfg: PipelineConfig, methods: list[str], seeds: list[int], embedded: str | None
+) -> dict[tuple[str, int], str]:
+    """``{(method, seed): the key its record would have}`` for ``methods`` and what they learn from, each
+    student keyed by the keys of its parts, as ``train_or_reuse`` chains them; ``embedded``: the embed stage's
+    inputs digest."""
+    keys: dict[tuple[str, int], str] = {}
+    for method in closure(methods):
+        for seed in seeds:
+            learnt = {part: {"key": keys[part, seed]} for part in METHODS[method].learns_from}
+            keys[method, seed] = record_key(cfg, method, seed, embedded, learnt)[1]
+    return keys
+
+
+def plan(cfg: PipelineConfig, methods: list[str], seeds: list[int], level: str) -> list[dict]:
+    """What ``--records-only`` would do, without training: per method (and what it learns from) and seed,
+    ``{"model", "method", "seed", "recorded": whether its record holds, "hours": what its record took (None:
+    none is committed)}``; a record that does not hold took ``hours`` under the settings it was made with."""
+    embedded = targets.inputs_digest(cfg.embed, Layout(cfg.storage_path))
+    rows = []
+    for (method, seed), key in keyed(cfg, methods, seeds, embedded).items():
+        path = record_path(method, seed, level)
+        record = json.loads(path.read_text()) if path.exists() else None
+        rows.append(
+            {
+                "model": model_name(method, seed, level),
+                "method": method,
+                "seed": seed,
+                "recorded": bool(record) and record["key"] == key,
+                "hours": round(record["seconds"] / 3600, 2) if record else None,
+            }
+        )
+    return rows
+
+
 def ranks_of(summary: dict) -> pa.Table:
     return pq.read_table(RUNS / f"{summary['model']}_ranks.parquet")
 
@@ -490,6 +527,13 @@ def benchmark(cfg: PipelineConfig, args) -> None:
         learnt_from = {part: runs[part][seed] for part in METHODS[method].learns_from}
         return train_or_reuse(cfg, method, seed, level, embedded, learnt_from)
 
+    if args.plan:  # what --records-only would train; nothing trains
+        for row in plan(cfg, chosen, seeds, level):
+            took = (
+                "" if row["hours"] is None else f" ({row['hours']} h" + (")" if row["recorded"] else " when last made)")
+            )
+            print(f"{row['model']}: {'recorded' if row['recorded'] else 'to train'}{took}")
+        return
     if args.records_only:  # each chosen method's records (and what it learns from) for every seed; no report
         reads_texts = any(METHODS[m].uses_llm or "embed" in METHODS[m].sections for m in closure(chosen))
         embedded = embedded_by(embed.run(cfg)) if reads_texts else {"inputs_digest": None, "coverage": {}}
@@ -921,6 +965,12 @@ def arguments(parser) -> None:
         action="store_true",
         help="train (or reuse) the records of --methods (and what they learn from) for every seed, and stop: "
         "no controls, no report (the embed stage runs only if one of them reads it)",
+    )
+    parser.add_argument(
+        "--plan",
+        action="store_true",
+        help="print, per record --records-only would make, whether it is recorded (and the hours it took) or "
+        "still to train; nothing trains",
     )
     parser.add_argument(
         "--seeds",

@@ -37,10 +37,7 @@ def storage_paths(tmp_path, beauty_dir) -> tuple[str, str]:
 def keys(cfg: PipelineConfig) -> dict[str, str]:
     """Each method's key for seed 22, a student keyed by the records of what it learns from, as the
     benchmark chains them."""
-    records: dict[str, dict] = {}
-    for m in bench.METHODS:
-        records[m] = {"key": bench.record_key(cfg, m, 22, "embedded", records)[1]}
-    return {m: r["key"] for m, r in records.items()}
+    return {m: key for (m, _), key in bench.keyed(cfg, list(bench.METHODS), [22], "embedded").items()}
 
 
 def reading(section: str) -> set[str]:
@@ -66,10 +63,8 @@ def test_a_lever_retrains_only_the_methods_that_read_it(storage_paths):
 
 def test_only_llm_informed_methods_are_keyed_by_the_teacher_outputs(storage_paths):
     cfg = PipelineConfig(storage_path=storage_paths[0], prepare={"dataset_path": "/data"})
-    records: dict[str, dict] = {}
-    for m in bench.METHODS:
-        records[m] = {"key": bench.record_key(cfg, m, 22, "more teacher outputs", records)[1]}
-    changed = {m for m, key in keys(cfg).items() if key != records[m]["key"]}
+    more = {m: key for (m, _), key in bench.keyed(cfg, list(bench.METHODS), [22], "more teacher outputs").items()}
+    changed = {m for m, key in keys(cfg).items() if key != more[m]}
     assert changed == {m for m, spec in bench.METHODS.items() if spec.uses_llm}
     # each student's controls read no LLM text, and have as many parts where it is an ensemble
     for m in bench.CONTROLLED:
@@ -169,6 +164,12 @@ def test_the_controls_run_through_the_benchmark(embedded, tmp_path, monkeypatch)
     assert costs["fusion_dllm2rec"]["parts"] == costs["id_ensemble_3"]["parts"] == 3
     assert costs["id_ensemble_3"]["generation_hours"] == 0 and costs["fusion_dllm2rec"]["training_hours"] > 0
     assert "| fusion_dllm2rec | `fusion_dllm2rec_twin` |" in (tmp_path / "llm_share.md").read_text()
+    # the plan (--plan) sees every record hold, and a lever of the fusion alone leaves the fusion to train
+    assert all(row["recorded"] for row in bench.plan(cfg, ["fusion_dllm2rec"], [23], "all"))
+    lever = cfg.with_section("fusion", weight_grid=[0, 1])
+    assert [r["model"] for r in bench.plan(lever, ["fusion_dllm2rec"], [23], "all") if not r["recorded"]] == [
+        "fusion_dllm2rec-seed23"
+    ]
     # the curve: distillation reads no item description, so the items-6 point's student and R2END's at full
     # teacher data are one: the one trained second (here R2END's) was copied from the first
     point = DistillSummary.read(layout.student(bench.student_name("r2end-seed23-items-6"), "metrics.json"), "distill")

@@ -130,8 +130,10 @@ def test_the_controls_run_through_the_benchmark(embedded, tmp_path, monkeypatch)
     monkeypatch.setattr(bench, "RUNS", tmp_path / "students_beauty_runs")
     # a point of the teacher-data curve first: five items described (as items-6 samples 6% of them)
     monkeypatch.setitem(bench.LEVELS, "items-6", {"sample_items": 5})
-    bench.benchmark(cfg, argparse.Namespace(methods=None, seeds="23", level="items-6", records_only=False))
-    bench.benchmark(cfg, argparse.Namespace(methods="fusion_dllm2rec", seeds="23", level="all", records_only=False))
+    bench.benchmark(cfg, argparse.Namespace(methods=None, seeds="23", level="items-6", records_only=False, plan=False))
+    bench.benchmark(
+        cfg, argparse.Namespace(methods="fusion_dllm2rec", seeds="23", level="all", records_only=False, plan=False)
+    )
 
     # the level's run trained R2END and its fusion at that level, and their no-LLM controls (level-free)
     curve_point = {bench.model_name(m, 23, "items-6") for m in bench.closure(bench.controls(["r2end", "fusion"]))}

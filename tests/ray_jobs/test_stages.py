@@ -140,7 +140,7 @@ def test_a_stage_on_an_empty_storage_path_says_which_stage_to_run_first(tmp_path
         module.run
         if hasattr(module, "run")
         else lambda c: module.benchmark(
-            c, argparse.Namespace(methods="sasrec", seeds="23", level="all", records_only=False)
+            c, argparse.Namespace(methods="sasrec", seeds="23", level="all", records_only=False, plan=False)
         )
     )
     with pytest.raises(FileNotFoundError, match=rf"ray_jobs\.{STAGES_BEFORE[stage]}\b"):

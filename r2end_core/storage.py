@@ -108,13 +108,6 @@ def subfolders(folder: str) -> list[str]:
             i.type == pafs.FileType.Directory and not i.base_name.startswith(".")]  # fmt: skip
 
 
-def modified(path: str) -> float | None:
-    """When the file at ``path`` was last written (UTC seconds); None where its filesystem does not say."""
-    fs, inner = filesystem(path)
-    mtime = fs.get_file_info(inner).mtime
-    return mtime.timestamp() if mtime else None
-
-
 def parquet_files(path: str) -> list[str]:
     """``path`` if it is a file, else the visible Parquet files of the folder it names, sorted; a folder holding
     anything else visible (a subfolder, another file) is an error naming it, not data left out."""

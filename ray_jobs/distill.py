@@ -45,8 +45,7 @@ def run(cfg: PipelineConfig) -> DistillSummary:
             f"distill.patience={dc.patience} validates on held-out users, and holdout_fraction="
             f"{dc.holdout_fraction} of {examples.num_rows} users holds out none: raise it or unset patience"
         )
-    storage.write_table(examples, layout.student(dc.run_name, "examples.parquet"))
-    storage.write_table(held, layout.student(dc.run_name, "held_out.parquet"))
+    distill.start_run(layout, dc, examples, held)
     if earlier := distill.distilled_before(layout, dc, ec):
         return copied(layout, *earlier, dc, started)
     name, model = distill.run_name(dc, embedded.inputs_digest, layout.root), layout.student(dc.run_name, "model")
@@ -108,8 +107,11 @@ def copied(layout: Layout, earlier: str, summary: DistillSummary, dc: DistillCon
     model and distances copied, its summary (its weights' id included, so caches of its vectors hold)."""
     log.info(f"distill: {earlier} learnt the same examples with the same settings; its student is copied")
     storage.copy_folder(layout.student(earlier, "model"), layout.student(dc.run_name, "model"))
-    if storage.exists(distances := layout.student(earlier, "distances.parquet")):
-        storage.write_table(storage.read_table(distances), layout.student(dc.run_name, "distances.parquet"))
+    distances, mine = layout.student(earlier, "distances.parquet"), layout.student(dc.run_name, "distances.parquet")
+    if storage.exists(distances):
+        storage.write_table(storage.read_table(distances), mine)
+    elif storage.exists(mine):  # an earlier run's of this name
+        storage.delete_file(mine)
     mine = summary.model_copy(
         update={"config": dc.model_dump(mode="json"), "copied_from": earlier, "wall_time_s": time.time() - started}
     )

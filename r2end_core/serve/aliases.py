@@ -11,9 +11,10 @@ and a lease that keeps two writers off one storage path's index at once.
 Building an index writes a new version and moves nothing that is served. The lease is a file created only where
 none is (``storage.create_json``): on a local filesystem, of writers that come at once exactly one gets it; on
 object storage, which has no exclusive create, it keeps out a writer that comes while it is held, not one that
-writes in the same instant. Its holder renews it every third of ``seconds`` while it writes, so a write may
-take as long as it needs; a lease expires only when its writer stopped renewing it (died, or stalled for two
-thirds of ``seconds``), and is then taken over, by one of the writers that find it (``take_over``).
+writes in the same instant. Its holder renews it every quarter of ``seconds`` while it writes, so a write may
+take as long as it needs; a lease expires only when its writer stopped renewing it (died, or stalled: a holder
+that finds under a quarter left gives it up, and fails as it exits), and is then taken over, by one of the
+writers that find it (``take_over``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import getpass
+import logging
 import os
 import re
 import socket
@@ -35,6 +37,7 @@ from r2end_core.summaries import AliasMove, AliasRecord, Lease
 LIVE = "live"
 ALIAS = re.compile(r"^[a-z][a-z0-9_]*$")  # never a version name: those are <kind>-<digest>
 LEASE_S = 900.0
+log = logging.getLogger("r2end")
 
 
 class LeaseHeld(RuntimeError):
@@ -138,12 +141,22 @@ def lease(layout: Layout, holder: str | None = None, seconds: float = LEASE_S):
     released, kept = threading.Event(), [True]
 
     def renew() -> None:
-        while not released.wait(seconds / 3):
-            if not ((current := read_lease(path)) and current.token == mine.token):
+        """Every quarter of the period, push the expiry on. With under a quarter left (the holder stalled, or
+        renewals failed) it gives the lease up rather than risk overwriting a writer that took it over once
+        it expired; a failed read or write (a storage hiccup) is tried again at the next tick."""
+        while not released.wait(seconds / 4):
+            if time.time() > mine.expires_at - seconds / 4:
                 kept[0] = False
                 return
-            mine.expires_at = time.time() + seconds
-            mine.write(path)
+            try:
+                if not ((current := read_lease(path)) and current.token == mine.token):
+                    kept[0] = False
+                    return
+                renewed = mine.model_copy(update={"expires_at": time.time() + seconds})
+                renewed.write(path)
+                mine.expires_at = renewed.expires_at
+            except OSError as error:
+                log.warning(f"renewing the index lease under {layout.root} failed ({error}); trying again")
 
     renewing = threading.Thread(target=renew, name="index-lease", daemon=True)
     renewing.start()
@@ -158,4 +171,4 @@ def lease(layout: Layout, holder: str | None = None, seconds: float = LEASE_S):
             else:
                 kept[0] = False
     if not kept[0]:
-        raise LeaseHeld(f"the index's lease under {layout.root} was taken over while {mine.holder} wrote")
+        raise LeaseHeld(f"the index's lease under {layout.root} lapsed or was taken over while {mine.holder} wrote")

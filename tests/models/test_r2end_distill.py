@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pyarrow as pa
 import pytest
 import torch
 
-from r2end_core import schemas, storage
+from r2end_core import schemas
 from r2end_core.config import DistillConfig, EmbedConfig
 from r2end_core.layout import Layout
 from r2end_core.models.r2end import distill
@@ -135,7 +133,8 @@ def test_length_buckets_batch_similar_histories_and_see_every_user(prepared_tabl
 
 def test_a_student_that_learnt_the_same_examples_is_found(prepared_tables, tmp_path):
     """``distilled_before`` names a finished student of the same settings and examples (not the run itself),
-    and none where a setting differs or a later, unfinished run of that student rewrote its examples."""
+    and none where a setting or the examples differ, or where that student's folder was started again (its
+    model may be changing)."""
     users, _ = prepared_tables
     ids = users.column("user_id").to_pylist()[:12]
     targets = pa.table(
@@ -152,8 +151,7 @@ def test_a_student_that_learnt_the_same_examples_is_found(prepared_tables, tmp_p
     def started(run: str, learnt: pa.Table = targets, **settings) -> DistillConfig:
         """A run's examples written, as the stage writes them before it trains."""
         cfg = DistillConfig(run_name=run, holdout_fraction=0.25, **settings)
-        for name, table in zip(distill.EXAMPLE_FILES, distill.examples(users, learnt, cfg)):
-            storage.write_table(table, layout.student(run, name))
+        distill.start_run(layout, cfg, *distill.examples(users, learnt, cfg)[:2])
         return cfg
 
     def finished(cfg: DistillConfig) -> None:
@@ -161,18 +159,17 @@ def test_a_student_that_learnt_the_same_examples_is_found(prepared_tables, tmp_p
         summary |= {"resumed_from_step": 0, "loss_first": 1.0, "loss_last": 0.9, "losses": [0.9]}
         summary |= {"train_seconds": 1.0, "ray_train_run": f"distill-{cfg.run_name}-0", "config": cfg.model_dump()}
         summary |= {"encoder": ec.encoder, "max_seq_length": ec.max_seq_length, "distances_held_out": None}
-        time.sleep(0.01)  # written after its examples, as at a run's end
         DistillSummary(**summary, wall_time_s=1.0).write(layout.student(cfg.run_name, "metrics.json"))
 
     first = started("first")
-    assert distill.distilled_before(layout, first, ec) is None  # not itself, nor an unfinished run
+    assert distill.distilled_before(layout, started("second"), ec) is None  # the first has not finished
     finished(first)
+    assert distill.distilled_before(layout, first, ec) is None  # not itself
     found = distill.distilled_before(layout, started("second", checkpoint_every=7), ec)
     assert found and found[0] == "first" and found[1].ray_train_run == "distill-first-0"
     assert distill.distilled_before(layout, started("third", learning_rate=2e-5), ec) is None
     other_targets = targets.set_column(3, "embedding", schemas.vector_column(np.eye(12, 4, k=1, dtype=np.float32)))
     assert distill.distilled_before(layout, started("fourth", other_targets), ec) is None
     assert distill.distilled_before(layout, started("second"), ec.model_copy(update={"max_seq_length": 64})) is None
-    time.sleep(0.01)
-    started("first", epochs=2)  # a later run of the first student rewrote its examples, and has not finished
+    started("first")  # a later run of the first student, not finished: its folder holds no finished run
     assert distill.distilled_before(layout, started("second"), ec) is None

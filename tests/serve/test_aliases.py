@@ -73,8 +73,8 @@ def test_a_second_writer_is_kept_out_while_the_lease_is_held(tmp_path):
 def test_a_write_longer_than_the_lease_keeps_it(tmp_path):
     """The holder renews its lease while it writes: after three lease periods it is still held, and still its."""
     layout = Layout(str(tmp_path))
-    with aliases.lease(layout, "slow", seconds=0.3) as mine:
-        time.sleep(1.0)
+    with aliases.lease(layout, "slow", seconds=2.0) as mine:
+        time.sleep(6.0)
         with pytest.raises(aliases.LeaseHeld, match="slow is writing the index"):
             with aliases.lease(layout, "second"):
                 pass
@@ -90,6 +90,15 @@ def test_a_writer_whose_lease_was_taken_over_is_told_so(tmp_path):
     with pytest.raises(aliases.LeaseHeld, match="taken over while stalled wrote"):
         with aliases.lease(layout, "stalled"):
             other.write(layout.index_lease)  # what take_over and create_json leave once the lease had expired
+    assert Lease.model_validate_json(open(layout.index_lease).read()) == other
+    # found by the holder's renewal while it still writes: it stops renewing, and leaves the other's lease
+    os.remove(layout.index_lease)
+    with pytest.raises(aliases.LeaseHeld, match="lapsed or was taken over while renewing wrote"):
+        with aliases.lease(layout, "renewing", seconds=2.0):
+            os.remove(layout.index_lease)  # as take_over and create_json leave it once the lease had expired
+            other.write(layout.index_lease)
+            time.sleep(1.0)  # two renewal ticks
+            assert Lease.model_validate_json(open(layout.index_lease).read()) == other
     assert Lease.model_validate_json(open(layout.index_lease).read()) == other
     with pytest.raises(ValueError, match="seconds"):
         with aliases.lease(layout, "never", seconds=0):

@@ -336,19 +336,29 @@ def run_name(cfg: DistillConfig, embeddings_digest: str, storage_path: str) -> s
 EXAMPLE_FILES = ("examples.parquet", "held_out.parquet")
 
 
+def start_run(layout: Layout, cfg: DistillConfig, examples: pa.Table, held_out: pa.Table) -> None:
+    """A run's start in its folder: the summary of the folder's last run removed (its model is about to change;
+    a folder holds ``metrics.json`` only while its model, examples and summary are one finished run's), then
+    the examples written."""
+    if storage.exists(summary := layout.student(cfg.run_name, "metrics.json")):
+        storage.delete_file(summary)
+    for name, table in zip(EXAMPLE_FILES, (examples, held_out)):
+        storage.write_table(table, layout.student(cfg.run_name, name))
+
+
 def distilled_before(layout: Layout, cfg: DistillConfig, ec: EmbedConfig) -> tuple[str, DistillSummary] | None:
-    """(its run name, its summary) for another student under the storage path that learnt exactly what
-    ``cfg.run_name`` is about to, from its folder's ``EXAMPLE_FILES`` written already: the same settings (all
-    but the run name and ``checkpoint_every``) and encoder, from the same examples and held-out users (the
-    files' sha256). Its model is what this run would train again, e.g. where a teacher-data sample changes only
-    what distillation does not read (the items' descriptions). Files written after a student's summary belong
-    to a later run of it, not finished: they do not count. None if there is none."""
+    """(its run name, its summary) for another finished student under the storage path that learnt exactly
+    what ``cfg.run_name`` is about to, from its folder's ``EXAMPLE_FILES`` written already (``start_run``):
+    the same settings (all but the run name and ``checkpoint_every``) and encoder, from the same examples and
+    held-out users (the files' sha256). Its model is what this run would train again, e.g. where a
+    teacher-data sample changes only what distillation does not read (the items' descriptions). None if there
+    is none."""
     mine = [storage.sha256(layout.student(cfg.run_name, name)) for name in EXAMPLE_FILES]
     settings = cfg.model_dump(mode="json", exclude={"run_name", "checkpoint_every"})
     for folder in storage.subfolders(layout.path("students")):
         other = folder.rstrip("/").rsplit("/", 1)[-1]
         summary_path = layout.student(other, "metrics.json")
-        if other == cfg.run_name or not storage.exists(summary_path):
+        if other == cfg.run_name or not storage.exists(summary_path):  # no summary: not a finished run
             continue
         try:
             summary = DistillSummary.model_validate(storage.read_json(summary_path))
@@ -358,18 +368,9 @@ def distilled_before(layout: Layout, cfg: DistillConfig, ec: EmbedConfig) -> tup
         if (summary.encoder, summary.max_seq_length, learnt) != (ec.encoder, ec.max_seq_length, settings):
             continue
         files = [layout.student(other, name) for name in EXAMPLE_FILES]
-        if all(written_before(f, summary_path) and storage.sha256(f) == h for f, h in zip(files, mine)):
+        if all(storage.exists(f) and storage.sha256(f) == h for f, h in zip(files, mine)):
             return other, summary
     return None
-
-
-def written_before(path: str, later: str) -> bool:
-    """Whether the file ``path`` exists and was last written no later than ``later`` (False where the
-    filesystem does not say)."""
-    if not storage.exists(path):
-        return False
-    first, then = storage.modified(path), storage.modified(later)
-    return first is not None and then is not None and first <= then
 
 
 def distance_table(

@@ -104,8 +104,8 @@ def subfolders(folder: str) -> list[str]:
     if fs.get_file_info(inner).type == pafs.FileType.NotFound:
         return []
     infos = fs.get_file_info(pafs.FileSelector(inner, recursive=False))
-    return [join(folder, i.base_name) for i in sorted(infos, key=lambda i: i.base_name) if
-            i.type == pafs.FileType.Directory and not i.base_name.startswith(".")]  # fmt: skip
+    names = sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory and not i.base_name.startswith("."))
+    return [join(folder, name) for name in names]
 
 
 def parquet_files(path: str) -> list[str]:

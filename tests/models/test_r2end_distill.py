@@ -36,6 +36,20 @@ def targets_table() -> pa.Table:
     )
 
 
+def oracle_targets(user_ids: list[str], shift: int = 0) -> pa.Table:
+    """An oracle target per user (schemas.TARGET_EMBEDDINGS): 4-d one-hot rows, ``shift`` places along."""
+    n = len(user_ids)
+    return pa.table(
+        {
+            "user_id": user_ids,
+            "target": ["oracle"] * n,
+            "accepted": [None] * n,
+            "embedding": schemas.vector_column(np.eye(n, 4, k=shift, dtype=np.float32)),
+        },
+        schema=schemas.TARGET_EMBEDDINGS,
+    )
+
+
 def test_select_targets_per_setting():
     table = targets_table()
     assert distill.select_targets(table, "oracle")[0] == ["a", "b"]
@@ -97,16 +111,7 @@ def test_the_student_trains_with_dropout_on():
 
 def test_examples_hold_out_users_by_id(prepared_tables):
     users, _ = prepared_tables
-    ids = users.column("user_id").to_pylist()[:20]
-    targets = pa.table(
-        {
-            "user_id": ids,
-            "target": ["oracle"] * 20,
-            "accepted": [None] * 20,
-            "embedding": schemas.vector_column(np.eye(20, 4, dtype=np.float32)),
-        },
-        schema=schemas.TARGET_EMBEDDINGS,
-    )
+    targets = oracle_targets(users.column("user_id").to_pylist()[:20])
     train, held, with_text = distill.examples(users, targets, DistillConfig(holdout_fraction=0.25))
     assert (
         train.num_rows == with_text == 15
@@ -136,16 +141,7 @@ def test_a_student_that_learnt_the_same_examples_is_found(prepared_tables, tmp_p
     and none where a setting or the examples differ, or where that student's folder was started again (its
     model may be changing)."""
     users, _ = prepared_tables
-    ids = users.column("user_id").to_pylist()[:12]
-    targets = pa.table(
-        {
-            "user_id": ids,
-            "target": ["oracle"] * 12,
-            "accepted": [None] * 12,
-            "embedding": schemas.vector_column(np.eye(12, 4, dtype=np.float32)),
-        },
-        schema=schemas.TARGET_EMBEDDINGS,
-    )
+    targets = oracle_targets(users.column("user_id").to_pylist()[:12])
     layout, ec = Layout(str(tmp_path)), EmbedConfig()
 
     def started(run: str, learnt: pa.Table = targets, **settings) -> DistillConfig:
@@ -168,7 +164,7 @@ def test_a_student_that_learnt_the_same_examples_is_found(prepared_tables, tmp_p
     found = distill.distilled_before(layout, started("second", checkpoint_every=7), ec)
     assert found and found[0] == "first" and found[1].ray_train_run == "distill-first-0"
     assert distill.distilled_before(layout, started("third", learning_rate=2e-5), ec) is None
-    other_targets = targets.set_column(3, "embedding", schemas.vector_column(np.eye(12, 4, k=1, dtype=np.float32)))
+    other_targets = oracle_targets(targets.column("user_id").to_pylist(), shift=1)
     assert distill.distilled_before(layout, started("fourth", other_targets), ec) is None
     assert distill.distilled_before(layout, started("second"), ec.model_copy(update={"max_seq_length": 64})) is None
     started("first")  # a later run of the first student, not finished: its folder holds no finished run

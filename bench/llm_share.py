@@ -10,15 +10,19 @@ its run records (one harness, no second copy of its machinery):
 * ``coverage.{users_with_reasoning, items_with_description}``: the teacher data the students read;
 * ``students.<name>.{twin, id_ensemble}`` and ``students.<name>.vs_twin.<seed>.test.{ndcg@10,hr@10}.{diff,se,z}``,
   ``vs_id_ensemble.<seed>...`` (seeds as strings); ``vs_twin_over_seeds`` / ``vs_id_ensemble_over_seeds``: the
-  mean difference over seeds, its s.e. from the seeds' spread, and the relative share (diff / the control's
-  mean NDCG@10). The seeds share users and teacher outputs: they are not independent replications;
+  mean difference over seeds with the paired s.e. over users of each user's difference averaged over the seeds
+  (``se``, ``z``), the s.e. from the seeds' spread (``seeds_se``: training noise alone) and the relative share
+  (diff / the control's mean NDCG@10). The seeds share users and teacher outputs: they are not independent
+  replications;
 * ``costs.<method>.{parts, training_hours, generation_hours, served_p50_ms}``: models summed at serving, the
-  training hours of it and of every model it learns from (first seed), the hours the teacher outputs the
-  benchmark reads took to generate, over every run that made them (0 for a method that reads none), its
-  p50 over HTTP at concurrency 1 where ``bench.serving_cpu`` served it (None: not served);
+  training hours of it and of every model it learns from (first seed; DLLM2Rec's with its teacher's rankings),
+  the hours the teacher outputs the benchmark reads took to generate, over every run that made them (0 for a
+  method that reads none), its p50 over HTTP at concurrency 1 where ``bench.serving_cpu`` served it (None: not
+  served);
+* ``tail_floor_missed``: ``{model: why}``, the fusions whose long-tail floor no weights reached on validation;
 * ``curve``: per level of teacher data (``students_beauty.LEVELS``), R2END and its fusion with SASRec minus
-  the no-LLM twin (first seed);
-* ``goal``: the best student above its twin and its ID-only ensemble with z >= 2 in every seed.
+  the no-LLM twin (``vs_twin``) and minus the ID-only ensemble (``vs_id_ensemble``), first seed;
+* ``goal``: the best student above its twin and its ID-only ensemble with z >= 2 in every seed, at least three.
 """
 
 from __future__ import annotations
@@ -31,15 +35,25 @@ import numpy as np
 import pyarrow as pa
 
 from bench import paired, results
+from r2end_core.eval import metrics
+from r2end_core.models import fusion
 
 NAME = "llm_share"
 MEASURES = ("ndcg@10", "hr@10")
-GOAL_Z, STRETCH_SHARE = 2.0, 0.03
+GOAL_Z, GOAL_SEEDS, STRETCH_SHARE = 2.0, 3, 0.03
 
 
-def difference(student: pa.Table, control: pa.Table) -> dict:
+def aligned_test_ranks(pairs: dict[str, tuple[pa.Table, pa.Table]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each pair's (student, control) test ranks, every one in the same user order: runs scored on other
+    users are an error, across pairs too (the seeds' differences are averaged user by user)."""
+    tables = {f"{key}/{side}": t for key, pair in pairs.items() for side, t in zip(("student", "control"), pair)}
+    aligned = paired.aligned_ranks(tables, "test")
+    return {key: (aligned[f"{key}/student"], aligned[f"{key}/control"]) for key in pairs}
+
+
+def difference(student: np.ndarray, control: np.ndarray) -> dict:
     """``{test: {ndcg@10|hr@10: {diff, se, z}, users}}``: the student minus the control on the same users."""
-    d = paired.compare({"control": control, "student": student})["student"]["test"]
+    d = metrics.paired_difference(student, control)
     return {"test": {"users": d["users"], **{m: brief(d[m]) for m in MEASURES}}}
 
 
@@ -47,20 +61,31 @@ def brief(d: dict) -> dict:
     return {"diff": d["difference"], "se": d["se"], "z": d["z"]}
 
 
-def over_seeds(by_seed: dict[str, dict], control_ndcg: float) -> dict:
-    """``{ndcg@10|hr@10: {diff, se, seeds}, relative_ndcg@10}``: the mean of the per-seed differences, the s.e.
-    of that mean from their spread (None with one seed), and the NDCG@10 difference relative to the control's.
+def gains(ranks: np.ndarray, measure: str) -> np.ndarray:
+    return (ranks < 10).astype(float) if measure == "hr@10" else metrics.ndcg_gains(ranks, 10)
 
-    >>> d = over_seeds({"1": {"test": {"ndcg@10": {"diff": 0.002}, "hr@10": {"diff": 0.004}}},
-    ...                 "2": {"test": {"ndcg@10": {"diff": 0.004}, "hr@10": {"diff": 0.002}}}}, 0.06)
-    >>> round(d["ndcg@10"]["diff"], 4), round(d["ndcg@10"]["se"], 4), round(d["relative_ndcg@10"], 3)
-    (0.003, 0.001, 0.05)
+
+def over_seeds(pairs: list[tuple[np.ndarray, np.ndarray]], control_ndcg: float) -> dict:
+    """``{ndcg@10|hr@10: {diff, se, z, seeds_se, seeds}, relative_ndcg@10}`` from each seed's (student, control)
+    ranks on the same users in one order: ``diff``, the mean of the per-seed differences; ``se``, the paired
+    s.e. over users of each user's difference averaged over the seeds (the seeds share their users, so the
+    error of sampling users is common to them and the seeds' spread alone would leave it out); ``seeds_se``,
+    the s.e. from the seeds' spread (training noise alone; None with one seed); ``relative_ndcg@10``, the
+    NDCG@10 difference relative to the control's.
+
+    >>> pairs = [(np.array([0, 20, 3]), np.array([30, 1, 40])), (np.array([0, 1, 3]), np.array([30, 1, 2]))]
+    >>> d = over_seeds(pairs, 0.5)
+    >>> d["hr@10"]["diff"], round(d["hr@10"]["se"], 3), d["hr@10"]["seeds_se"], d["hr@10"]["seeds"]
+    (0.3333333333333333, 0.441, 0.0, 2)
     """
     out: dict = {}
     for m in MEASURES:
-        diffs = np.array([d["test"][m]["diff"] for d in by_seed.values()])
-        se = float(diffs.std(ddof=1) / np.sqrt(len(diffs))) if len(diffs) > 1 else None
-        out[m] = {"diff": float(diffs.mean()), "se": se, "seeds": len(diffs)}
+        per_seed = np.array([gains(student, m) - gains(control, m) for student, control in pairs])  # seeds x users
+        per_user = per_seed.mean(axis=0)
+        diff, se = float(per_user.mean()), float(per_user.std(ddof=1) / np.sqrt(len(per_user)))
+        spread = per_seed.mean(axis=1)
+        seeds_se = float(spread.std(ddof=1) / np.sqrt(len(spread))) if len(spread) > 1 else None
+        out[m] = {"diff": diff, "se": se, "z": diff / se if se else 0.0, "seeds_se": seeds_se, "seeds": len(pairs)}
     out["relative_ndcg@10"] = out["ndcg@10"]["diff"] / control_ndcg if control_ndcg else None
     return out
 
@@ -85,6 +110,11 @@ def served_p50() -> dict[str, float]:
     return {name: m["phases"]["http"]["c1"]["p50_ms"] for name, m in served.items() if "http" in m.get("phases", {})}
 
 
+def trained(record: dict) -> float:
+    """The seconds a run's model took to make: its training, and its teacher's rankings where it made them."""
+    return record["seconds"] + ((record.get("teacher_rankings") or {}).get("seconds") or 0)
+
+
 def costs(runs: dict[str, dict[int, dict]], first: int, methods: dict, hours_of_text: float, model_name) -> dict:
     """``{method: {parts, training_hours, generation_hours, served_p50_ms}}`` (see the module docstring)."""
     p50 = served_p50()
@@ -97,10 +127,24 @@ def costs(runs: dict[str, dict[int, dict]], first: int, methods: dict, hours_of_
         spec = methods[m]
         out[m] = {
             "parts": len(spec.learns_from) if "fusion" in spec.sections else 1,
-            "training_hours": round(sum(runs[p][first]["seconds"] for p in learnt(m) if p in runs) / 3600, 2),
+            "training_hours": round(sum(trained(runs[p][first]) for p in learnt(m) if p in runs) / 3600, 2),
             "generation_hours": round(hours_of_text, 2) if spec.uses_llm else 0.0,
             "served_p50_ms": p50.get(model_name(m, first)),
         }
+    return out
+
+
+def tail_floor_missed(runs: dict[str, dict[int, dict]], model_name) -> dict[str, str]:
+    """``{model: why}`` for each fusion with a long-tail floor whose weights, chosen on validation, missed it
+    (no weights reached it: the fusion fell back to the most long-tail HR@10)."""
+    out = {}
+    for method, by_seed in runs.items():
+        for seed, record in by_seed.items():
+            summary = record["summary"]
+            if ratio := (summary.get("config") or {}).get("min_long_tail_ratio"):
+                searched = summary["history"]
+                if missed := fusion.floor_missed(searched, fusion.best_weights(searched, ratio), ratio):
+                    out[model_name(method, seed)] = missed
     return out
 
 
@@ -116,22 +160,30 @@ def summarise(
     model_name,
 ) -> dict:
     """The JSON (see the module docstring). ``runs``: method -> seed -> record at full teacher data;
-    ``curve_runs``: level -> method -> record (first seed)."""
+    ``curve_runs``: level -> method -> record (first seed), records that hold under the current config."""
     first = seeds[0]
+
+    def against(student: dict, control: str, seed: int) -> dict:
+        """The student's record minus ``control``'s of ``seed``, with the control's name and test NDCG@10."""
+        (ranks,) = aligned_test_ranks(
+            {"": (ranks_of(student["summary"]), ranks_of(runs[control][seed]["summary"]))}
+        ).values()
+        test = runs[control][seed]["summary"]["test"]
+        return {"control": control, "control_ndcg@10": test["ndcg@10"], **difference(*ranks)["test"]["ndcg@10"]}
+
     students = {}
     for name in [m for m, spec in methods.items() if spec.twin and m in runs]:
         spec, entry = methods[name], {"twin": methods[name].twin, "id_ensemble": methods[name].id_ensemble}
         for label, control in (("twin", spec.twin), ("id_ensemble", spec.id_ensemble)):
-            if control not in runs:
+            shared = [s for s in seeds if s in runs[name] and s in runs.get(control, {})]
+            if not shared:
                 continue
-            by_seed = {
-                str(s): difference(ranks_of(r["summary"]), ranks_of(runs[control][s]["summary"]))
-                for s, r in runs[name].items()
-                if s in runs[control]
-            }
-            control_ndcg = float(np.mean([runs[control][int(s)]["summary"]["test"]["ndcg@10"] for s in by_seed]))
-            entry[f"vs_{label}"] = by_seed
-            entry[f"vs_{label}_over_seeds"] = over_seeds(by_seed, control_ndcg)
+            ranks = aligned_test_ranks(
+                {str(s): (ranks_of(runs[name][s]["summary"]), ranks_of(runs[control][s]["summary"])) for s in shared}
+            )
+            control_ndcg = float(np.mean([runs[control][s]["summary"]["test"]["ndcg@10"] for s in shared]))
+            entry[f"vs_{label}"] = {s: difference(*pair) for s, pair in ranks.items()}
+            entry[f"vs_{label}_over_seeds"] = over_seeds(list(ranks.values()), control_ndcg)
         students[name] = entry
     out = {
         "coverage": coverage,
@@ -140,33 +192,39 @@ def summarise(
         "best_student": best,
         "seeds": seeds,
         "seeds_note": "the seeds share users and teacher outputs: not independent replications",
+        "tail_floor_missed": tail_floor_missed(runs, model_name),
     }
     out["curve"] = [
         {
             "level": level,
             "student": m,
-            **record.get("coverage", {}),
+            "users_with_reasoning": record["coverage"]["users_with_reasoning"],
+            "items_with_description": record["coverage"]["items_with_description"],
             "ndcg@10": record["summary"]["test"]["ndcg@10"],
-            "twin_ndcg@10": runs[methods[m].twin][first]["summary"]["test"]["ndcg@10"],
-            **difference(ranks_of(record["summary"]), ranks_of(runs[methods[m].twin][first]["summary"]))["test"][
-                "ndcg@10"
-            ],
+            **{
+                f"vs_{label}": against(record, control, first)
+                for label, control in (("twin", methods[m].twin), ("id_ensemble", methods[m].id_ensemble))
+            },
         }
         for level, by_method in curve_runs.items()
         for m, record in by_method.items()
-        if methods[m].twin in runs and first in runs[methods[m].twin]
+        if all(first in runs.get(c, {}) for c in (methods[m].twin, methods[m].id_ensemble))
     ]
-    if best in students:
-        entry = students[best]
+    if best is not None:
+        entry = students.get(best, {})
         z = [
             d["test"]["ndcg@10"]["z"]
             for label in ("twin", "id_ensemble")
             for d in entry.get(f"vs_{label}", {}).values()
         ]
-        complete = all(len(entry.get(f"vs_{label}", {})) == len(seeds) for label in ("twin", "id_ensemble"))
+        # every seed against both controls, and as many seeds as the goal asks
+        complete = len(seeds) >= GOAL_SEEDS and all(
+            len(entry.get(f"vs_{label}", {})) == len(seeds) for label in ("twin", "id_ensemble")
+        )
         share = entry.get("vs_twin_over_seeds", {}).get("relative_ndcg@10")
         out["goal"] = {
             "student": best,
+            "seeds": len(seeds),
             "z_at_least_2_vs_both_in_every_seed": complete and all(v >= GOAL_Z for v in z),
             "min_z": min(z) if z else None,
             "share_vs_twin": share,
@@ -175,8 +233,8 @@ def summarise(
     return out
 
 
-def signed(d: dict) -> str:
-    return f"{d['diff']:+.4f} ± {d['se']:.4f}" if d.get("se") is not None else f"{d['diff']:+.4f}"
+def with_z(d: dict) -> str:
+    return f"{d['diff']:+.4f} ± {d['se']:.4f} ({d['z']:+.1f})"
 
 
 def hours(value: float) -> str:
@@ -191,39 +249,41 @@ def report(out: dict) -> str:
         "",
         f"Teacher data read: {cov['users_with_reasoning']:,} users with oracle reasoning, "
         f"{cov['items_with_description']:,} items described. Each student minus its control on the same users "
-        f"(paired diff ± s.e., z), per seed; over seeds the mean ± s.e. from the seeds' spread ({out['seeds_note']}).",
+        "(paired diff ± s.e., z), per seed. Over seeds: the mean difference ± the paired s.e. over users of each "
+        "user's difference averaged over the seeds (z), and beside it the s.e. from the seeds' spread alone "
+        f"(training noise): {out['seeds_note']}.",
         "",
         "| student | control | "
         + " | ".join(f"seed {s}: diff ± s.e. (z)" for s in seeds)
-        + " | over seeds | relative |",
-        "|---|---|" + "---|" * (len(seeds) + 2),
+        + " | over seeds (shared users) | seeds' spread s.e. | relative |",
+        "|---|---|" + "---|" * (len(seeds) + 3),
     ]
     for name, entry in out["students"].items():
         for label in ("twin", "id_ensemble"):
             if f"vs_{label}" not in entry:
                 continue
             by_seed, over = entry[f"vs_{label}"], entry[f"vs_{label}_over_seeds"]
-            cells = [
-                f"{signed(by_seed[s]['test']['ndcg@10'])} ({by_seed[s]['test']['ndcg@10']['z']:+.1f})"
-                if s in by_seed
-                else "–"
-                for s in seeds
-            ]
-            relative = over["relative_ndcg@10"]
+            cells = [with_z(by_seed[s]["test"]["ndcg@10"]) if s in by_seed else "–" for s in seeds]
+            spread, relative = over["ndcg@10"]["seeds_se"], over["relative_ndcg@10"]
             lines.append(
                 f"| {name} | `{entry[label]}` | "
                 + " | ".join(cells)
-                + f" | {signed(over['ndcg@10'])} | {'–' if relative is None else f'{relative:+.1%}'} |"
+                + f" | {with_z(over['ndcg@10'])} | {'–' if spread is None else f'{spread:.4f}'} | "
+                + f"{'–' if relative is None else f'{relative:+.1%}'} |"
             )
     if goal := out.get("goal"):
         lowest = "–" if goal["min_z"] is None else f"{goal['min_z']:+.2f}"
         met = lambda ok: "met" if ok else "not met"  # noqa: E731
         lines += [
             "",
-            f"Goal (best student `{goal['student']}` above both controls, z ≥ {GOAL_Z:g} in every seed): "
-            f"{met(goal['z_at_least_2_vs_both_in_every_seed'])} (lowest z {lowest}); stretch (the LLM's share ≥ "
-            f"{STRETCH_SHARE:.0%} of the twin's NDCG@10): {met(goal['stretch_share_at_least_3pct'])}.",
+            f"Goal (best student `{goal['student']}` above both controls, z ≥ {GOAL_Z:g} in every one of at least "
+            f"{GOAL_SEEDS} seeds; {goal['seeds']} run): {met(goal['z_at_least_2_vs_both_in_every_seed'])} "
+            f"(lowest z {lowest}); stretch (the LLM's share ≥ {STRETCH_SHARE:.0%} of the twin's NDCG@10): "
+            f"{met(goal['stretch_share_at_least_3pct'])}.",
         ]
+    if out["tail_floor_missed"]:
+        lines += ["", "Long-tail floors missed on validation (the fusion kept the most long-tail HR@10 it found):", ""]
+        lines += [f"- `{model}`: {why}" for model, why in out["tail_floor_missed"].items()]
     lines += [
         "",
         "What each method costs (first seed): models summed at serving, training hours (its own and every model "
@@ -239,16 +299,18 @@ def report(out: dict) -> str:
     if out["curve"]:
         lines += [
             "",
-            "Teacher-data curve (first seed): the student minus its no-LLM twin at each level of teacher data:",
+            "Teacher-data curve (first seed): the student minus its no-LLM twin and minus its ID-only ensemble at "
+            "each level of teacher data:",
             "",
-            "| level | student | users with reasoning | items described | N@10 | twin N@10 | diff ± s.e. (z) |",
+            "| level | student | users with reasoning | items described | N@10 | − twin: diff ± s.e. (z) "
+            "| − ID-only: diff ± s.e. (z) |",
             "|---|---|---|---|---|---|---|",
         ]
         for p in out["curve"]:
             lines.append(
-                f"| {p['level']} | {p['student']} | {p.get('users_with_reasoning', 0):,} | "
-                f"{p.get('items_with_description', 0):,} | {p['ndcg@10']:.4f} | {p['twin_ndcg@10']:.4f} | "
-                f"{signed(p)} ({p['z']:+.1f}) |"
+                f"| {p['level']} | {p['student']} | {p['users_with_reasoning']:,} | "
+                f"{p['items_with_description']:,} | {p['ndcg@10']:.4f} | {with_z(p['vs_twin'])} | "
+                f"{with_z(p['vs_id_ensemble'])} |"
             )
         lines += ["", f"Plot: `{NAME}_curve.png`."]
     return "\n".join(lines) + "\n"
@@ -267,14 +329,14 @@ def plot(out: dict) -> None:
         (axes[1], "items_with_description", "items described"),
     ):
         # one axis at a time: the points that read all of the other kind of teacher text
-        held = max(p.get(axes_of[key], 0) for p in out["curve"])
-        on_axis = [p for p in out["curve"] if p.get(axes_of[key], 0) == held]
+        held = max(p[axes_of[key]] for p in out["curve"])
+        on_axis = [p for p in out["curve"] if p[axes_of[key]] == held]
         for student in dict.fromkeys(p["student"] for p in on_axis):
-            points = sorted((p for p in on_axis if p["student"] == student), key=lambda p: p.get(key, 0))
+            points = sorted((p for p in on_axis if p["student"] == student), key=lambda p: p[key])
             ax.errorbar(
-                [p.get(key, 0) for p in points],
-                [p["diff"] for p in points],
-                yerr=[1.96 * p["se"] for p in points],
+                [p[key] for p in points],
+                [p["vs_twin"]["diff"] for p in points],
+                yerr=[1.96 * p["vs_twin"]["se"] for p in points],
                 fmt="o-",
                 capsize=3,
                 label=student,

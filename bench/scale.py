@@ -64,8 +64,11 @@ def _config(work: Path, size: float, *overrides: str):
 
 
 def label(size: float) -> str:
-    """>>> label(4.0), label(0.05)
-    ('4x', '0.05x')"""
+    """The folder name of a dataset ``size`` times Beauty's.
+
+    >>> label(4.0), label(0.05)
+    ('4x', '0.05x')
+    """
     return f"{size:g}x"
 
 

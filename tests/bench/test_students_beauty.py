@@ -155,7 +155,9 @@ def test_the_controls_run_through_the_benchmark(full_coverage_sample, tmp_path, 
     monkeypatch.setattr(bench, "RUNS", tmp_path / "students_beauty_runs")
     # a point of the teacher-data curve first: five items described (as items-6 samples 6% of them)
     monkeypatch.setitem(bench.LEVELS, "items-6", {"sample_items": 5})
-    bench.benchmark(cfg, argparse.Namespace(methods=None, seeds="23", level="items-6", records_only=False, plan=False))
+    bench.benchmark(
+        cfg, argparse.Namespace(methods=None, seeds="23,22", level="items-6", records_only=False, plan=False)
+    )
     bench.benchmark(
         cfg, argparse.Namespace(methods="fusion_dllm2rec", seeds="23", level="all", records_only=False, plan=False)
     )
@@ -213,4 +215,8 @@ def test_the_controls_run_through_the_benchmark(full_coverage_sample, tmp_path, 
     # fusion's points need its twin (fusion_twin), which this run of fusion_dllm2rec's controls did not train
     assert set(curve) == {("items-6", "r2end"), ("all", "r2end")}
     assert curve["items-6", "r2end"]["items_with_description"] == 5 < curve["all", "r2end"]["items_with_description"]
+    assert curve["items-6", "r2end"]["vs_id_ensemble"]["control"] == "sasrec"
+    # a level's records join the curve only while they hold: a lever of R2END leaves both its points out
+    assert set(bench.curve_points(cfg, "items-6", 23)) == {"r2end", "fusion"}
+    assert bench.curve_points(cfg.with_section("project", epochs=2), "items-6", 23) == {}
     assert (tmp_path / "llm_share_curve.png").stat().st_size > 0

@@ -21,6 +21,9 @@ queries (Beauty users' test-time histories as item ids with timestamps), in phas
 4. ``llm_in_the_loop`` (once): the teacher (vLLM, SmolLM2-135M) asked, per request, for the next item from
    the same history (the unguided prompt), one request at a time.
 
+``--latency-only`` models get phases 1 and 3 at one request at a time alone (``latency_of``): what each
+method costs to serve, for ``bench.llm_share``'s cost column.
+
 Every timed phase records the machine's CPU busy and stolen shares while it ran (``with_machine_cpu``).
 Writes bench/results/serving_cpu.json (the first model's measures at the top, every model's under
 ``models``) and .md.
@@ -181,7 +184,7 @@ def side_by_side(runs: dict[str, Callable[[list], None]], items: list, batch: in
 PACES = {"c1": 1, f"batch{BATCH}": BATCH}  # in process: one query at a time, and batches
 
 
-def in_process(served: ServedModel, bodies: list[dict]) -> dict:
+def in_process(served: ServedModel, bodies: list[dict], paces: dict[str, int] = PACES) -> dict:
     """What one replica's code does per request, without HTTP or Serve: one at a time, and in batches."""
 
     def answer(batch: list[dict]) -> None:
@@ -189,7 +192,7 @@ def in_process(served: ServedModel, bodies: list[dict]) -> dict:
         excludes = [served.catalogue.rows(b["history"]) for b in batch]
         served.search(histories, [b["k"] for b in batch], excludes)
 
-    return {label: with_machine_cpu(lambda b=b: timed(answer, bodies, b)) for label, b in PACES.items()}
+    return {label: with_machine_cpu(lambda b=b: timed(answer, bodies, b)) for label, b in paces.items()}
 
 
 ENCODERS = {"torch_fp32": "torch", "onnx_fp32": "onnx-fp32", "onnx_int8": "onnx-int8"}  # report name: backend
@@ -491,6 +494,26 @@ def bench_model(cfg: PipelineConfig, name: str, bodies: list[dict], fuzz_cases: 
     return result, served
 
 
+def latency_of(cfg: PipelineConfig, name: str, bodies: list[dict]) -> dict:
+    """One model's served latency alone (``--latency-only``; ``bench.llm_share``'s cost column reads its HTTP
+    p50): in process and over HTTP (one replica, batched), one request at a time."""
+    cfg = cfg.with_section("index", model=name)
+    built = index_stage.run(cfg)
+    served = ServedModel(Layout(cfg.storage_path), built.version, cfg.serve.cpu_encoder, THREADS)
+    phases = {"in_process": in_process(served, bodies, {"c1": 1})}
+    url = deploy.start(cfg, index_version=built.version, min_replicas=1, max_replicas=1)
+    phases["http"] = {"c1": with_batch_sizes(url, lambda: with_machine_cpu(lambda: load(url, bodies, 1)))}
+    serve.shutdown()
+    return {
+        "kind": served.manifest.kind,
+        "reads": served.manifest.reads,
+        "latency_only": True,
+        "p50_ratio_http_vs_inprocess": round(phases["http"]["c1"]["p50_ms"] / phases["in_process"]["c1"]["p50_ms"], 2),
+        "setup": {"index_version": built.version, "model_version": built.model_version, "items": built.items},
+        "phases": phases,
+    }
+
+
 def steals(tree: dict):
     """Every share the hypervisor stole (``with_machine_cpu``'s) in a result tree, at any depth."""
     if set(tree) == {"busy", "steal"}:
@@ -506,8 +529,9 @@ def benchmark(cfg: PipelineConfig, args) -> None:
     torch.set_num_threads(THREADS)
     cfg.serve = cfg.serve.model_copy(update={"keep_serving": False, "cpus_per_replica": THREADS})
     names = args.models.split(",")
+    latency_only = [n for n in (args.latency_only.split(",") if args.latency_only else []) if n not in names]
     layout = Layout(cfg.storage_path)
-    if missing := [n for n in names if not storage.exists(layout.model_latest(n))]:
+    if missing := [n for n in [*names, *latency_only] if not storage.exists(layout.model_latest(n))]:
         raise SystemExit(
             f"models {missing} are not under {layout.path('models')}: train them first, e.g. "
             "python -m bench.students_beauty --records-only --methods fusion_dllm2rec_tail --seeds 23 (the models it "
@@ -519,6 +543,8 @@ def benchmark(cfg: PipelineConfig, args) -> None:
         fuzz_cases = FUZZ_CASES if name == names[0] else FUZZ_CASES_OTHERS
         by_model[name], served = bench_model(cfg, name, bodies, fuzz_cases)
     llm = llm_in_the_loop(cfg, bodies, served)
+    for name in latency_only:
+        by_model[name] = latency_of(cfg, name, bodies)
     for result in by_model.values():
         result["llm_in_loop_latency_ratio"] = round(llm["p50_ms"] / result["phases"]["http"]["c1"]["p50_ms"], 1)
     first = by_model[names[0]]
@@ -550,7 +576,7 @@ def cell(value) -> str:
 
 
 def report(out: dict) -> str:
-    names, s = list(out["models"]), out["setup"]
+    names, s = [n for n, m in out["models"].items() if not m.get("latency_only")], out["setup"]
     lines = [
         "# Serving on this CPU: trained models over HTTP against in process, the ONNX encoder, fuzzing, the LLM",
         "",
@@ -641,6 +667,20 @@ def report(out: dict) -> str:
                 )
                 + ".",
             ]
+    if alone := {n: m for n, m in out["models"].items() if m.get("latency_only")}:
+        lines += [
+            "",
+            "## Served latency alone (`--latency-only`: in process and over HTTP, one request at a time)",
+            "",
+            "| model | kind | in process p50 ms | HTTP c=1 p50 ms | HTTP / in process | CPU busy / stolen (HTTP) |",
+            "|---|---|---|---|---|---|",
+            *[
+                f"| `{n}` | {m['kind']} | {m['phases']['in_process']['c1']['p50_ms']} | "
+                f"{m['phases']['http']['c1']['p50_ms']} | {m['p50_ratio_http_vs_inprocess']} | "
+                f"{cpu_shares(m['phases']['http']['c1']['cpu'])} |"
+                for n, m in alone.items()
+            ],
+        ]
     llm = out["llm_in_the_loop"]
     lines += [
         "",
@@ -654,6 +694,12 @@ def report(out: dict) -> str:
 
 def arguments(parser) -> None:
     parser.add_argument("--models", default=MODELS, help="comma-separated model names (under models/) to serve")
+    parser.add_argument(
+        "--latency-only",
+        default="",
+        help="comma-separated model names whose served latency alone is measured (in process and HTTP, one "
+        "request at a time), e.g. every method of the students benchmark for bench.llm_share's cost column",
+    )
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
-"""The serving benchmark's timing of several backends side by side, and its account of the machine's CPUs."""
+"""The serving benchmark's timing of several backends side by side, its account of the machine's CPUs, and a
+model's served latency alone, for real."""
 
+import json
 import os
 import time
 
-from bench import serving_cpu
+from bench import llm_share, results, serving_cpu
+from tests.serve_app.test_app import free_port
 
 
 def test_side_by_side_times_every_run_on_the_same_calls_in_turns(monkeypatch):
@@ -49,3 +52,18 @@ def test_steals_finds_every_phase_share_at_any_depth():
         "encoder": {"torch": {"qps": 2}, "cpu": {"batch1": {"busy": 1, "steal": 0.3}}},
     }
     assert sorted(serving_cpu.steals(phases)) == [0.01, 0.2, 0.3]
+
+
+def test_a_model_s_latency_alone_is_measured_over_http_for_the_cost_column(fused_student, monkeypatch, tmp_path):
+    """``--latency-only``: our fused student indexed, served by Ray Serve and asked over HTTP one request at a
+    time, beside its in-process floor; bench.llm_share's cost column reads its HTTP p50."""
+    monkeypatch.setattr(serving_cpu, "PHASE_S", 2.0)
+    cfg = fused_student[0].with_section("serve", port=free_port(), keep_serving=False, max_replicas=1)
+    measured = serving_cpu.latency_of(cfg, "fusion", serving_cpu.user_queries(cfg, 20))
+    assert measured["latency_only"] and (measured["kind"], measured["reads"]) == ("fusion", "item_ids+text")
+    floor, http = measured["phases"]["in_process"]["c1"], measured["phases"]["http"]["c1"]
+    assert floor["requests"] > 0 and http["requests"] > 0 and http["errors"] == 0
+    assert 0 < floor["p50_ms"] and 0 < http["p50_ms"] and measured["p50_ratio_http_vs_inprocess"] > 0
+    monkeypatch.setattr(results, "FOLDER", tmp_path)
+    (tmp_path / "serving_cpu.json").write_text(json.dumps({"models": {"fusion-seed23": measured}}))
+    assert llm_share.served_p50() == {"fusion-seed23": http["p50_ms"]}

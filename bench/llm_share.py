@@ -16,9 +16,9 @@ its run records (one harness, no second copy of its machinery):
   replications;
 * ``costs.<method>.{parts, training_hours, generation_hours, served_p50_ms}``: models summed at serving, the
   training hours of it and of every model it learns from (first seed; DLLM2Rec's with its teacher's rankings),
-  the hours the teacher outputs the benchmark reads took to generate, over every run that made them (0 for a
-  method that reads none), its p50 over HTTP at concurrency 1 where ``bench.serving_cpu`` served it (None: not
-  served);
+  the hours the teacher-output folders holding the texts it reads took to generate, over every run that made
+  them (0 for a method that reads none), its p50 over HTTP at concurrency 1 where ``bench.serving_cpu`` served
+  it (None: not served);
 * ``tail_floor_missed``: ``{model: why}``, the fusions whose long-tail floor no weights reached on validation;
 * ``curve``: per level of teacher data (``students_beauty.LEVELS``), R2END and its fusion with SASRec minus
   the no-LLM twin (``vs_twin``) and minus the ID-only ensemble (``vs_id_ensemble``), first seed;
@@ -90,15 +90,26 @@ def over_seeds(pairs: list[tuple[np.ndarray, np.ndarray]], control_ndcg: float) 
     return out
 
 
-def generation_hours(folders: list[str]) -> float:
-    """The hours the teacher outputs in ``folders`` took to generate, over every run that made them."""
-    total = 0.0
+def generation_hours(folders: list[str]) -> dict[str, dict]:
+    """``{folder: {"hours", "texts"}}``: the hours each teacher-output folder took to generate, over every run
+    that made it, and the kinds of text it holds (its Parquet files' names: ``oracle``, ``items``, ...)."""
+    made = {}
     for folder in folders:
         summary = Path(folder) / "summary.json"
-        if summary.exists():
-            made = json.loads(summary.read_text())
-            total += sum(run["seconds"] for run in made.get("runs") or [made["run"]])
-    return total / 3600
+        if not summary.exists():
+            raise ValueError(f"{summary} not found: a teacher-output folder keeps the summary of the runs that made it")
+        runs = json.loads(summary.read_text())
+        seconds = sum(run["seconds"] for run in runs.get("runs") or [runs["run"]])
+        made[folder] = {"hours": seconds / 3600, "texts": sorted(p.stem for p in Path(folder).glob("*.parquet"))}
+    return made
+
+
+def texts_read(spec) -> set[str]:
+    """The kinds of teacher text a method reads: profile distillation the profiles; the others (R2END and
+    what learns from it) the oracle reasoning and the item descriptions; a no-LLM method none."""
+    if not spec.uses_llm:
+        return set()
+    return {"profile"} if "profile" in spec.sections else {"oracle", "items"}
 
 
 def served_p50() -> dict[str, float]:
@@ -115,7 +126,7 @@ def trained(record: dict) -> float:
     return record["seconds"] + ((record.get("teacher_rankings") or {}).get("seconds") or 0)
 
 
-def costs(runs: dict[str, dict[int, dict]], first: int, methods: dict, hours_of_text: float, model_name) -> dict:
+def costs(runs: dict[str, dict[int, dict]], first: int, methods: dict, made: dict[str, dict], model_name) -> dict:
     """``{method: {parts, training_hours, generation_hours, served_p50_ms}}`` (see the module docstring)."""
     p50 = served_p50()
 
@@ -128,7 +139,7 @@ def costs(runs: dict[str, dict[int, dict]], first: int, methods: dict, hours_of_
         out[m] = {
             "parts": len(spec.learns_from) if "fusion" in spec.sections else 1,
             "training_hours": round(sum(trained(runs[p][first]) for p in learnt(m) if p in runs) / 3600, 2),
-            "generation_hours": round(hours_of_text, 2) if spec.uses_llm else 0.0,
+            "generation_hours": round(sum(f["hours"] for f in made.values() if texts_read(spec) & set(f["texts"])), 2),
             "served_p50_ms": p50.get(model_name(m, first)),
         }
     return out
@@ -156,11 +167,12 @@ def summarise(
     ranks_of: Callable[[dict], pa.Table],
     curve_runs: dict[str, dict[str, dict]],
     best: str | None,
-    hours_of_text: float,
+    made: dict[str, dict],
     model_name,
 ) -> dict:
     """The JSON (see the module docstring). ``runs``: method -> seed -> record at full teacher data;
-    ``curve_runs``: level -> method -> record (first seed), records that hold under the current config."""
+    ``curve_runs``: level -> method -> record (first seed), records that hold under the current config;
+    ``made``: ``generation_hours`` of the teacher outputs read."""
     first = seeds[0]
 
     def against(student: dict, control: str, seed: int) -> dict:
@@ -188,7 +200,7 @@ def summarise(
     out = {
         "coverage": coverage,
         "students": students,
-        "costs": costs(runs, first, methods, hours_of_text, model_name),
+        "costs": costs(runs, first, methods, made, model_name),
         "best_student": best,
         "seeds": seeds,
         "seeds_note": "the seeds share users and teacher outputs: not independent replications",

@@ -9,9 +9,14 @@ import numpy as np
 
 from bench import llm_share, paired
 from bench import students_beauty as bench
+from tests.conftest import REPO
 
 SEEDS = [23, 22, 24]
 COVERAGE = {"users_with_reasoning": 3991, "items_with_description": 736}
+# the committed teacher outputs: oracle reasoning and item descriptions; profiles of 2,000 users
+MADE = llm_share.generation_hours(
+    [str(REPO / "teacher_outputs" / f) for f in ("beauty-cpu-full", "beauty-cpu-profile-2000")]
+)
 
 
 def recorded(*methods: str, seeds: list[int] = SEEDS) -> dict[str, dict[int, dict]]:
@@ -19,7 +24,7 @@ def recorded(*methods: str, seeds: list[int] = SEEDS) -> dict[str, dict[int, dic
 
 
 def share(runs: dict, methods: dict, best: str, seeds: list[int] = SEEDS) -> dict:
-    return llm_share.summarise(runs, seeds, COVERAGE, methods, bench.ranks_of, {}, best, 0.5, bench.model_name)
+    return llm_share.summarise(runs, seeds, COVERAGE, methods, bench.ranks_of, {}, best, MADE, bench.model_name)
 
 
 def test_a_student_minus_its_control_per_seed_and_over_the_seeds_user_by_user():
@@ -47,7 +52,6 @@ def test_a_student_minus_its_control_per_seed_and_over_the_seeds_user_by_user():
     # with no twin the goal is not met, whatever the other control says
     assert out["goal"]["student"] == "r2end" and not out["goal"]["z_at_least_2_vs_both_in_every_seed"]
     assert out["goal"]["min_z"] == min(d["test"]["ndcg@10"]["z"] for d in by_seed.values())
-    assert out["costs"]["r2end"]["generation_hours"] == 0.5 and out["costs"]["sasrec"]["generation_hours"] == 0
     assert "| r2end | `sasrec` | " in llm_share.report(out)
 
 
@@ -73,3 +77,20 @@ def test_a_long_tail_floor_no_weights_reached_is_reported():
     assert (
         "no weight combination reaches 1.5x the first part's long-tail HR@10" in missed["fusion_dllm2rec_tail-seed23"]
     )
+
+
+def test_each_method_is_charged_the_generation_of_the_texts_it_reads():
+    full, profiles = MADE.values()
+    assert (full["texts"], profiles["texts"]) == (["items", "oracle"], ["profile"]) and full["hours"] > 9
+    runs = recorded("sasrec", "r2end", "dllm2rec", "fusion_dllm2rec", "profile_generated", seeds=[23])
+    costs = llm_share.costs(runs, 23, bench.METHODS, MADE, bench.model_name)
+    assert costs["sasrec"]["generation_hours"] == 0 and costs["sasrec"]["parts"] == 1
+    for method in ("r2end", "dllm2rec", "fusion_dllm2rec"):
+        assert costs[method]["generation_hours"] == round(full["hours"], 2)
+    assert costs["profile_generated"]["generation_hours"] == round(profiles["hours"], 2)
+    # a fusion's training is its own and that of every model it learns from; DLLM2Rec's counts its teacher's
+    # rankings where its record made them
+    seconds = {m: llm_share.trained(runs[m][23]) for m in runs}
+    assert seconds["dllm2rec"] >= runs["dllm2rec"][23]["seconds"]
+    expected = sum(seconds[m] for m in ("sasrec", "r2end", "dllm2rec", "fusion_dllm2rec")) / 3600
+    assert costs["fusion_dllm2rec"]["parts"] == 3 and costs["fusion_dllm2rec"]["training_hours"] == round(expected, 2)

@@ -15,7 +15,8 @@ its run records (one harness, no second copy of its machinery):
   (diff / the control's mean NDCG@10). The seeds share users and teacher outputs: they are not independent
   replications;
 * ``costs.<method>.{parts, training_hours, generation_hours, served_p50_ms}``: models summed at serving, the
-  training hours of it and of every model it learns from (first seed; DLLM2Rec's with its teacher's rankings),
+  training hours of it and of every model it learns from (first seed; DLLM2Rec's with its teacher's rankings;
+  None where a run not among the benchmark's made those),
   the hours the teacher-output folders holding the texts it reads took to generate, over every run that made
   them (0 for a method that reads none), its p50 over HTTP at concurrency 1 where ``bench.serving_cpu`` served
   it (None: not served);
@@ -104,12 +105,10 @@ def generation_hours(folders: list[str]) -> dict[str, dict]:
     return made
 
 
-def texts_read(spec) -> set[str]:
-    """The kinds of teacher text a method reads: profile distillation the profiles; the others (R2END and
-    what learns from it) the oracle reasoning and the item descriptions; a no-LLM method none."""
-    if not spec.uses_llm:
-        return set()
-    return {"profile"} if "profile" in spec.sections else {"oracle", "items"}
+def texts_read(method: str, methods: dict) -> set[str]:
+    """The kinds of teacher text ``method`` reads, itself (``Method.texts``) or through what it learns from."""
+    spec = methods[method]
+    return set(spec.texts).union(*(texts_read(part, methods) for part in spec.learns_from))
 
 
 def served_p50() -> dict[str, float]:
@@ -121,14 +120,30 @@ def served_p50() -> dict[str, float]:
     return {name: m["phases"]["http"]["c1"]["p50_ms"] for name, m in served.items() if "http" in m.get("phases", {})}
 
 
-def trained(record: dict) -> float:
-    """The seconds a run's model took to make: its training, and its teacher's rankings where it made them."""
-    return record["seconds"] + ((record.get("teacher_rankings") or {}).get("seconds") or 0)
+def rankings_seconds(runs: dict[str, dict[int, dict]]) -> dict[str, float]:
+    """Teacher (``<model>/<version>``) -> the seconds its DLLM2Rec rankings took, from the record that made them
+    (a later record that found them made says None)."""
+    return {
+        ranked["teacher"]: ranked["seconds"]
+        for by_seed in runs.values()
+        for record in by_seed.values()
+        if (ranked := record.get("teacher_rankings")) and ranked["seconds"] is not None
+    }
+
+
+def trained(record: dict, ranked: dict[str, float]) -> float | None:
+    """The seconds a run's model took to make: its training, and its teacher's rankings where it learns from
+    them (``ranked``: ``rankings_seconds``). None: a run not among these made them, so their cost is unknown."""
+    rankings = record.get("teacher_rankings")
+    if not rankings:
+        return record["seconds"]
+    made = rankings["seconds"] if rankings["seconds"] is not None else ranked.get(rankings["teacher"])
+    return None if made is None else record["seconds"] + made
 
 
 def costs(runs: dict[str, dict[int, dict]], first: int, methods: dict, made: dict[str, dict], model_name) -> dict:
     """``{method: {parts, training_hours, generation_hours, served_p50_ms}}`` (see the module docstring)."""
-    p50 = served_p50()
+    p50, ranked = served_p50(), rankings_seconds(runs)
 
     def learnt(method: str) -> set[str]:
         return {method}.union(*(learnt(p) for p in methods[method].learns_from))
@@ -138,8 +153,12 @@ def costs(runs: dict[str, dict[int, dict]], first: int, methods: dict, made: dic
         spec = methods[m]
         out[m] = {
             "parts": len(spec.learns_from) if "fusion" in spec.sections else 1,
-            "training_hours": round(sum(trained(runs[p][first]) for p in learnt(m) if p in runs) / 3600, 2),
-            "generation_hours": round(sum(f["hours"] for f in made.values() if texts_read(spec) & set(f["texts"])), 2),
+            "training_hours": None
+            if None in (took := [trained(runs[p][first], ranked) for p in learnt(m) if p in runs])
+            else round(sum(took) / 3600, 2),
+            "generation_hours": round(
+                sum(f["hours"] for f in made.values() if texts_read(m, methods) & set(f["texts"])), 2
+            ),
             "served_p50_ms": p50.get(model_name(m, first)),
         }
     return out
@@ -299,7 +318,7 @@ def report(out: dict) -> str:
     lines += [
         "",
         "What each method costs (first seed): models summed at serving, training hours (its own and every model "
-        "it learns from), hours of generation its teacher texts took, p50 over HTTP at concurrency 1 "
+        "it learns from; – unknown), hours of generation its teacher texts took, p50 over HTTP at concurrency 1 "
         "(`bench.serving_cpu`; – not served):",
         "",
         "| method | parts | training h | generation h | served p50 ms |",
@@ -307,7 +326,8 @@ def report(out: dict) -> str:
     ]
     for m, c in out["costs"].items():
         p50 = "–" if c["served_p50_ms"] is None else f"{c['served_p50_ms']:.1f}"
-        lines.append(f"| {m} | {c['parts']} | {hours(c['training_hours'])} | {hours(c['generation_hours'])} | {p50} |")
+        took = "–" if c["training_hours"] is None else hours(c["training_hours"])
+        lines.append(f"| {m} | {c['parts']} | {took} | {hours(c['generation_hours'])} | {p50} |")
     if out["curve"]:
         lines += [
             "",

@@ -165,9 +165,14 @@ class Method:
     about: str
     sections: tuple[str, ...]  # the config sections its training reads, beside prepare and resources
     learns_from: tuple[str, ...] = ()  # the methods whose trained models (of its seed) it reads
-    uses_llm: bool = True  # reads the teacher's texts (directly or through what it learns from)
+    texts: tuple[str, ...] = ()  # the kinds of teacher text it reads itself (beside what it learns from reads)
     twin: str | None = None  # its no-LLM twin: the same recipe with no LLM text anywhere
     id_ensemble: str | None = None  # the ID-only model or ensemble with as many parts
+
+    @property
+    def uses_llm(self) -> bool:
+        """Reads the teacher's texts, itself or through what it learns from."""
+        return bool(self.texts) or any(METHODS[part].uses_llm for part in self.learns_from)
 
 
 RANKED_BY_TEACHER = ("dllm2rec", "dllm2rec_no_embedding", "dllm2rec_twin")  # DLLM2Rec with its ranking term
@@ -188,38 +193,32 @@ def fused(*parts: str, about: str, tail: bool = False, **kind) -> Method:
 
 
 METHODS = {
-    BASELINE: Method(sasrec(), "SASRec, full-softmax CE: the baseline recipe", SASREC, uses_llm=False),
+    BASELINE: Method(sasrec(), "SASRec, full-softmax CE: the baseline recipe", SASREC),
     # the ID-only ensembles' members: SASRec with seeds as far from the run's as the runs' seeds are apart
-    "sasrec_2nd": Method(
-        sasrec(100), "SASRec with the seed + 100 (an ID-only ensemble's member)", SASREC, uses_llm=False
-    ),
-    "sasrec_3rd": Method(
-        sasrec(200), "SASRec with the seed + 200 (an ID-only ensemble's member)", SASREC, uses_llm=False
-    ),
+    "sasrec_2nd": Method(sasrec(100), "SASRec with the seed + 100 (an ID-only ensemble's member)", SASREC),
+    "sasrec_3rd": Method(sasrec(200), "SASRec with the seed + 200 (an ID-only ensemble's member)", SASREC),
     # what a catalogue too large for full softmax costs in accuracy (bench.scale reads it)
     "sasrec_sampled": Method(
         sasrec(softmax=SoftmaxKind.SAMPLED),
         "SASRec with the sampled softmax (in-batch and uniform negatives, logQ-corrected), as on a large catalogue",
         SASREC,
-        uses_llm=False,
     ),
     "sasrec_sampled_4096": Method(
         sasrec(softmax=SoftmaxKind.SAMPLED, sampled_negatives=4096),
         "SASRec with the sampled softmax and 4,096 uniform negatives (bench.scale picks the count on validation)",
         SASREC,
-        uses_llm=False,
     ),
     "sasrec_sampled_4096_sparse": Method(
         sasrec(softmax=SoftmaxKind.SAMPLED, sampled_negatives=4096, item_updates="sparse"),
         "SASRec with 4,096 sampled negatives and lazy Adam on the item rows a step reads (what keeps a step's "
         "cost flat in the catalogue; bench.scale weighs it against dense updates on validation)",
         SASREC,
-        uses_llm=False,
     ),
     TEXT_MODEL: Method(
         r2end(),
         "R2END: distilled text encoder + projection",
         R2END,
+        texts=("oracle", "items"),
         twin="r2end_twin",
         id_ensemble=BASELINE,
     ),
@@ -227,19 +226,18 @@ METHODS = {
         r2end(DistillTarget.METADATA, ItemText.METADATA),
         "R2END's no-LLM twin: the student learns Enc(target metadata) alone, items embed their metadata alone",
         R2END,
-        uses_llm=False,
     ),
     "item_mean": Method(
         item_mean,
         "no LLM, no distillation: the mean of the history items' metadata embeddings, projected",
         ("embed", "project"),
-        uses_llm=False,
     ),
     "dllm2rec": Method(
         dllm2rec(),
         "DLLM2Rec: R2END's rankings + the LLM's item descriptions into SASRec",
         DLLM2REC,
         (TEXT_MODEL,),
+        texts=("items",),
         twin="dllm2rec_twin",
         id_ensemble=BASELINE,
     ),
@@ -248,15 +246,18 @@ METHODS = {
         "DLLM2Rec's no-LLM twin: R2END twin's rankings + items' metadata embeddings into SASRec",
         DLLM2REC,
         ("r2end_twin",),
-        uses_llm=False,
     ),
-    "dllm2rec_no_ranking": Method(dllm2rec(ranking_weight=0.0), "DLLM2Rec without ranking distillation", DLLM2REC),
+    "dllm2rec_no_ranking": Method(
+        dllm2rec(ranking_weight=0.0), "DLLM2Rec without ranking distillation", DLLM2REC, texts=("items",)
+    ),
     "dllm2rec_no_embedding": Method(
         dllm2rec(embedding_weight=0.0), "DLLM2Rec without embedding distillation", DLLM2REC, (TEXT_MODEL,)
     ),
-    "profile_generated": Method(profile_from("generated"), "profile distillation: the LLM's user profiles", PROFILE),
+    "profile_generated": Method(
+        profile_from("generated"), "profile distillation: the LLM's user profiles", PROFILE, texts=("profile",)
+    ),
     "profile_oracle": Method(
-        profile_from("oracle"), "profile distillation: the LLM's oracle reasoning, embedded", PROFILE
+        profile_from("oracle"), "profile distillation: the LLM's oracle reasoning, embedded", PROFILE, texts=("oracle",)
     ),
     "profile_student": Method(
         profile_from("student"), "profile distillation: the R2END student's embeddings", PROFILE, (TEXT_MODEL,)
@@ -290,15 +291,12 @@ METHODS = {
     "fusion_without_sasrec": fused(
         "dllm2rec", TEXT_MODEL, about="ours: DLLM2Rec's and R2END's scores, summed with the weight validation chose"
     ),
-    "fusion_twin": fused(
-        BASELINE, "r2end_twin", about="no-LLM twin of fusion: SASRec's and the R2END twin's scores", uses_llm=False
-    ),
+    "fusion_twin": fused(BASELINE, "r2end_twin", about="no-LLM twin of fusion: SASRec's and the R2END twin's scores"),
     "fusion_dllm2rec_twin": fused(
         BASELINE,
         "dllm2rec_twin",
         "r2end_twin",
         about="no-LLM twin of fusion_dllm2rec: SASRec's, the DLLM2Rec twin's and the R2END twin's scores",
-        uses_llm=False,
     ),
     "fusion_dllm2rec_tail_twin": fused(
         BASELINE,
@@ -306,20 +304,17 @@ METHODS = {
         "r2end_twin",
         about=f"no-LLM twin of fusion_dllm2rec_tail: the twins' scores, {TAIL}",
         tail=True,
-        uses_llm=False,
     ),
     "id_ensemble_2": fused(
         BASELINE,
         "sasrec_2nd",
         about="ID-only ensemble of two: SASRec with two seeds, scores summed as fusion's",
-        uses_llm=False,
     ),
     "id_ensemble_3": fused(
         BASELINE,
         "sasrec_2nd",
         "sasrec_3rd",
         about="ID-only ensemble of three: SASRec with three seeds, scores summed as fusion_dllm2rec's",
-        uses_llm=False,
     ),
     "id_ensemble_3_tail": fused(
         BASELINE,
@@ -327,7 +322,6 @@ METHODS = {
         "sasrec_3rd",
         about=f"ID-only ensemble of three: SASRec with three seeds, {TAIL}",
         tail=True,
-        uses_llm=False,
     ),
 }
 #: the LLM-informed students measured against their controls, with every seed
@@ -599,6 +593,8 @@ def curve_points(cfg: PipelineConfig, level: str, seed: int) -> dict[str, dict]:
     """``{method: record}`` of the teacher-data curve's methods at ``level`` whose records, and those of what
     they learn from, hold under ``cfg`` (``--level`` runs make them); the others are left out, with a warning."""
     points = {}
+    if not cfg.embed.teacher_outputs:  # the curve samples committed teacher-output folders; there are none
+        return points
     for method in CURVE:
         rows = plan(at_level(cfg, level), [method], [seed], level)
         if all(row["recorded"] for row in rows):
@@ -757,7 +753,7 @@ def summarise(layout: Layout, runs: dict[str, dict[int, dict]], best: str | None
             if m != BASELINE
         }
         out["paired_vs_sasrec_over_seeds"] = {
-            m: over_seeds(by_seed, selected=first if m == best else None)
+            m: over_seeds(seeded[m], seeded[BASELINE], by_seed, selected=first if m == best else None)
             for m, by_seed in out["paired_vs_sasrec_by_seed"].items()
             if len(by_seed) > 1
         }
@@ -770,22 +766,24 @@ def summarise(layout: Layout, runs: dict[str, dict[int, dict]], best: str | None
     return out
 
 
-def over_seeds(by_seed: dict[str, dict], selected: int | None) -> dict:
-    """``{hr@10|ndcg@10: {diff, se, within_seed_se[, diff_other_seeds]}}``: the mean over seeds of the paired
-    difference against the same seed's SASRec, with the standard error of that mean from the seeds' spread
-    (sd / sqrt(seeds)) and the mean within-seed paired s.e. beside it. ``selected``: the seed the student
-    was chosen on, whose difference is optimistic; ``diff_other_seeds`` leaves it out."""
-    out = {}
-    for m in ("hr@10", "ndcg@10"):
-        diffs = np.array([d[m]["diff"] for d in by_seed.values()])
-        out[m] = {
-            "diff": float(diffs.mean()),
-            "se": float(diffs.std(ddof=1) / np.sqrt(len(diffs))),
-            "within_seed_se": float(np.mean([d[m]["se"] for d in by_seed.values()])),
-        }
-        if selected is not None:
-            others = [d[m]["diff"] for seed, d in by_seed.items() if seed != str(selected)]
-            out[m]["diff_other_seeds"] = float(np.mean(others))
+def over_seeds(student: dict[int, dict], base: dict[int, dict], by_seed: dict[str, dict], selected: int | None) -> dict:
+    """``{hr@10|ndcg@10: {diff, se, z, seeds_se, seeds[, diff_other_seeds]}, relative_ndcg@10}``: the student's
+    runs (``student``: seed -> record) against the same seed's SASRec (``base``) over the seeds, as
+    ``llm_share.over_seeds`` measures a student against a control. ``by_seed``: the per-seed paired differences;
+    ``selected``: the seed the student was chosen on, whose difference is optimistic (``diff_other_seeds``
+    leaves it out)."""
+    shared = [s for s in student if s in base]
+    ranks = llm_share.aligned_test_ranks(
+        {str(s): (ranks_of(student[s]["summary"]), ranks_of(base[s]["summary"])) for s in shared}
+    )
+    out = llm_share.over_seeds(
+        list(ranks.values()), float(np.mean([base[s]["summary"]["test"]["ndcg@10"] for s in shared]))
+    )
+    if selected is not None:
+        for m in ("hr@10", "ndcg@10"):
+            out[m]["diff_other_seeds"] = float(
+                np.mean([d[m]["diff"] for s, d in by_seed.items() if s != str(selected)])
+            )
     return out
 
 
@@ -894,9 +892,10 @@ def report(out: dict) -> str:
     if out.get("paired_vs_sasrec_over_seeds"):
         lines += [
             "",
-            "Over the seeds, paired against the same seed's SASRec (test): the mean difference ± its s.e. from the "
-            "seeds' spread (the mean within-seed s.e. in brackets); the best student's difference without the seed "
-            "it was chosen on, whose result is optimistic:",
+            "Over the seeds, paired against the same seed's SASRec (test): the mean difference ± the paired s.e. "
+            "over users of each user's difference averaged over the seeds (the seeds share their users: "
+            "not independent replications), the s.e. from the seeds' spread alone (training noise) in brackets; the "
+            "best student's difference without the seed it was chosen on, whose result is optimistic:",
             "",
             "| method | H@10 − SASRec | N@10 − SASRec | N@10 − SASRec without the choosing seed |",
             "|---|---|---|---|",
@@ -904,8 +903,8 @@ def report(out: dict) -> str:
         for m, d in out["paired_vs_sasrec_over_seeds"].items():
             other = d["ndcg@10"].get("diff_other_seeds")
             lines.append(
-                f"| {m} | {signed(d['hr@10'])} ({d['hr@10']['within_seed_se']:.4f}) "
-                f"| {signed(d['ndcg@10'])} ({d['ndcg@10']['within_seed_se']:.4f}) "
+                f"| {m} | {signed(d['hr@10'])} ({d['hr@10']['seeds_se']:.4f}) "
+                f"| {signed(d['ndcg@10'])} ({d['ndcg@10']['seeds_se']:.4f}) "
                 f"| {'–' if other is None else f'{other:+.4f}'} |"
             )
     lines += ["", "Methods:", ""] + [f"- `{m}`: {r['about']}" for m, r in methods.items()]

@@ -27,6 +27,16 @@ def share(runs: dict, methods: dict, best: str, seeds: list[int] = SEEDS) -> dic
     return llm_share.summarise(runs, seeds, COVERAGE, methods, bench.ranks_of, {}, best, MADE, bench.model_name)
 
 
+def by_seed_vs_sasrec(runs: dict) -> dict[str, dict]:
+    """R2END's paired differences against SASRec per seed, as the students benchmark's table holds them."""
+    return {
+        str(s): bench.paired_vs(bench.ranks_of(runs["sasrec"][s]["summary"]), {"r2end": bench.ranks_of(r["summary"])})[
+            "r2end"
+        ]["test"]
+        for s, r in runs["r2end"].items()
+    }
+
+
 def test_a_student_minus_its_control_per_seed_and_over_the_seeds_user_by_user():
     runs = recorded("sasrec", "r2end")
     out = share(runs, bench.METHODS, "r2end")
@@ -44,9 +54,25 @@ def test_a_student_minus_its_control_per_seed_and_over_the_seeds_user_by_user():
     assert over["seeds"] == 3 and np.isclose(over["diff"], np.mean(diffs))
     assert np.isclose(over["seeds_se"], np.std(diffs, ddof=1) / np.sqrt(3))
     # each user's difference averaged over the seeds varies no more than one seed's: its s.e. is at most
-    # theirs, and far above the seeds' spread, which leaves out the error of sampling the users
+    # theirs, and above the seeds' spread, which leaves out the error of sampling the users
     assert over["seeds_se"] < over["se"] <= np.mean([by_seed[str(s)]["test"]["ndcg@10"]["se"] for s in SEEDS])
     assert np.isclose(over["z"], over["diff"] / over["se"])
+    # the same from each seed's ranks joined by user id: each user's NDCG@10 difference averaged over the seeds
+    joined = None
+    for seed in SEEDS:
+        student, control = (
+            bench.ranks_of(runs[m][seed]["summary"]).to_pandas().query("split == 'test'").set_index("user_id")["rank"]
+            for m in ("r2end", "sasrec")
+        )
+        diff = (student < 10) / np.log2(student + 2) - (control < 10) / np.log2(control + 2)  # aligned by user id
+        joined = diff if joined is None else joined + diff
+    per_user = joined / len(SEEDS)
+    assert np.isclose(over["se"], per_user.std(ddof=1) / np.sqrt(len(per_user)))
+    # the students benchmark's table against SASRec over the seeds measures the same way
+    against_sasrec = bench.over_seeds(runs["r2end"], runs["sasrec"], by_seed_vs_sasrec(runs), selected=23)
+    assert against_sasrec["ndcg@10"].pop("diff_other_seeds") == np.mean(diffs[1:])
+    assert against_sasrec["hr@10"].pop("diff_other_seeds") is not None
+    assert against_sasrec == entry["vs_id_ensemble_over_seeds"]
     sasrec_ndcg = np.mean([runs["sasrec"][s]["summary"]["test"]["ndcg@10"] for s in SEEDS])
     assert np.isclose(entry["vs_id_ensemble_over_seeds"]["relative_ndcg@10"], over["diff"] / sasrec_ndcg)
     # with no twin the goal is not met, whatever the other control says
@@ -70,10 +96,23 @@ def test_the_goal_needs_both_controls_in_every_one_of_three_seeds():
     assert not share(runs, methods, "sasrec")["goal"]["z_at_least_2_vs_both_in_every_seed"]
 
 
+def fusion_record(tail: list[float], ratio: float) -> dict:
+    """A fusion's record as far as its floor goes: the weights searched on validation (SASRec's alone first)."""
+    weights = [[1.0, 0.0], [1.0, 1.0], [1.0, 4.0]]
+    history = [{"weights": w, "ndcg@10": n, "tail_hr@10": t} for w, n, t in zip(weights, (0.06, 0.07, 0.065), tail)]
+    return {"summary": {"config": {"min_long_tail_ratio": ratio}, "history": history}}
+
+
 def test_a_long_tail_floor_no_weights_reached_is_reported():
-    runs = recorded("fusion_dllm2rec_tail", "fusion_dllm2rec", seeds=[23])
+    runs = {
+        "fusion_dllm2rec_tail": {
+            23: fusion_record([0.05, 0.06, 0.07], 1.5),
+            22: fusion_record([0.05, 0.06, 0.08], 1.5),
+        },
+        "fusion_dllm2rec": {23: fusion_record([0.05, 0.06, 0.07], 0.0)},  # no floor
+    }
     missed = llm_share.tail_floor_missed(runs, bench.model_name)
-    assert list(missed) == ["fusion_dllm2rec_tail-seed23"]  # the other fusion has no floor
+    assert list(missed) == ["fusion_dllm2rec_tail-seed23"]  # seed 22's 0.08 reaches 1.5 x 0.05
     assert (
         "no weight combination reaches 1.5x the first part's long-tail HR@10" in missed["fusion_dllm2rec_tail-seed23"]
     )
@@ -82,15 +121,32 @@ def test_a_long_tail_floor_no_weights_reached_is_reported():
 def test_each_method_is_charged_the_generation_of_the_texts_it_reads():
     full, profiles = MADE.values()
     assert (full["texts"], profiles["texts"]) == (["items", "oracle"], ["profile"]) and full["hours"] > 9
-    runs = recorded("sasrec", "r2end", "dllm2rec", "fusion_dllm2rec", "profile_generated", seeds=[23])
+    methods = (
+        "sasrec",
+        "r2end",
+        "dllm2rec",
+        "fusion_dllm2rec",
+        "profile_generated",
+        "profile_oracle",
+        "profile_student",
+    )
+    runs = recorded(*methods, seeds=[23])
     costs = llm_share.costs(runs, 23, bench.METHODS, MADE, bench.model_name)
     assert costs["sasrec"]["generation_hours"] == 0 and costs["sasrec"]["parts"] == 1
-    for method in ("r2end", "dllm2rec", "fusion_dllm2rec"):
+    # the oracle reasoning and item descriptions, directly or through R2END, or the profiles
+    for method in ("r2end", "dllm2rec", "fusion_dllm2rec", "profile_oracle", "profile_student"):
         assert costs[method]["generation_hours"] == round(full["hours"], 2)
     assert costs["profile_generated"]["generation_hours"] == round(profiles["hours"], 2)
     # a fusion's training is its own and that of every model it learns from; DLLM2Rec's counts its teacher's
     # rankings where its record made them
-    seconds = {m: llm_share.trained(runs[m][23]) for m in runs}
-    assert seconds["dllm2rec"] >= runs["dllm2rec"][23]["seconds"]
+    ranked = llm_share.rankings_seconds(runs)
+    made = runs["dllm2rec"][23]["teacher_rankings"]
+    assert ranked[made["teacher"]] == made["seconds"] > 0
+    assert llm_share.trained(runs["dllm2rec"][23], ranked) == runs["dllm2rec"][23]["seconds"] + made["seconds"]
+    # a record that found its rankings made takes their cost from the one that made them, else it is unknown
+    found = {**runs["dllm2rec"][23], "teacher_rankings": {**made, "seconds": None}}
+    assert llm_share.trained(found, ranked) == llm_share.trained(runs["dllm2rec"][23], ranked)
+    assert llm_share.trained(found, {}) is None
+    seconds = {m: llm_share.trained(runs[m][23], ranked) for m in runs}
     expected = sum(seconds[m] for m in ("sasrec", "r2end", "dllm2rec", "fusion_dllm2rec")) / 3600
     assert costs["fusion_dllm2rec"]["parts"] == 3 and costs["fusion_dllm2rec"]["training_hours"] == round(expected, 2)

@@ -62,10 +62,6 @@ def brief(d: dict) -> dict:
     return {"diff": d["difference"], "se": d["se"], "z": d["z"]}
 
 
-def gains(ranks: np.ndarray, measure: str) -> np.ndarray:
-    return (ranks < 10).astype(float) if measure == "hr@10" else metrics.ndcg_gains(ranks, 10)
-
-
 def over_seeds(pairs: list[tuple[np.ndarray, np.ndarray]], control_ndcg: float) -> dict:
     """``{ndcg@10|hr@10: {diff, se, z, seeds_se, seeds}, relative_ndcg@10}`` from each seed's (student, control)
     ranks on the same users in one order: ``diff``, the mean of the per-seed differences; ``se``, the paired
@@ -81,7 +77,9 @@ def over_seeds(pairs: list[tuple[np.ndarray, np.ndarray]], control_ndcg: float) 
     """
     out: dict = {}
     for m in MEASURES:
-        per_seed = np.array([gains(student, m) - gains(control, m) for student, control in pairs])  # seeds x users
+        per_seed = np.array(  # seeds x users
+            [metrics.user_gains(student, 10)[m] - metrics.user_gains(control, 10)[m] for student, control in pairs]
+        )
         per_user = per_seed.mean(axis=0)
         diff, se = float(per_user.mean()), float(per_user.std(ddof=1) / np.sqrt(len(per_user)))
         spread = per_seed.mean(axis=1)

@@ -482,7 +482,7 @@ def paired_vs(base: pa.Table, others: dict[str, pa.Table]) -> dict:
                 "users": d["users"],
                 "only_it_hits": d["only_a_hits"],
                 "only_base_hits": d["only_b_hits"],
-                **{m: brief(d[m]) for m in ("hr@10", "ndcg@10")},
+                **{m: llm_share.brief(d[m]) for m in ("hr@10", "ndcg@10")},
             }
             for split, d in splits.items()
         }
@@ -668,12 +668,8 @@ def tail_paired(layout: Layout, base: pa.Table, others: dict[str, pa.Table]) -> 
     out = {}
     for name in others:
         d = metrics.paired_difference(ranks[name], ranks[BASELINE])
-        out[name] = {"users": d["users"], **{m: brief(d[m]) for m in ("hr@10", "ndcg@10")}}
+        out[name] = {"users": d["users"], **{m: llm_share.brief(d[m]) for m in ("hr@10", "ndcg@10")}}
     return out
-
-
-def brief(difference: dict) -> dict:
-    return {"diff": difference["difference"], "se": difference["se"], "z": difference["z"]}
 
 
 def best_student(valid: dict[str, dict]) -> str | None:

@@ -282,6 +282,15 @@ def ranking_metrics(
     return MetricSums.of(ranking, targets, n_items, tail_items, ks).metrics()
 
 
+def user_gains(ranks: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """Each user's HR@k and NDCG@k with one relevant item: what a paired difference averages.
+
+    >>> {m: g.round(3).tolist() for m, g in user_gains(np.array([0, 2, 10]), k=10).items()}
+    {'hr@10': [1.0, 1.0, 0.0], 'ndcg@10': [1.0, 0.5, 0.0]}
+    """
+    return {f"hr@{k}": (ranks < k).astype(float), f"ndcg@{k}": ndcg_gains(ranks, k)}
+
+
 def paired_difference(ranks_a: np.ndarray, ranks_b: np.ndarray, k: int = 10) -> dict:
     """Method A minus method B on the same users (same order): HR@k and NDCG@k with the paired
     standard error, and how many users only one of them hits.
@@ -301,10 +310,11 @@ def paired_difference(ranks_a: np.ndarray, ranks_b: np.ndarray, k: int = 10) -> 
         "only_a_hits": int((hits_a & ~hits_b).sum()),
         "only_b_hits": int((hits_b & ~hits_a).sum()),
     }
-    for name, a, b in (("hr", hits_a, hits_b), ("ndcg", ndcg_gains(ranks_a, k), ndcg_gains(ranks_b, k))):
-        diff = a.astype(float) - b.astype(float)
+    gains_a, gains_b = user_gains(ranks_a, k), user_gains(ranks_b, k)
+    for measure in gains_a:
+        diff = gains_a[measure] - gains_b[measure]
         se = float(diff.std(ddof=1) / np.sqrt(len(diff)))
-        out[f"{name}@{k}"] = {"difference": float(diff.mean()), "se": se, "z": float(diff.mean() / se) if se else 0.0}
+        out[measure] = {"difference": float(diff.mean()), "se": se, "z": float(diff.mean() / se) if se else 0.0}
     return out
 
 

@@ -32,6 +32,7 @@ and the LLM's share against the controls (``bench.llm_share``: llm_share.json, .
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -382,19 +383,37 @@ def train_or_reuse(
     return {**run, "reused": False}
 
 
-def over_attempts(ledger: str, key: str, train: Callable[..., TrainSummary], *args) -> tuple[TrainSummary, float, int]:
-    """(``train(*args)``, its wall seconds summed over every attempt, how many attempts). An attempt that does
-    not finish (a time budget's SIGINT, a failure) adds its seconds to ``ledger`` (for the run ``key``) before
-    it ends; the next resumes from its checkpoints, so what the run cost is the sum, not the last attempt."""
+def over_attempts(
+    ledger: str, key: str, train: Callable[..., TrainSummary], *args, every_s: float = 60.0
+) -> tuple[TrainSummary, float, int]:
+    """(``train(*args)``, its wall seconds summed over every attempt, how many attempts). While it trains,
+    ``ledger`` holds what this attempt has spent so far (for the run ``key``), rewritten every ``every_s``
+    seconds and when it fails or is interrupted: an attempt killed outright (SIGKILL at a session's end)
+    loses at most ``every_s`` of its count. The next attempt resumes from its checkpoints, so what the run
+    cost is the sum, not the last attempt."""
     earlier = storage.read_json(ledger) if storage.exists(ledger) else {}
     spent = earlier["seconds"] if earlier.get("key") == key else []  # another key: a different run
-    started = time.time()
+    started, done = time.time(), threading.Event()
+
+    def note_spent() -> None:
+        storage.write_json({"key": key, "seconds": [*spent, round(time.time() - started, 1)]}, ledger)
+
+    def heartbeat() -> None:
+        while not done.wait(every_s):
+            note_spent()
+
+    beating = threading.Thread(target=heartbeat, name="attempt-ledger", daemon=True)
+    beating.start()
     try:
         summary = train(*args)
     except BaseException:  # SIGINT raises KeyboardInterrupt, or SystemExit inside Ray Train's fit
-        storage.write_json({"key": key, "seconds": [*spent, round(time.time() - started, 1)]}, ledger)
+        done.set()
+        beating.join()
+        note_spent()
         raise
-    if earlier:
+    done.set()
+    beating.join()
+    if storage.exists(ledger):
         storage.delete_file(ledger)
     return summary, round(sum(spent) + time.time() - started, 1), len(spent) + 1
 

@@ -119,6 +119,20 @@ def test_a_run_cut_by_its_time_budget_counts_every_attempt(tmp_path):
     assert attempts == 1 and 0.3 <= seconds < 1.5
 
 
+def test_an_attempt_killed_outright_has_its_seconds_in_the_ledger(tmp_path):
+    """A SIGKILL runs no handler: what the attempt spent is already in the ledger, from its heartbeat."""
+    ledger = str(tmp_path / "logs" / "run.attempts.json")
+    seen = []
+
+    def train() -> str:
+        time.sleep(0.5)
+        seen.append(json.loads(Path(ledger).read_text()))  # what a kill here would leave
+        return "summary"
+
+    bench.over_attempts(ledger, "key-a", train, every_s=0.1)
+    assert seen[0]["key"] == "key-a" and 0.2 <= seen[0]["seconds"][-1] <= 0.6
+
+
 @pytest.fixture
 def full_coverage_sample(tmp_path, beauty_dir, ray_cluster) -> PipelineConfig:
     """The 300-user sample prepared, with the committed full-coverage teacher outputs restricted to it: every

@@ -14,6 +14,9 @@ its run records (one harness, no second copy of its machinery):
   (``se``, ``z``), the s.e. from the seeds' spread (``seeds_se``: training noise alone) and the relative share
   (diff / the control's mean NDCG@10). The seeds share users and teacher outputs: they are not independent
   replications;
+* ``students.<name>.segments.<segment>.{users, vs_twin, vs_id_ensemble}``: the same over-seeds comparison on
+  the test users of each segment (``segments.<segment>.{about, users}``: a long-tail target, a cold target, a
+  short history; ``user_segments``), where an LLM's knowledge of items should matter most;
 * ``costs.<method>.{parts, training_hours, generation_hours, served_p50_ms}``: models summed at serving, the
   training hours of it and of every model it learns from (first seed; DLLM2Rec's with its teacher's rankings;
   None where a run not among the benchmark's made those),
@@ -34,14 +37,18 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from bench import paired, results
+from r2end_core.data.splits import Split
 from r2end_core.eval import metrics
+from r2end_core.eval.evaluate import EvalSet
 from r2end_core.models import fusion
 
 NAME = "llm_share"
 MEASURES = ("ndcg@10", "hr@10")
 GOAL_Z, GOAL_SEEDS, STRETCH_SHARE = 2.0, 3, 0.03
+SEGMENT_QUANTILE = 0.25
 
 
 def aligned_test_ranks(pairs: dict[str, tuple[pa.Table, pa.Table]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -62,31 +69,91 @@ def brief(d: dict) -> dict:
     return {"diff": d["difference"], "se": d["se"], "z": d["z"]}
 
 
-def over_seeds(pairs: list[tuple[np.ndarray, np.ndarray]], control_ndcg: float) -> dict:
+def over_seeds(pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict:
     """``{ndcg@10|hr@10: {diff, se, z, seeds_se, seeds}, relative_ndcg@10}`` from each seed's (student, control)
     ranks on the same users in one order: ``diff``, the mean of the per-seed differences; ``se``, the paired
     s.e. over users of each user's difference averaged over the seeds (the seeds share their users, so the
     error of sampling users is common to them and the seeds' spread alone would leave it out); ``seeds_se``,
     the s.e. from the seeds' spread (training noise alone; None with one seed); ``relative_ndcg@10``, the
-    NDCG@10 difference relative to the control's.
+    NDCG@10 difference relative to the control's on those users over the seeds.
 
     >>> pairs = [(np.array([0, 20, 3]), np.array([30, 1, 40])), (np.array([0, 1, 3]), np.array([30, 1, 2]))]
-    >>> d = over_seeds(pairs, 0.5)
+    >>> d = over_seeds(pairs)
     >>> d["hr@10"]["diff"], round(d["hr@10"]["se"], 3), d["hr@10"]["seeds_se"], d["hr@10"]["seeds"]
     (0.3333333333333333, 0.441, 0.0, 2)
     """
     out: dict = {}
     for m in MEASURES:
-        per_seed = np.array(  # seeds x users
-            [metrics.user_gains(student, 10)[m] - metrics.user_gains(control, 10)[m] for student, control in pairs]
-        )
+        gains = [(metrics.user_gains(student, 10)[m], metrics.user_gains(control, 10)[m]) for student, control in pairs]
+        per_seed = np.array([student - control for student, control in gains])  # seeds x users
         per_user = per_seed.mean(axis=0)
         diff, se = float(per_user.mean()), float(per_user.std(ddof=1) / np.sqrt(len(per_user)))
         spread = per_seed.mean(axis=1)
         seeds_se = float(spread.std(ddof=1) / np.sqrt(len(spread))) if len(spread) > 1 else None
         out[m] = {"diff": diff, "se": se, "z": diff / se if se else 0.0, "seeds_se": seeds_se, "seeds": len(pairs)}
+        if m == "ndcg@10":
+            control_ndcg = float(np.mean([control.mean() for _, control in gains]))
     out["relative_ndcg@10"] = out["ndcg@10"]["diff"] / control_ndcg if control_ndcg else None
     return out
+
+
+def user_segments(
+    user_ids: np.ndarray, history_lengths: np.ndarray, target_popularity: np.ndarray, target_in_tail: np.ndarray
+) -> dict[str, dict]:
+    """``{name: {"about", "user_ids"}}``: the test users of each segment where the LLM's share is reported
+    beside the whole, from each user's history length (items before the test target), the target's training
+    interactions and whether it is a long-tail item. Where an LLM's knowledge of items should matter most:
+    ``long_tail_target``; ``cold_target``, the quarter of users whose target had the fewest training
+    interactions (ties included); ``short_history``, the quarter with the fewest items before it (ties
+    included). Declared before any test number of the controls was read; three secondary looks, not
+    corrected for multiplicity.
+
+    >>> cut = user_segments(np.array(["a", "b", "c", "d"]), np.array([4, 9, 4, 12]), np.array([2, 40, 7, 1]),
+    ...                np.array([True, False, True, True]))
+    >>> {name: s["user_ids"].tolist() for name, s in cut.items()}  # a quarter, and the tie at 4 items
+    {'long_tail_target': ['a', 'c', 'd'], 'cold_target': ['d'], 'short_history': ['a', 'c']}
+    """
+    cold = np.quantile(target_popularity, SEGMENT_QUANTILE, method="lower")
+    short = np.quantile(history_lengths, SEGMENT_QUANTILE, method="lower")
+    return {
+        "long_tail_target": {"about": "the target is a long-tail item", "user_ids": user_ids[target_in_tail]},
+        "cold_target": {
+            "about": f"the target had at most {int(cold)} training interactions (the quarter of users with the fewest)",
+            "user_ids": user_ids[target_popularity <= cold],
+        },
+        "short_history": {
+            "about": f"at most {int(short)} items before the target (the quarter of users with the fewest)",
+            "user_ids": user_ids[history_lengths <= short],
+        },
+    }
+
+
+def prepared_segments(users: pa.Table, items: pa.Table) -> dict[str, dict]:
+    """``user_segments`` of the prepared data's test users (``users``, ``items``: the prepared tables)."""
+    scored = EvalSet.build(users, items, Split.TEST)
+    popularity = np.asarray(items.column("train_popularity").to_pylist())
+    lengths = np.array([len(history) for history in scored.histories.item_ids])
+    return user_segments(np.asarray(scored.user_ids), lengths, popularity[scored.targets], scored.tail[scored.targets])
+
+
+def seeds_ranks(
+    runs: dict[str, dict[int, dict]],
+    ranks_of: Callable[[dict], pa.Table],
+    pair: tuple[str, str],
+    seeds: list[int],
+    user_ids: np.ndarray | None = None,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Seed -> the (student, control) test ranks of ``pair``'s records, of ``user_ids`` alone (None: all)."""
+    return aligned_test_ranks(
+        {str(s): tuple(restricted(ranks_of(runs[m][s]["summary"]), user_ids) for m in pair) for s in seeds}
+    )
+
+
+def restricted(ranks: pa.Table, user_ids: np.ndarray | None) -> pa.Table:
+    """``ranks`` of ``user_ids`` alone (all of them for None)."""
+    if user_ids is None:
+        return ranks
+    return ranks.filter(pc.is_in(ranks["user_id"], pa.array(user_ids, type=ranks.schema.field("user_id").type)))
 
 
 def generation_hours(folders: list[str]) -> dict[str, dict]:
@@ -186,10 +253,12 @@ def summarise(
     best: str | None,
     made: dict[str, dict],
     model_name,
+    segments: dict[str, dict],
 ) -> dict:
     """The JSON (see the module docstring). ``runs``: method -> seed -> record at full teacher data;
     ``curve_runs``: level -> method -> record (first seed), records that hold under the current config;
-    ``made``: ``generation_hours`` of the teacher outputs read."""
+    ``made``: ``generation_hours`` of the teacher outputs read; ``segments``: the test users' segments
+    (``user_segments``) where each share is reported too."""
     first = seeds[0]
 
     def against(student: dict, control: str, seed: int) -> dict:
@@ -207,12 +276,13 @@ def summarise(
             shared = [s for s in seeds if s in runs[name] and s in runs.get(control, {})]
             if not shared:
                 continue
-            ranks = aligned_test_ranks(
-                {str(s): (ranks_of(runs[name][s]["summary"]), ranks_of(runs[control][s]["summary"])) for s in shared}
-            )
-            control_ndcg = float(np.mean([runs[control][s]["summary"]["test"]["ndcg@10"] for s in shared]))
+            ranks = seeds_ranks(runs, ranks_of, (name, control), shared)
             entry[f"vs_{label}"] = {s: difference(*pair) for s, pair in ranks.items()}
-            entry[f"vs_{label}_over_seeds"] = over_seeds(list(ranks.values()), control_ndcg)
+            entry[f"vs_{label}_over_seeds"] = over_seeds(list(ranks.values()))
+            for segment, about in segments.items():
+                cut = entry.setdefault("segments", {}).setdefault(segment, {"users": len(about["user_ids"])})
+                in_cut = seeds_ranks(runs, ranks_of, (name, control), shared, about["user_ids"])
+                cut[f"vs_{label}"] = over_seeds(list(in_cut.values()))
         students[name] = entry
     out = {
         "coverage": coverage,
@@ -222,6 +292,7 @@ def summarise(
         "seeds": seeds,
         "seeds_note": "the seeds share users and teacher outputs: not independent replications",
         "tail_floor_missed": tail_floor_missed(runs, model_name),
+        "segments": {name: {"about": cut["about"], "users": len(cut["user_ids"])} for name, cut in segments.items()},
     }
     out["curve"] = [
         {
@@ -266,6 +337,12 @@ def with_z(d: dict) -> str:
     return f"{d['diff']:+.4f} ± {d['se']:.4f} ({d['z']:+.1f})"
 
 
+def with_relative(over: dict) -> str:
+    """An over-seeds NDCG@10 comparison: diff ± s.e. (z), and relative to the control's."""
+    relative = over["relative_ndcg@10"]
+    return with_z(over["ndcg@10"]) + ("" if relative is None else f", {relative:+.1%}")
+
+
 def hours(value: float) -> str:
     return f"{value:.1f}"
 
@@ -300,6 +377,26 @@ def report(out: dict) -> str:
                 + f" | {with_z(over['ndcg@10'])} | {'–' if spread is None else f'{spread:.4f}'} | "
                 + f"{'–' if relative is None else f'{relative:+.1%}'} |"
             )
+    if any("segments" in entry for entry in out["students"].values()):
+        names = list(out["segments"])
+        lines += [
+            "",
+            "Where it adds, over the seeds (NDCG@10 diff ± paired s.e. (z), relative to the control's on those users), "
+            "on the test users of each segment ("
+            + "; ".join(f"{n}: {c['about']}, {c['users']:,} users" for n, c in out["segments"].items())
+            + "). Declared before the controls' test numbers were read; secondary looks, not corrected for "
+            "multiplicity:",
+            "",
+            "| student | control | " + " | ".join(names) + " |",
+            "|---|---|" + "---|" * len(names),
+        ]
+        for name, entry in out["students"].items():
+            for label in ("twin", "id_ensemble"):
+                cuts = [entry.get("segments", {}).get(n, {}).get(f"vs_{label}") for n in names]
+                if not any(cuts):
+                    continue
+                cells = ["–" if c is None else with_relative(c) for c in cuts]
+                lines.append(f"| {name} | `{entry[label]}` | " + " | ".join(cells) + " |")
     if goal := out.get("goal"):
         lowest = "–" if goal["min_z"] is None else f"{goal['min_z']:+.2f}"
         met = lambda ok: "met" if ok else "not met"  # noqa: E731

@@ -40,15 +40,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bench import llm_share, paired, results
 from r2end_core import models, storage
 from r2end_core.config import DistillTarget, ItemText, PipelineConfig, SoftmaxKind, UserEncoder
-from r2end_core.data.splits import Split
 from r2end_core.eval import metrics
-from r2end_core.eval.evaluate import EvalSet
 from r2end_core.layout import Layout
 from r2end_core.models.r2end import targets
 from r2end_core.summaries import TrainSummary
@@ -604,6 +601,7 @@ def benchmark(cfg: PipelineConfig, args) -> None:
         best,
         llm_share.generation_hours([s.folder for s in cfg.embed.teacher_outputs or []]),
         model_name,
+        llm_share.prepared_segments(layout.read_users(), layout.read_items()),
     )
     llm_share.write(shares, cfg.model_dump(mode="json"))
 
@@ -677,12 +675,8 @@ def ratio(value: float, base: float) -> float | None:
 def tail_paired(layout: Layout, base: pa.Table, others: dict[str, pa.Table]) -> dict:
     """``{name: {users, hr@10|ndcg@10: {diff, se, z}}}`` against SASRec on the test users whose target is a
     long-tail item (the users the tail metrics count)."""
-    scored = EvalSet.build(layout.read_users(), layout.read_items(), Split.TEST)
-    tail = pa.array([u for u, in_tail in zip(scored.user_ids, scored.tail[scored.targets]) if in_tail])
-    test = {
-        name: t.filter(pc.and_(pc.equal(t["split"], "test"), pc.is_in(t["user_id"], tail)))
-        for name, t in {BASELINE: base, **others}.items()
-    }
+    tail = llm_share.prepared_segments(layout.read_users(), layout.read_items())["long_tail_target"]["user_ids"]
+    test = {name: llm_share.restricted(t, tail) for name, t in {BASELINE: base, **others}.items()}
     ranks = paired.aligned_ranks(test, "test")
     out = {}
     for name in others:
@@ -791,9 +785,7 @@ def over_seeds(student: dict[int, dict], base: dict[int, dict], by_seed: dict[st
     ranks = llm_share.aligned_test_ranks(
         {str(s): (ranks_of(student[s]["summary"]), ranks_of(base[s]["summary"])) for s in shared}
     )
-    out = llm_share.over_seeds(
-        list(ranks.values()), float(np.mean([base[s]["summary"]["test"]["ndcg@10"] for s in shared]))
-    )
+    out = llm_share.over_seeds(list(ranks.values()))
     if selected is not None:
         for m in ("hr@10", "ndcg@10"):
             out[m]["diff_other_seeds"] = float(

@@ -23,8 +23,10 @@ def recorded(*methods: str, seeds: list[int] = SEEDS) -> dict[str, dict[int, dic
     return {m: {s: json.loads(bench.record_path(m, s).read_text()) for s in seeds} for m in methods}
 
 
-def share(runs: dict, methods: dict, best: str, seeds: list[int] = SEEDS) -> dict:
-    return llm_share.summarise(runs, seeds, COVERAGE, methods, bench.ranks_of, {}, best, MADE, bench.model_name)
+def share(runs: dict, methods: dict, best: str, seeds: list[int] = SEEDS, segments: dict | None = None) -> dict:
+    return llm_share.summarise(
+        runs, seeds, COVERAGE, methods, bench.ranks_of, {}, best, MADE, bench.model_name, segments or {}
+    )
 
 
 def by_seed_vs_sasrec(runs: dict) -> dict[str, dict]:
@@ -79,6 +81,33 @@ def test_a_student_minus_its_control_per_seed_and_over_the_seeds_user_by_user():
     assert out["goal"]["student"] == "r2end" and not out["goal"]["z_at_least_2_vs_both_in_every_seed"]
     assert out["goal"]["min_z"] == min(d["test"]["ndcg@10"]["z"] for d in by_seed.values())
     assert "| r2end | `sasrec` | " in llm_share.report(out)
+
+
+def test_a_segment_s_share_is_the_same_comparison_on_its_users_alone():
+    runs = recorded("sasrec", "r2end")
+    users = bench.ranks_of(runs["sasrec"][23]["summary"]).to_pandas().query("split == 'test'")["user_id"].to_numpy()
+    some = users[::3]
+    segments = {"every_third": {"about": "every third test user", "user_ids": some}}
+    out = share(runs, bench.METHODS, "r2end", segments=segments)
+    assert out["segments"] == {"every_third": {"about": "every third test user", "users": len(some)}}
+    cut = out["students"]["r2end"]["segments"]["every_third"]
+    assert cut["users"] == len(some) and "vs_twin" not in cut  # the twin was not run
+    # each seed's ranks of those users joined by user id: NDCG@10 per user, averaged over the seeds
+    gains = {}
+    for m in ("r2end", "sasrec"):
+        per_seed = [
+            bench.ranks_of(runs[m][s]["summary"]).to_pandas().query("split == 'test'").set_index("user_id")["rank"]
+            for s in SEEDS
+        ]
+        gains[m] = sum((r < 10) / np.log2(r + 2) for r in per_seed).loc[some] / len(SEEDS)
+    per_user = gains["r2end"] - gains["sasrec"]
+    got = cut["vs_id_ensemble"]
+    assert np.isclose(got["ndcg@10"]["diff"], per_user.mean())
+    assert np.isclose(got["ndcg@10"]["se"], per_user.std(ddof=1) / np.sqrt(len(some)))
+    assert np.isclose(got["relative_ndcg@10"], per_user.mean() / gains["sasrec"].mean())
+    whole = out["students"]["r2end"]["vs_id_ensemble_over_seeds"]["ndcg@10"]
+    assert got["ndcg@10"]["diff"] != whole["diff"] and got["ndcg@10"]["se"] > whole["se"]  # fewer users
+    assert f"| r2end | `sasrec` | {llm_share.with_relative(got)} |" in llm_share.report(out)
 
 
 def test_the_goal_needs_both_controls_in_every_one_of_three_seeds():

@@ -212,6 +212,12 @@ def test_the_controls_run_through_the_benchmark(full_coverage_sample, tmp_path, 
     assert (entry["twin"], entry["id_ensemble"]) == ("fusion_dllm2rec_twin", "id_ensemble_3")
     for control in ("vs_twin", "vs_id_ensemble"):
         assert set(entry[control]["23"]["test"]["ndcg@10"]) == {"diff", "se", "z"}
+    # and on the test users of each segment: the long-tail targets are those the tail metrics count
+    assert set(shares["segments"]) == set(entry["segments"]) == {"long_tail_target", "cold_target", "short_history"}
+    assert all(0 < cut["users"] < users for cut in shares["segments"].values())
+    tail_users = json.loads((tmp_path / "students_beauty.json").read_text())["tail_paired_vs_sasrec"]["r2end"]["users"]
+    assert entry["segments"]["long_tail_target"]["users"] == tail_users
+    assert set(entry["segments"]["cold_target"]["vs_twin"]["ndcg@10"]) >= {"diff", "se", "z"}
     assert shares["students"]["dllm2rec"]["id_ensemble"] == "sasrec"
     costs = shares["costs"]
     assert costs["fusion_dllm2rec"]["parts"] == costs["id_ensemble_3"]["parts"] == 3

@@ -37,7 +37,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from bench import paired, results
 from r2end_core.data.splits import Split
@@ -134,26 +133,6 @@ def prepared_segments(users: pa.Table, items: pa.Table) -> dict[str, dict]:
     popularity = np.asarray(items.column("train_popularity").to_pylist())
     lengths = np.array([len(history) for history in scored.histories.item_ids])
     return user_segments(np.asarray(scored.user_ids), lengths, popularity[scored.targets], scored.tail[scored.targets])
-
-
-def seeds_ranks(
-    runs: dict[str, dict[int, dict]],
-    ranks_of: Callable[[dict], pa.Table],
-    pair: tuple[str, str],
-    seeds: list[int],
-    user_ids: np.ndarray | None = None,
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Seed -> the (student, control) test ranks of ``pair``'s records, of ``user_ids`` alone (None: all)."""
-    return aligned_test_ranks(
-        {str(s): tuple(restricted(ranks_of(runs[m][s]["summary"]), user_ids) for m in pair) for s in seeds}
-    )
-
-
-def restricted(ranks: pa.Table, user_ids: np.ndarray | None) -> pa.Table:
-    """``ranks`` of ``user_ids`` alone (all of them for None)."""
-    if user_ids is None:
-        return ranks
-    return ranks.filter(pc.is_in(ranks["user_id"], pa.array(user_ids, type=ranks.schema.field("user_id").type)))
 
 
 def generation_hours(folders: list[str]) -> dict[str, dict]:
@@ -276,13 +255,16 @@ def summarise(
             shared = [s for s in seeds if s in runs[name] and s in runs.get(control, {})]
             if not shared:
                 continue
-            ranks = seeds_ranks(runs, ranks_of, (name, control), shared)
+            ranks = aligned_test_ranks(
+                {str(s): (ranks_of(runs[name][s]["summary"]), ranks_of(runs[control][s]["summary"])) for s in shared}
+            )
             entry[f"vs_{label}"] = {s: difference(*pair) for s, pair in ranks.items()}
             entry[f"vs_{label}_over_seeds"] = over_seeds(list(ranks.values()))
+            users = paired.split_rows(ranks_of(runs[name][shared[0]]["summary"]), "test")["user_id"].to_numpy()
             for segment, about in segments.items():
-                cut = entry.setdefault("segments", {}).setdefault(segment, {"users": len(about["user_ids"])})
-                in_cut = seeds_ranks(runs, ranks_of, (name, control), shared, about["user_ids"])
-                cut[f"vs_{label}"] = over_seeds(list(in_cut.values()))
+                inside = np.isin(users, about["user_ids"])  # the aligned ranks' user order
+                cut = entry.setdefault("segments", {}).setdefault(segment, {"users": int(inside.sum())})
+                cut[f"vs_{label}"] = over_seeds([(st[inside], co[inside]) for st, co in ranks.values()])
         students[name] = entry
     out = {
         "coverage": coverage,

@@ -32,11 +32,17 @@ def ranks_path(name: str):
     return results.FOLDER / f"{name}_ranks.parquet"
 
 
+def split_rows(ranks: pa.Table, split: str) -> pa.Table:
+    """A run's rows of ``split`` in the user order every paired comparison uses (by user id)."""
+    return ranks.filter(pc.equal(ranks["split"], split)).sort_by("user_id")
+
+
 def aligned_ranks(runs: dict[str, pa.Table], split: str) -> dict:
-    """Each run's ranks on ``split`` in one user order; runs scored on other users are an error."""
+    """Each run's ranks on ``split`` in one user order (``split_rows``); runs scored on other users are an
+    error."""
     out, first = {}, None
     for label, table in runs.items():
-        rows = table.filter(pc.equal(table["split"], split)).sort_by("user_id")
+        rows = split_rows(table, split)
         if first is None:
             first = (label, rows["user_id"])
         elif not rows["user_id"].equals(first[1]):

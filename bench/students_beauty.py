@@ -398,7 +398,10 @@ def over_attempts(
 
     def heartbeat() -> None:
         while not done.wait(every_s):
-            note_spent()
+            try:
+                note_spent()
+            except OSError as error:  # a storage hiccup must not end the count, nor the run: tried next beat
+                log.warning(f"{BENCHMARK}: writing {ledger} failed ({error}); trying again")
 
     beating = threading.Thread(target=heartbeat, name="attempt-ledger", daemon=True)
     beating.start()

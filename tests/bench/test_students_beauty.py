@@ -119,7 +119,7 @@ def test_a_run_cut_by_its_time_budget_counts_every_attempt(tmp_path):
     assert attempts == 1 and 0.3 <= seconds < 1.5
 
 
-def test_an_attempt_killed_outright_has_its_seconds_in_the_ledger(tmp_path):
+def test_an_attempt_killed_outright_has_its_seconds_in_the_ledger(tmp_path, caplog):
     """A SIGKILL runs no handler: what the attempt spent is already in the ledger, from its heartbeat."""
     ledger = str(tmp_path / "logs" / "run.attempts.json")
     seen = []
@@ -131,6 +131,11 @@ def test_an_attempt_killed_outright_has_its_seconds_in_the_ledger(tmp_path):
 
     bench.over_attempts(ledger, "key-a", train, every_s=0.1)
     assert seen[0]["key"] == "key-a" and 0.2 <= seen[0]["seconds"][-1] <= 0.6
+    # a ledger that cannot be written (its folder is a file) costs the count, not the run
+    (tmp_path / "not-a-folder").write_text("")
+    unwritable = str(tmp_path / "not-a-folder" / "run.attempts.json")
+    assert bench.over_attempts(unwritable, "key-a", lambda: time.sleep(0.5) or "summary", every_s=0.1)[0] == "summary"
+    assert sum(f"writing {unwritable} failed" in r.message for r in caplog.records) >= 2  # it kept beating
 
 
 @pytest.fixture

@@ -17,12 +17,13 @@ its run records (one harness, no second copy of its machinery):
 * ``students.<name>.segments.<segment>.{users, vs_twin, vs_id_ensemble}``: the same over-seeds comparison on
   the test users of each segment (``segments.<segment>.{about, users}``: a long-tail target, a cold target, a
   short history; ``user_segments``), where an LLM's knowledge of items should matter most;
-* ``costs.<method>.{parts, training_hours, generation_hours, served_p50_ms}``: models summed at serving, the
-  training hours of it and of every model it learns from (first seed; DLLM2Rec's with its teacher's rankings;
-  None where a run not among the benchmark's made those),
-  the hours the teacher-output folders holding the texts it reads took to generate, over every run that made
-  them (0 for a method that reads none), its p50 over HTTP at concurrency 1 where ``bench.serving_cpu`` served
-  it (None: not served);
+* ``costs.<method>.{parts, training_hours, generation_hours, served_p50_ms, served_model}``: models summed at
+  serving; the training hours of it and of every model it learns from (first seed; DLLM2Rec's with its
+  teacher's rankings; None where a run not among the benchmark's made those); the hours the teacher-output
+  folders holding the texts it reads took to generate, over every run that made them (0 for a method that
+  reads none); its p50 over HTTP at concurrency 1 where ``bench.serving_cpu`` served it, the first seed's
+  model or else another seed's (the seed changes weights, not the work a request costs; ``served_model`` says
+  which; None: not served);
 * ``tail_floor_missed``: ``{model: why}``, the fusions whose long-tail floor no weights reached on validation;
 * ``curve``: per level of teacher data (``students_beauty.LEVELS``), R2END and its fusion with SASRec minus
   the no-LLM twin (``vs_twin``) and minus the ID-only ensemble (``vs_id_ensemble``), first seed;
@@ -195,6 +196,7 @@ def costs(runs: dict[str, dict[int, dict]], first: int, methods: dict, made: dic
     out = {}
     for m in runs:
         spec = methods[m]
+        served = next((name for s in [first, *runs[m]] if (name := model_name(m, s)) in p50), None)
         out[m] = {
             "parts": len(spec.learns_from) if "fusion" in spec.sections else 1,
             "training_hours": None
@@ -203,7 +205,8 @@ def costs(runs: dict[str, dict[int, dict]], first: int, methods: dict, made: dic
             "generation_hours": round(
                 sum(f["hours"] for f in made.values() if texts_read(m, methods) & set(f["texts"])), 2
             ),
-            "served_p50_ms": p50.get(model_name(m, first)),
+            "served_p50_ms": p50.get(served),
+            "served_model": served,
         }
     return out
 
@@ -396,13 +399,13 @@ def report(out: dict) -> str:
         "",
         "What each method costs (first seed): models summed at serving, training hours (its own and every model "
         "it learns from; – unknown), hours of generation its teacher texts took, p50 over HTTP at concurrency 1 "
-        "(`bench.serving_cpu`; – not served):",
+        "(`bench.serving_cpu`, the model named; – not served):",
         "",
         "| method | parts | training h | generation h | served p50 ms |",
         "|---|---|---|---|---|",
     ]
     for m, c in out["costs"].items():
-        p50 = "–" if c["served_p50_ms"] is None else f"{c['served_p50_ms']:.1f}"
+        p50 = "–" if c["served_p50_ms"] is None else f"{c['served_p50_ms']:.1f} (`{c['served_model']}`)"
         took = "–" if c["training_hours"] is None else hours(c["training_hours"])
         lines.append(f"| {m} | {c['parts']} | {took} | {hours(c['generation_hours'])} | {p50} |")
     if out["curve"]:

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 
-from bench import llm_share, paired
+from bench import llm_share, paired, results
 from bench import students_beauty as bench
 from tests.conftest import REPO
 
@@ -179,3 +179,18 @@ def test_each_method_is_charged_the_generation_of_the_texts_it_reads():
     seconds = {m: llm_share.trained(runs[m][23], ranked) for m in runs}
     expected = sum(seconds[m] for m in ("sasrec", "r2end", "dllm2rec", "fusion_dllm2rec")) / 3600
     assert costs["fusion_dllm2rec"]["parts"] == 3 and costs["fusion_dllm2rec"]["training_hours"] == round(expected, 2)
+
+
+def test_a_method_served_with_another_seed_gives_its_cost_column_that_latency_and_says_which(monkeypatch, tmp_path):
+    """The seed changes a model's weights, not the work a request costs: where the first seed's model was not
+    served, another seed's p50 stands for the method, named beside it; a method never served has none."""
+    runs = recorded("sasrec", "r2end", seeds=[23, 22])
+    monkeypatch.setattr(results, "FOLDER", tmp_path)
+    http = {"phases": {"http": {"c1": {"p50_ms": 12.5}}}}
+    (tmp_path / "serving_cpu.json").write_text(json.dumps({"models": {"r2end-seed22": http}}))
+    costs = llm_share.costs(runs, 23, bench.METHODS, MADE, bench.model_name)
+    assert (costs["r2end"]["served_p50_ms"], costs["r2end"]["served_model"]) == (12.5, "r2end-seed22")
+    assert (costs["sasrec"]["served_p50_ms"], costs["sasrec"]["served_model"]) == (None, None)
+    (tmp_path / "serving_cpu.json").write_text(json.dumps({"models": {"r2end-seed22": http, "r2end-seed23": http}}))
+    first = llm_share.costs(runs, 23, bench.METHODS, MADE, bench.model_name)
+    assert first["r2end"]["served_model"] == "r2end-seed23"

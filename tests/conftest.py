@@ -74,10 +74,11 @@ def prepare_tables(path: str, **overrides):
     return prepared.report, prepare.collect(prepared.users, schemas.USERS), prepared.items
 
 
-@pytest.fixture
-def prepared_tables(beauty_dir):
-    """(users, items) of the 300-user slice, as the prepare stage builds them."""
-    return prepare_tables(beauty_dir)[1:]
+@pytest.fixture(scope="session")
+def prepared_tables(tmp_path_factory, beauty_frames):
+    """(users, items) of the 300-user slice, as the prepare stage builds them: prepared once (Arrow tables
+    are immutable, so the tests share them)."""
+    return prepare_tables(write_dataset(tmp_path_factory.mktemp("beauty"), *beauty_frames))[1:]
 
 
 @pytest.fixture(scope="session")
@@ -185,6 +186,7 @@ def zero3_student(embedded):
             batch_size=4,
             target="metadata",
             holdout_fraction=0.275,
+            checkpoint_every=100,  # the last step's alone: nothing here resumes
             run_name="student-z3",
         )
     )

@@ -168,7 +168,14 @@ def test_the_controls_run_through_the_benchmark(full_coverage_sample, tmp_path, 
         # as the benchmark's config distills (bfloat16, length buckets), on texts cut shorter
         .with_section("embed", max_seq_length=64)
         .with_section(
-            "distill", users="all", epochs=2, patience=1, batch_size=16, length_buckets=True, dtype="bfloat16"
+            "distill",
+            users="all",
+            epochs=2,
+            patience=1,
+            batch_size=16,
+            length_buckets=True,
+            dtype="bfloat16",
+            checkpoint_every=1000,  # the last step's alone: nothing here resumes a distillation
         )
         .with_section("project", epochs=1)
         .with_section("fusion", weight_grid=[0, 1, 4])

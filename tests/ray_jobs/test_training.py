@@ -118,7 +118,7 @@ def test_embed_distill_resume_project(tmp_path, ray_cluster, embedded):
     # killed run's summary aside, the uninterrupted run trains for real.
     aside = tmp_path / "student-metrics.json"
     shutil.move(layout.student("student", "metrics.json"), aside)
-    whole = distill.run(cfg.with_section("distill", run_name="student-whole"))
+    whole = distill.run(cfg.with_section("distill", run_name="student-whole", checkpoint_every=100))
     shutil.move(aside, layout.student("student", "metrics.json"))
     assert whole.resumed_from_step == 0 and whole.losses == student.losses and whole.copied_from is None
     kept, uninterrupted = (encoders.load_encoder(layout.student(n, "model")) for n in ("student", "student-whole"))

@@ -20,7 +20,7 @@ from bench import api_fuzz, endpoint_trials
 from r2end_core.layout import Layout
 from r2end_core.serve import aliases
 from r2end_core.serve.index import load_manifest
-from ray_jobs import index, promote, train_sasrec
+from ray_jobs import index, promote
 from ray_jobs import serve as deploy
 from serve_app.app import Recommender
 from tests.conftest import BEAUTY
@@ -257,16 +257,16 @@ def test_the_text_tower_on_onnx_runtime_answers_as_torch_does(served):
     assert onnx_scores == pytest.approx(torch_scores, abs=1e-4)
 
 
-def test_a_sequence_model_is_served_behind_the_same_endpoint(served, tmp_path):
-    """SASRec trained on the slice, indexed and rolled out: it reads item ids, so text is refused."""
+def test_a_sequence_model_is_served_behind_the_same_endpoint(served, fused_student, tmp_path):
+    """SASRec trained on the slice (the fused student's part), indexed and rolled out: it reads item ids, so text
+    is refused."""
     cfg, url, _, body, _ = served
-    train_sasrec.run(cfg.with_section("sasrec", max_epochs=2, run_name="sasrec-serve"))
-    built = index.run(cfg.with_section("index", model="sasrec-serve"))
+    built = index.run(cfg.with_section("index", model="sasrec-fused"))
     deploy.start(cfg, index_version=built.version)
     answer = requests.post(f"{url}/recommend", json=body, timeout=30)
     assert answer.status_code == 200, answer.text
     got = answer.json()
-    assert got["model"] == "sasrec-serve" and got["history_text"] is None and len(got["items"]) == body["k"]
+    assert got["model"] == "sasrec-fused" and got["history_text"] is None and len(got["items"]) == body["k"]
     assert not {i["item_id"] for i in got["items"]} & set(body["history"])
     text = requests.post(f"{url}/recommend", json={"history_text": "1. Lip balm", "k": 3}, timeout=30)
     assert text.status_code == 422 and "reads item ids" in text.json()["error"]

@@ -4,8 +4,8 @@ of Beauty would cost.
     python -m bench.teacher_outputs [--config configs/beauty-teacher-cpu.yaml] [--set ...] \
         [--out teacher_outputs/beauty-cpu]
 
-Writes to ``--out``: ``oracle.parquet``, ``unguided.parquet`` and ``items.parquet`` (the merged
-outputs of the kinds generated, zstd-compressed, schemas in ``r2end_core.generation``),
+Writes to ``--out``: ``oracle.parquet``, ``unguided.parquet``, ``profile.parquet`` and ``items.parquet`` (the
+merged outputs of the kinds generated, zstd-compressed, schemas in ``r2end_core.schemas``),
 ``config.yaml`` (the config the run resolved, with its ``--set`` overrides),
 ``unguided_grounding.parquet`` (``grounding.GROUNDING_SCHEMA``: rejection sampling for ablation
 2, when unguided answers were generated) and ``summary.json``: the run's own summary, the

@@ -7,7 +7,7 @@ files and ``--set`` overrides win, key by key::
     extends: base.yaml
     storage_path: artifacts/beauty-sample
     prepare: {sample_users: 2000}
-    sasrec: {max_epochs: 30, model: {dropout: 0.5}}
+    sasrec: {max_epochs: 30, patience: 5, batch_size: 128}
 
 ``--set sasrec.max_epochs=3`` overrides one field. Unknown keys are errors, so a misspelt setting
 never passes silently. Model arguments (``sasrec.model``, ``project.model``) are apart from how a
@@ -699,7 +699,9 @@ class ServeConfig(StrictModel):
         "GPU replicas (resources.use_gpu) run torch on CUDA.",
     )
     keep_serving: bool = Field(
-        True, description="Pipeline only: after the first answered query, keep the endpoint up until Ctrl-C."
+        True,
+        description="The serve stage, alone or in the pipeline: after the first answered query, keep the endpoint "
+        "up until Ctrl-C.",
     )
     proxy_location: Literal["EveryNode", "HeadOnly"] = Field(
         "EveryNode",

@@ -14,7 +14,8 @@
       embeddings/report.json            summaries.EmbedReport (with the inputs digest later stages key on)
       students/<run>/model/             a distilled student (a sentence-transformers folder)
       students/<run>/metrics.json       summaries.DistillSummary
-      students/<run>/examples.parquet   schemas.DISTILL_EXAMPLES; distances.parquet: schemas.DISTANCES
+      students/<run>/examples.parquet   schemas.DISTILL_EXAMPLES (held_out.parquet: the users validation holds
+                                        out, with distill.patience); distances.parquet: schemas.DISTANCES
       models/<name>/<version>/          a trained recommender (r2end_core.models): manifest.json, its weights,
                                         items.parquet, metrics.json (summaries.TrainSummary), ranks.parquet
       models/<name>/latest.json         {"version": the version trained last}
@@ -22,6 +23,8 @@
                                         top-K for students' training instances (DLLM2Rec)
       index/<version>/                  index.faiss, items.parquet (schemas.INDEX_ITEMS), manifest.json
       index/latest.json                 {"version": the version built last}
+      index/aliases/<alias>.json        summaries.AliasRecord: the version an alias ("live") names, every move
+      index/lease.json                  summaries.Lease: who writes index versions or moves aliases now
       caches/text_vectors/<encoder>/    schemas.TEXT_VECTORS: an encoder's embeddings of history texts
       ray_train/<run>/                  Ray Train runs (checkpoints, progress.json)
       logs/<stage>.log                  everything a stage printed; logs/ray/: its Ray workers' logs;

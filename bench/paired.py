@@ -1,8 +1,8 @@
 """Paired comparison of scored runs on the same users: HR@10 / NDCG@10 differences with their
-paired standard errors, from the per-user ranks that bench.r2end_beauty commits.
+paired standard errors, from the per-user ranks the benchmarks commit (``<result>_ranks.parquet``).
 
-    python -m bench.paired r2end_beauty_qwen-1000:r2end r2end_beauty_smol-1000:r2end \
-        r2end_beauty_qwen-1000:ablation_3_no_llm_reasoning --out teachers-1000
+    python -m bench.paired students_beauty:sasrec students_beauty:fusion_dllm2rec \
+        students_beauty:fusion_dllm2rec_tail --out best-students
 
 Each argument is ``<result name>:<method>`` (the ranks in bench/results/<result name>_ranks.parquet)
 or a projection run's own ``<storage_path>/<run_name>/ranks.parquet``; every run is compared with

@@ -25,7 +25,8 @@
       index/latest.json                 {"version": the version built last}
       index/aliases/<alias>.json        summaries.AliasRecord: the version an alias ("live") names, every move
       index/lease.json                  summaries.Lease: who writes index versions or moves aliases now
-      caches/text_vectors/<encoder>/    schemas.TEXT_VECTORS: an encoder's embeddings of history texts
+      caches/text_vectors/<encoder>/    schemas.TEXT_VECTORS: a bundled encoder's vectors of each text
+                                        it encoded (items, targets, history texts)
       ray_train/<run>/                  Ray Train runs (checkpoints, progress.json)
       logs/<stage>.log                  everything a stage printed; logs/ray/: its Ray workers' logs;
                                         logs/<benchmark>-<model>.attempts.json: a benchmark run's cut attempts

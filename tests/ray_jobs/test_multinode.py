@@ -101,6 +101,8 @@ def cluster(s3):
     env |= {k: v for k, v in SERVE_ENV.items() if k != "RAY_SERVE_ENABLE_HA_PROXY" or haproxy_found()}
     # token auth, as on a cloud cluster: every process of this cluster and its drivers holds its own token
     env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    # a node drains for 30 s on SIGTERM, for a Kubernetes upgrade's in-flight requests; teardown needs none
+    env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
     port, dashboard = free_port(), free_port()
     address, jobs = f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}"
     ray = os.path.join(os.path.dirname(sys.executable), "ray")

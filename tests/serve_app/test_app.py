@@ -1,6 +1,10 @@
 """The Serve application for real: the ZeRO-3 student distilled on the 40-user slice with a projection
 trained on it, indexed, served by Ray Serve on the local cluster, and asked over HTTP on loopback; then
-a SASRec trained on the same slice rolled out behind the same endpoint, then our fused student."""
+a SASRec trained on the same slice rolled out behind the same endpoint, then our fused student.
+
+The tests share one endpoint and run in file order: those that read the default deployment come first; from the
+ONNX test on, each deploys what it needs and leaves it (a redeploy costs ~30 s: the replica it replaces drains
+first)."""
 
 from __future__ import annotations
 
@@ -164,23 +168,6 @@ def test_a_chunked_body_over_the_limit_is_stopped_while_it_is_read(served):
     assert answer.status_code == 200 and len(answer.json()["items"]) == 3, answer.text
 
 
-def test_slow_clients_and_a_flood_are_refused_and_normal_traffic_goes_on(served):
-    """Clients trickling their bodies get 408 at serve.body_timeout_s and cost normal traffic little; requests
-    past serve.max_queued_requests get 503 with Retry-After."""
-    cfg, url, _, body, _ = served
-    version = requests.get(f"{url}/healthz", timeout=30).json()["index_version"]
-    deploy.start(cfg, index_version=version, body_timeout_s=3, max_queued_requests=2)
-    try:
-        found = endpoint_trials.slow_clients(url, body, slow=16, requests_each=40)
-        refused = sum(n for line, n in found["slow_answers"].items() if line.startswith("HTTP/1.1 408"))
-        assert refused == 16 and found["errors"] == 0, found
-        assert found["p99_ratio"] < 3, found
-        flooded = endpoint_trials.flood(url, body, 300)
-        assert set(flooded["statuses"]) == {"200", "503"} and flooded["retry_after"] == ["1"], flooded
-    finally:
-        deploy.start(cfg, index_version=version)  # the defaults again, for the tests after this one
-
-
 def test_a_fuzz_from_the_schema_and_the_catalogue_passes_every_response_check(served):
     """Schema-fitting and schema-breaking requests to every route, and requests of real item ids and texts
     (bounded: 150 cases or 90 s; the serving benchmark sends 10,000): no 5xx, every answer as documented,
@@ -244,10 +231,7 @@ def test_the_text_tower_on_onnx_runtime_answers_as_torch_does(served):
     by_onnx = requests.post(f"{url}/recommend", json=body, timeout=30).json()
     version = by_onnx["index_version"]  # what an earlier test rolled out
     deploy.start(cfg, index_version=version, cpu_encoder="torch")
-    try:
-        by_torch = requests.post(f"{url}/recommend", json=body, timeout=60).json()
-    finally:
-        deploy.start(cfg, index_version=version)  # the default again, for the tests after this one
+    by_torch = requests.post(f"{url}/recommend", json=body, timeout=60).json()
     assert by_torch["index_version"] == version
     # Compared item by item, not position by position: an earlier test added "R2END-NEW-1" with the title of
     # the top item, so the two tie exactly and either order is right.
@@ -255,6 +239,20 @@ def test_the_text_tower_on_onnx_runtime_answers_as_torch_does(served):
     torch_scores = {i["item_id"]: i["score"] for i in by_torch["items"]}
     assert onnx_scores.keys() == torch_scores.keys()
     assert onnx_scores == pytest.approx(torch_scores, abs=1e-4)
+
+
+def test_slow_clients_and_a_flood_are_refused_and_normal_traffic_goes_on(served):
+    """Clients trickling their bodies get 408 at serve.body_timeout_s and cost normal traffic little; requests
+    past serve.max_queued_requests get 503 with Retry-After."""
+    cfg, url, _, body, _ = served
+    version = requests.get(f"{url}/healthz", timeout=30).json()["index_version"]
+    deploy.start(cfg, index_version=version, body_timeout_s=3, max_queued_requests=2)
+    found = endpoint_trials.slow_clients(url, body, slow=16, requests_each=40)
+    refused = sum(n for line, n in found["slow_answers"].items() if line.startswith("HTTP/1.1 408"))
+    assert refused == 16 and found["errors"] == 0, found
+    assert found["p99_ratio"] < 3, found
+    flooded = endpoint_trials.flood(url, body, 300)
+    assert set(flooded["statuses"]) == {"200", "503"} and flooded["retry_after"] == ["1"], flooded
 
 
 def test_a_sequence_model_is_served_behind_the_same_endpoint(served, fused_student, tmp_path):

@@ -165,8 +165,9 @@ def test_the_controls_run_through_the_benchmark(full_coverage_sample, tmp_path, 
         full_coverage_sample.with_section(
             "sasrec", max_epochs=2, batch_size=32, model={"hidden_size": 16, "inner_size": 16}
         )
-        # as the benchmark's config distills (bfloat16, length buckets), on texts cut shorter
-        .with_section("embed", max_seq_length=64)
+        # as the benchmark's config distills (bfloat16, length buckets), on texts cut shorter; the item texts
+        # encoded in this process (an encoder actor's start costs ~10 s; Ray Data's encoding is tested elsewhere)
+        .with_section("embed", max_seq_length=64, ray_data_min_texts=100_000)
         .with_section(
             "distill",
             users="all",
